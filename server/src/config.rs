@@ -1,0 +1,452 @@
+//! The relay's configuration: `DIR/config.toml`, overridden by `SOTTO_RELAY_<KEY>` env vars.
+//!
+//! A serde [`RawConfig`] (all optional strings and numbers, unknown keys refused)
+//! is converted into a validated [`Config`] whose types rule out bad values, so
+//! the rest of the relay never re-checks them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration is refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The TOML does not parse or has an unknown key.
+    #[error("config.toml is not valid: {0}")]
+    Parse(String),
+    /// A key has a value we cannot use.
+    #[error("config key `{key}` is invalid: {why}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong, and what a valid value looks like.
+        why: String,
+    },
+}
+
+/// How logs are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// UDP address to bind.
+    pub listen: SocketAddr,
+    /// `host:port` clients should dial (goes into invite links); `None` means the bound address.
+    pub public_addr: Option<String>,
+    /// Cap on one request frame.
+    pub max_frame_bytes: usize,
+    /// Cap on one sealed envelope.
+    pub max_envelope_bytes: usize,
+    /// Most envelopes one mailbox holds.
+    pub mailbox_max_envelopes: u64,
+    /// Most envelope bytes one mailbox holds.
+    pub mailbox_max_bytes: u64,
+    /// Undelivered envelopes older than this are deleted.
+    pub envelope_ttl: Duration,
+    /// How often the expiry sweep runs.
+    pub sweep_interval: Duration,
+    /// `PreKeyCount.low` is set when either count is below this.
+    pub prekey_low_water: u32,
+    /// Lifetime of issued sender certificates.
+    pub sender_certificate_ttl: Duration,
+    /// Most simultaneous client connections.
+    pub max_connections: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+/// Default listen address: loopback, so a laptop test run is not exposed.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4433";
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("DEFAULT_LISTEN is a valid socket address literal"),
+            public_addr: None,
+            max_frame_bytes: sotto_wire::DEFAULT_MAX_FRAME_BYTES,
+            max_envelope_bytes: 64 * 1024,
+            mailbox_max_envelopes: 10_000,
+            mailbox_max_bytes: 64 * 1024 * 1024,
+            envelope_ttl: Duration::from_secs(30 * 86_400),
+            sweep_interval: Duration::from_secs(5 * 60),
+            prekey_low_water: 20,
+            sender_certificate_ttl: Duration::from_secs(86_400),
+            max_connections: 1000,
+            log_format: LogFormat::Human,
+        }
+    }
+}
+
+/// The file as written: every key optional, unknown keys an error.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    listen: Option<String>,
+    public_addr: Option<String>,
+    max_frame_bytes: Option<u64>,
+    max_envelope_bytes: Option<u64>,
+    mailbox_max_envelopes: Option<u64>,
+    mailbox_max_bytes: Option<u64>,
+    envelope_ttl: Option<String>,
+    sweep_interval: Option<String>,
+    prekey_low_water: Option<u32>,
+    sender_certificate_ttl: Option<String>,
+    max_connections: Option<u64>,
+    log_format: Option<String>,
+}
+
+const KEYS: &[&str] = &[
+    "listen",
+    "public_addr",
+    "max_frame_bytes",
+    "max_envelope_bytes",
+    "mailbox_max_envelopes",
+    "mailbox_max_bytes",
+    "envelope_ttl",
+    "sweep_interval",
+    "prekey_low_water",
+    "sender_certificate_ttl",
+    "max_connections",
+    "log_format",
+];
+
+impl RawConfig {
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse(e.message().to_string()))
+    }
+
+    /// Applies `SOTTO_RELAY_<KEY>` overrides from `env` (a lookup, so tests need not touch the process env).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        for key in KEYS {
+            let Some(value) = env(&format!("SOTTO_RELAY_{}", key.to_uppercase())) else {
+                continue;
+            };
+            let num = |v: &str| -> Result<u64, ConfigError> {
+                v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    key,
+                    why: "expected a whole number".into(),
+                })
+            };
+            match *key {
+                "listen" => self.listen = Some(value),
+                "public_addr" => self.public_addr = Some(value),
+                "max_frame_bytes" => self.max_frame_bytes = Some(num(&value)?),
+                "max_envelope_bytes" => self.max_envelope_bytes = Some(num(&value)?),
+                "mailbox_max_envelopes" => self.mailbox_max_envelopes = Some(num(&value)?),
+                "mailbox_max_bytes" => self.mailbox_max_bytes = Some(num(&value)?),
+                "envelope_ttl" => self.envelope_ttl = Some(value),
+                "sweep_interval" => self.sweep_interval = Some(value),
+                "prekey_low_water" => {
+                    self.prekey_low_water =
+                        Some(
+                            u32::try_from(num(&value)?).map_err(|_| ConfigError::Invalid {
+                                key,
+                                why: "too large".into(),
+                            })?,
+                        )
+                }
+                "sender_certificate_ttl" => self.sender_certificate_ttl = Some(value),
+                "max_connections" => self.max_connections = Some(num(&value)?),
+                "log_format" => self.log_format = Some(value),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates into a [`Config`], filling defaults.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let d = Config::default();
+        let positive = |key: &'static str, v: Option<u64>, def: u64| -> Result<u64, ConfigError> {
+            match v {
+                None => Ok(def),
+                Some(0) => Err(ConfigError::Invalid {
+                    key,
+                    why: "must be greater than zero".into(),
+                }),
+                Some(n) => Ok(n),
+            }
+        };
+        let duration = |key: &'static str, v: Option<String>, def: Duration| match v {
+            None => Ok(def),
+            Some(s) => parse_duration(&s).map_err(|why| ConfigError::Invalid { key, why }),
+        };
+        let listen = match self.listen {
+            None => d.listen,
+            Some(s) => s.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "listen",
+                why: format!("expected IP:PORT such as {DEFAULT_LISTEN} or 0.0.0.0:4433"),
+            })?,
+        };
+        let public_addr = match self.public_addr.map(|s| s.trim().to_string()) {
+            None => None,
+            Some(s) if s.is_empty() => None,
+            Some(s) => {
+                check_host_port(&s).map_err(|why| ConfigError::Invalid {
+                    key: "public_addr",
+                    why,
+                })?;
+                Some(s)
+            }
+        };
+        let max_frame_bytes = positive(
+            "max_frame_bytes",
+            self.max_frame_bytes,
+            d.max_frame_bytes as u64,
+        )?;
+        let max_envelope_bytes = positive(
+            "max_envelope_bytes",
+            self.max_envelope_bytes,
+            d.max_envelope_bytes as u64,
+        )?;
+        if max_envelope_bytes >= max_frame_bytes {
+            return Err(ConfigError::Invalid {
+                key: "max_envelope_bytes",
+                why: "must be smaller than max_frame_bytes".into(),
+            });
+        }
+        let log_format = match self.log_format.as_deref().map(str::trim) {
+            None | Some("human") => LogFormat::Human,
+            Some("json") => LogFormat::Json,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    why: "expected \"human\" or \"json\"".into(),
+                });
+            }
+        };
+        let to_usize = |key: &'static str, v: u64| {
+            usize::try_from(v).map_err(|_| ConfigError::Invalid {
+                key,
+                why: "too large".into(),
+            })
+        };
+        Ok(Config {
+            listen,
+            public_addr,
+            max_frame_bytes: to_usize("max_frame_bytes", max_frame_bytes)?,
+            max_envelope_bytes: to_usize("max_envelope_bytes", max_envelope_bytes)?,
+            mailbox_max_envelopes: positive(
+                "mailbox_max_envelopes",
+                self.mailbox_max_envelopes,
+                d.mailbox_max_envelopes,
+            )?,
+            mailbox_max_bytes: positive(
+                "mailbox_max_bytes",
+                self.mailbox_max_bytes,
+                d.mailbox_max_bytes,
+            )?,
+            envelope_ttl: duration("envelope_ttl", self.envelope_ttl, d.envelope_ttl)?,
+            sweep_interval: duration("sweep_interval", self.sweep_interval, d.sweep_interval)?,
+            prekey_low_water: self.prekey_low_water.unwrap_or(d.prekey_low_water),
+            sender_certificate_ttl: duration(
+                "sender_certificate_ttl",
+                self.sender_certificate_ttl,
+                d.sender_certificate_ttl,
+            )?,
+            max_connections: to_usize(
+                "max_connections",
+                positive(
+                    "max_connections",
+                    self.max_connections,
+                    d.max_connections as u64,
+                )?,
+            )?,
+            log_format,
+        })
+    }
+}
+
+impl Config {
+    /// Parses `text`, applies the process environment's overrides and validates.
+    pub fn load(text: &str) -> Result<Config, ConfigError> {
+        let mut raw = RawConfig::parse(text)?;
+        raw.apply_env(|k| std::env::var(k).ok())?;
+        raw.validate()
+    }
+}
+
+/// Parses `30s`, `30m`, `12h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration; use forms like 30m, 12h or 7d"))?;
+    let secs_per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit; use s, m, h or d (e.g. 7d)"
+            ));
+        }
+    };
+    if n == 0 {
+        return Err("a duration must be greater than zero".into());
+    }
+    n.checked_mul(secs_per)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
+}
+
+/// Formats a duration in the largest unit that divides it, the inverse of [`parse_duration`].
+// `is_multiple_of` needs Rust 1.87; the workspace's rust-version is 1.85.
+#[allow(clippy::manual_is_multiple_of)]
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s % 86_400 == 0 {
+        format!("{}d", s / 86_400)
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn check_host_port(s: &str) -> Result<(), String> {
+    let bad = || format!("expected HOST:PORT such as relay.example.org:4433, got `{s}`");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// The host part of `HOST:PORT` (brackets around IPv6 removed).
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The commented `config.toml` written by `init`; every key at its default.
+pub fn example_config(listen: SocketAddr, public_addr: Option<&str>) -> String {
+    let d = Config::default();
+    let public = match public_addr {
+        Some(p) => format!("public_addr = \"{p}\""),
+        None => "# public_addr = \"relay.example.org:4433\"".to_string(),
+    };
+    format!(
+        r#"# Sotto relay configuration. Every key has a safe default; delete a line to use it.
+# Each key can be overridden by an environment variable SOTTO_RELAY_<KEY>, e.g.
+# SOTTO_RELAY_LISTEN=0.0.0.0:4433. Durations take forms like 30m, 12h, 7d.
+
+# UDP address to listen on. 127.0.0.1 only accepts local clients; use 0.0.0.0:4433 on a server.
+listen = "{listen}"
+
+# HOST:PORT that clients dial; it goes into invite links. Unset means the listen address.
+{public}
+
+# Largest request frame in bytes; bigger frames are refused before they are read.
+max_frame_bytes = {max_frame}
+
+# Largest sealed envelope (one message) in bytes.
+max_envelope_bytes = {max_env}
+
+# Per-mailbox quota: envelopes waiting for one device, and their total bytes.
+mailbox_max_envelopes = {mb_env}
+mailbox_max_bytes = {mb_bytes}
+
+# Undelivered envelopes older than this are deleted, and how often that check runs.
+envelope_ttl = "{ttl}"
+sweep_interval = "{sweep}"
+
+# Clients are told to upload more one-time prekeys when fewer than this remain.
+prekey_low_water = {low}
+
+# Lifetime of the sender certificates the relay signs for sealed sender.
+sender_certificate_ttl = "{cert_ttl}"
+
+# Most simultaneous client connections.
+max_connections = {max_conn}
+
+# Log format on stderr: "human" or "json".
+log_format = "human"
+"#,
+        max_frame = d.max_frame_bytes,
+        max_env = d.max_envelope_bytes,
+        mb_env = d.mailbox_max_envelopes,
+        mb_bytes = d.mailbox_max_bytes,
+        ttl = format_duration(d.envelope_ttl),
+        sweep = format_duration(d.sweep_interval),
+        low = d.prekey_low_water,
+        cert_ttl = format_duration(d.sender_certificate_ttl),
+        max_conn = d.max_connections,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn example_config_equals_defaults() {
+        let d = Config::default();
+        let text = example_config(d.listen, None);
+        let mut raw = RawConfig::parse(&text).expect("example parses");
+        raw.apply_env(no_env).expect("no env");
+        assert_eq!(raw.validate().expect("valid"), d);
+        assert_eq!(RawConfig::parse("").expect("empty").validate(), Ok(d));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        assert!(matches!(
+            RawConfig::parse("listn = \"1.2.3.4:5\""),
+            Err(ConfigError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn env_overrides_and_validation() {
+        let mut raw = RawConfig::parse("envelope_ttl = \"7d\"").expect("parse");
+        raw.apply_env(|k| (k == "SOTTO_RELAY_ENVELOPE_TTL").then(|| "12h".to_string()))
+            .expect("env");
+        let c = raw.validate().expect("valid");
+        assert_eq!(c.envelope_ttl, Duration::from_secs(12 * 3600));
+        let bad = RawConfig::parse("log_format = \"xml\"").expect("parse");
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Invalid {
+                key: "log_format",
+                ..
+            })
+        ));
+        let bad = RawConfig::parse("public_addr = \"nohost\"").expect("parse");
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn durations_parse_and_format() {
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("45"), Ok(Duration::from_secs(45)));
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("0h").is_err());
+        assert_eq!(format_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(host_of("[::1]:4433"), "::1");
+        assert_eq!(host_of("relay.example.org:1"), "relay.example.org");
+    }
+}

@@ -1,0 +1,450 @@
+//! The Sotto relay: stores and forwards sealed envelopes it cannot read.
+//!
+//! The relay keeps accounts (a random id and public keys), one-time prekeys,
+//! and per-device mailboxes of sealed-sender ciphertext. It never sees message
+//! content, names, contact codes or who sent an envelope.
+//!
+//! Structure (dependencies point down):
+//! - [`net`]: the quinn shell. One task per connection, one per request stream.
+//! - [`admin`]: the Unix-socket admin interface (`DIR/admin.sock`).
+//! - [`core`]: sans-IO request handling ([`core::Relay::handle`]), unit-tested without sockets.
+//! - [`store`]: narrow storage traits and their sled implementation.
+//! - [`config`], [`tls`]: configuration and TLS identity.
+//!
+//! Entry points: [`init`] creates a data directory, [`start`] runs a relay from
+//! one in-process (tests, benchmarks, the binary), and [`net::serve`] serves an
+//! already-bound endpoint.
+//!
+//! It is **not** a client and not a CA: clients trust the relay by the SPKI pin
+//! in their invite link.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod core;
+pub mod net;
+pub mod store;
+pub mod tls;
+
+use std::fs;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use libsignal_protocol::{KeyPair, PrivateKey, ServerCertificate};
+use sotto_wire::invite::InviteLink;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::core::Signer;
+use crate::store::{SledStore, Store, StoreError};
+use crate::tls::TlsError;
+
+/// Errors starting, initialising or administering a relay.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The directory holds no relay.
+    #[error("no relay in {0}: run `sotto-relay init --data-dir {0}` first")]
+    NotInitialized(PathBuf),
+    /// `init` was pointed at a directory that already holds a relay.
+    #[error(
+        "{0} already holds a relay; start it with `sotto-relay serve --data-dir {0}` or pick an empty directory"
+    )]
+    AlreadyInitialized(PathBuf),
+    /// A file could not be read or written.
+    #[error("{what}: {cause}")]
+    Io {
+        /// What we were doing, with the path.
+        what: String,
+        /// The OS error (not named `source`, so chains do not print it twice).
+        cause: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error("{0}; fix it in config.toml or the SOTTO_RELAY_* environment")]
+    Config(ConfigError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// TLS material is bad.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A key file is damaged.
+    #[error("key file {0} is damaged; restore it from a backup")]
+    BadKey(PathBuf),
+    /// Could not bind the listen address.
+    #[error("cannot listen on {addr}: {cause}; is another relay running, or pick another port")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error (not named `source`, so chains do not print it twice).
+        cause: std::io::Error,
+    },
+}
+
+// By hand rather than `#[from]`, so error chains do not print the cause twice.
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |cause| Error::Io { what, cause }
+}
+
+/// Paths inside a data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Wraps `root`.
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+    /// `tls/cert.der`.
+    pub fn cert(&self) -> PathBuf {
+        self.root.join("tls").join("cert.der")
+    }
+    /// `tls/key.der`.
+    pub fn tls_key(&self) -> PathBuf {
+        self.root.join("tls").join("key.der")
+    }
+    /// `keys/trust_root.key`.
+    pub fn trust_root(&self) -> PathBuf {
+        self.root.join("keys").join("trust_root.key")
+    }
+    /// `keys/server.key`.
+    pub fn server_key(&self) -> PathBuf {
+        self.root.join("keys").join("server.key")
+    }
+    /// `keys/server.cert`.
+    pub fn server_cert(&self) -> PathBuf {
+        self.root.join("keys").join("server.cert")
+    }
+    /// `db/`.
+    pub fn db(&self) -> PathBuf {
+        self.root.join("db")
+    }
+    /// `admin.sock`.
+    pub fn admin_socket(&self) -> PathBuf {
+        self.root.join("admin.sock")
+    }
+}
+
+/// What `init` reports.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// SPKI SHA-256 pin of the new certificate, unpadded base64url.
+    pub spki_pin: String,
+}
+
+/// Milliseconds since the Unix epoch, for the shell (the core takes time as an argument).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+fn make_dir(path: &Path) -> Result<()> {
+    // 0700: keys, the database and the admin socket are for the operator only.
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io(format!("cannot create {}", path.display())))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    // 0600 and create_new: secret keys are never world-readable and never overwritten.
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io(format!("cannot create {}", path.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io(format!("cannot write {}", path.display())))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(io(format!("cannot read {}", path.display())))
+}
+
+/// Creates a relay in `data_dir`: TLS key and certificate, sealed-sender keys,
+/// a commented `config.toml` and the database.
+pub fn init(
+    data_dir: &Path,
+    listen: Option<SocketAddr>,
+    public_addr: Option<String>,
+) -> Result<InitReport> {
+    let dir = DataDir::new(data_dir);
+    if dir.config().exists() || dir.root().join("keys").exists() || dir.db().join("conf").exists() {
+        return Err(Error::AlreadyInitialized(data_dir.to_path_buf()));
+    }
+    let listen = match listen {
+        Some(l) => l,
+        None => Config::default().listen,
+    };
+    // Validate the public address the same way the config loader will.
+    let text = config::example_config(listen, public_addr.as_deref());
+    let mut raw = config::RawConfig::parse(&text)?;
+    raw.apply_env(|_| None)?;
+    raw.validate()?;
+
+    make_dir(dir.root())?;
+    make_dir(&dir.root().join("tls"))?;
+    make_dir(&dir.root().join("keys"))?;
+    make_dir(&dir.db())?;
+
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Some(p) = &public_addr {
+        hosts.insert(0, config::host_of(p).to_string());
+    }
+    if !listen.ip().is_unspecified() {
+        hosts.push(listen.ip().to_string());
+    }
+    let ck = tls::self_signed(&hosts)?;
+    let pin = tls::spki_sha256(&ck.cert_der)?;
+
+    let mut rng = rand::rng();
+    let root = KeyPair::generate(&mut rng);
+    let server = KeyPair::generate(&mut rng);
+    let server_cert = ServerCertificate::new(1, server.public_key, &root.private_key, &mut rng)
+        .and_then(|c| c.serialized().map(<[u8]>::to_vec))
+        .map_err(|_| Error::BadKey(dir.server_cert()))?;
+
+    write_private(&dir.tls_key(), &ck.key_der)?;
+    fs::write(dir.cert(), &ck.cert_der).map_err(io("cannot write tls/cert.der"))?;
+    write_private(&dir.trust_root(), &root.private_key.serialize())?;
+    write_private(&dir.server_key(), &server.private_key.serialize())?;
+    fs::write(dir.server_cert(), &server_cert).map_err(io("cannot write keys/server.cert"))?;
+    fs::write(dir.config(), text).map_err(io("cannot write config.toml"))?;
+    let store = SledStore::open(&dir.db())?;
+    store.flush()?;
+    Ok(InitReport {
+        spki_pin: tls::pin_text(&pin),
+    })
+}
+
+/// Loads and validates `DIR/config.toml` (with env overrides).
+pub fn load_config(data_dir: &Path) -> Result<Config> {
+    let dir = DataDir::new(data_dir);
+    if !dir.config().exists() {
+        return Err(Error::NotInitialized(data_dir.to_path_buf()));
+    }
+    let text = fs::read_to_string(dir.config()).map_err(io("cannot read config.toml"))?;
+    Ok(Config::load(&text)?)
+}
+
+/// Everything needed to build invite links.
+#[derive(Debug, Clone)]
+pub struct LinkInfo {
+    /// `host:port` for clients.
+    pub relay: String,
+    /// SPKI pin of the TLS certificate.
+    pub spki_pin: [u8; 32],
+    /// Serialized trust-root public key.
+    pub trust_root: Vec<u8>,
+}
+
+/// The relay's long-lived key material, loaded from a data directory.
+struct Keys {
+    cert_der: Vec<u8>,
+    key_der: Vec<u8>,
+    pin: [u8; 32],
+    trust_root: Vec<u8>,
+    signer: Signer,
+}
+
+fn load_keys(dir: &DataDir) -> Result<Keys> {
+    if !dir.trust_root().exists() {
+        return Err(Error::NotInitialized(dir.root().to_path_buf()));
+    }
+    let cert_der = read(&dir.cert())?;
+    let key_der = read(&dir.tls_key())?;
+    let pin = tls::spki_sha256(&cert_der)?;
+    let trust_root = PrivateKey::deserialize(&read(&dir.trust_root())?)
+        .ok()
+        .and_then(|k| k.public_key().ok())
+        .ok_or_else(|| Error::BadKey(dir.trust_root()))?
+        .serialize()
+        .to_vec();
+    let server_key = PrivateKey::deserialize(&read(&dir.server_key())?)
+        .map_err(|_| Error::BadKey(dir.server_key()))?;
+    let server_cert = ServerCertificate::deserialize(&read(&dir.server_cert())?)
+        .map_err(|_| Error::BadKey(dir.server_cert()))?;
+    Ok(Keys {
+        cert_der,
+        key_der,
+        pin,
+        trust_root,
+        signer: Signer::new(server_cert, server_key),
+    })
+}
+
+/// Makes an invite by opening the database directly (the relay must not be running:
+/// sled admits one process, so this fails with a lock error if it is).
+pub fn offline_invite(data_dir: &Path, uses: u32, ttl: Duration) -> Result<InviteLink> {
+    let config = load_config(data_dir)?;
+    let dir = DataDir::new(data_dir);
+    let keys = load_keys(&dir)?;
+    let store = SledStore::open(&dir.db())?;
+    let relay = core::Relay::new(store, config.clone(), keys.signer);
+    let info = LinkInfo {
+        relay: config
+            .public_addr
+            .clone()
+            .unwrap_or_else(|| config.listen.to_string()),
+        spki_pin: keys.pin,
+        trust_root: keys.trust_root,
+    };
+    make_invite(&relay, &info, uses, ttl)
+}
+
+/// Makes an invite on `relay` and wraps it in a link.
+pub fn make_invite<S: Store>(
+    relay: &core::Relay<S>,
+    info: &LinkInfo,
+    uses: u32,
+    ttl: Duration,
+) -> Result<InviteLink> {
+    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+    let token = relay.create_invite(uses, now_ms().saturating_add(ttl_ms), &mut rand::rng())?;
+    Ok(InviteLink {
+        relay: info.relay.clone(),
+        spki_pin: info.spki_pin,
+        trust_root: info.trust_root.clone(),
+        token,
+    })
+}
+
+/// A relay running in this process.
+pub struct Running {
+    /// The bound UDP address (the real port when the config says port 0).
+    pub local_addr: SocketAddr,
+    /// Shared state (relay core, live connections, link info).
+    pub shared: Arc<net::Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// A token that stops the relay when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, closes connections with a reason, waits for tasks and flushes the db.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        if let Err(e) = self.shared.relay.store().flush_async().await {
+            tracing::error!(error = %e, "final database flush failed");
+        }
+    }
+}
+
+/// Loads the relay in `data_dir`, binds its listen address and spawns the
+/// serving, admin and expiry tasks. Call from inside a tokio runtime.
+pub async fn start(data_dir: &Path) -> Result<Running> {
+    let config = load_config(data_dir)?;
+    let dir = DataDir::new(data_dir);
+    let keys = load_keys(&dir)?;
+    let store = SledStore::open(&dir.db())?;
+    let server_config = tls::server_config(&keys.cert_der, &keys.key_der)?;
+    let endpoint =
+        quinn::Endpoint::server(server_config, config.listen).map_err(|cause| Error::Bind {
+            addr: config.listen,
+            cause,
+        })?;
+    let local_addr = endpoint
+        .local_addr()
+        .map_err(io("cannot read the bound address"))?;
+    let links = LinkInfo {
+        relay: config
+            .public_addr
+            .clone()
+            .unwrap_or_else(|| local_addr.to_string()),
+        spki_pin: keys.pin,
+        trust_root: keys.trust_root,
+    };
+    let sweep_every = config.sweep_interval;
+    let relay = core::Relay::new(store, config, keys.signer);
+    let shared = Arc::new(net::Shared::new(relay, links));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let admin = admin::AdminServer::bind(&dir.admin_socket())?;
+    tracker.spawn(admin.run(Arc::clone(&shared), shutdown.clone()));
+    tracker.spawn(net::serve(endpoint, Arc::clone(&shared), shutdown.clone()));
+    tracker.spawn(net::sweep_loop(
+        Arc::clone(&shared),
+        sweep_every,
+        shutdown.clone(),
+    ));
+    tracing::info!(%local_addr, "relay started");
+    Ok(Running {
+        local_addr,
+        shared,
+        shutdown,
+        tracker,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_private_keys_and_refuses_twice() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("relay");
+        let report = init(&dir, None, Some("relay.example.org:4433".into())).expect("init");
+        assert_eq!(report.spki_pin.len(), 43);
+        let d = DataDir::new(&dir);
+        for key in [d.tls_key(), d.trust_root(), d.server_key()] {
+            let mode = fs::metadata(&key).expect("key exists").permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+        }
+        assert!(matches!(
+            init(&dir, None, None),
+            Err(Error::AlreadyInitialized(_))
+        ));
+        let config = load_config(&dir).expect("config loads");
+        assert_eq!(
+            config.public_addr.as_deref(),
+            Some("relay.example.org:4433")
+        );
+        let link = offline_invite(&dir, 2, Duration::from_secs(60)).expect("invite");
+        assert_eq!(link.relay, "relay.example.org:4433");
+        assert_eq!(tls::pin_text(&link.spki_pin), report.spki_pin);
+        assert!(matches!(
+            load_config(&tmp.path().join("nothing")),
+            Err(Error::NotInitialized(_))
+        ));
+    }
+}

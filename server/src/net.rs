@@ -1,0 +1,607 @@
+//! The QUIC shell around [`crate::core::Relay`].
+//!
+//! One task per connection accepts request streams; one task per stream reads
+//! one `Request` frame, asks the core, flushes the store when the outcome says
+//! so, writes one `Response` frame and finishes. Pushes go out on
+//! unidirectional streams the relay opens. Nothing here interprets requests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sotto_wire::auth::{EXPORTER_LABEL, EXPORTER_LEN};
+use sotto_wire::frame::{self, FrameError};
+use sotto_wire::relay::{Envelope, ErrorCode, Push, Request, Response};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::LinkInfo;
+use crate::core::{ConnState, Relay, error_response};
+use crate::store::DeviceKey;
+
+/// Application close code: the relay is shutting down.
+pub const CLOSE_SHUTDOWN: u32 = 0;
+/// Application close code: the peer sent too many bad frames.
+pub const CLOSE_MISBEHAVING: u32 = 1;
+/// Application close code: the relay is at its connection limit.
+pub const CLOSE_BUSY: u32 = 2;
+
+/// Bad frames a connection may send before it is closed.
+const MAX_BAD_FRAMES: u32 = 16;
+/// How long a peer may take to send its request on an open stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a QUIC handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// QUIC stream error code sent with STOP_SENDING on an oversized frame.
+const STREAM_TOO_LARGE: u32 = 1;
+
+/// State shared by every connection task.
+pub struct Shared {
+    /// The protocol core.
+    pub relay: Relay,
+    /// Invite link material (relay address, pin, trust root).
+    pub links: LinkInfo,
+    live: Mutex<HashMap<DeviceKey, Vec<(u64, quinn::Connection)>>>,
+    next_conn_id: AtomicU64,
+    connections: AtomicUsize,
+    limit: Arc<Semaphore>,
+}
+
+impl Shared {
+    /// Wraps a relay core.
+    pub fn new(relay: Relay, links: LinkInfo) -> Self {
+        let max = relay.config().max_connections;
+        Self {
+            relay,
+            links,
+            live: Mutex::new(HashMap::new()),
+            next_conn_id: AtomicU64::new(1),
+            connections: AtomicUsize::new(0),
+            limit: Arc::new(Semaphore::new(max)),
+        }
+    }
+
+    /// Connections currently open.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    fn register_live(&self, key: DeviceKey, id: u64, conn: &quinn::Connection) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.entry(key).or_default().push((id, conn.clone()));
+    }
+
+    fn unregister_live(&self, key: DeviceKey, id: u64) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = live.get_mut(&key) {
+            list.retain(|(i, _)| *i != id);
+            if list.is_empty() {
+                live.remove(&key);
+            }
+        }
+    }
+
+    fn live_for(&self, key: DeviceKey) -> Vec<quinn::Connection> {
+        let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.get(&key)
+            .map(|l| l.iter().map(|(_, c)| c.clone()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Serves QUIC connections on an already-bound `endpoint` until `shutdown` is
+/// cancelled, then closes every connection with a reason and waits for them.
+pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.cancelled() => break,
+            inc = endpoint.accept() => inc,
+        };
+        let Some(incoming) = incoming else { break };
+        let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
+            // At the connection cap: refuse cheaply instead of queueing handshakes.
+            tracing::warn!("connection limit reached; refusing a connection");
+            incoming.refuse();
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let conn =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await })
+                    .await
+                {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("handshake timed out");
+                        return;
+                    }
+                };
+            shared.connections.fetch_add(1, Ordering::Relaxed);
+            handle_connection(conn, &shared, shutdown).await;
+            shared.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    endpoint.close(CLOSE_SHUTDOWN.into(), b"relay shutting down");
+    tracker.close();
+    tracker.wait().await;
+    endpoint.wait_idle().await;
+    tracing::info!("stopped serving");
+}
+
+async fn handle_connection(
+    conn: quinn::Connection,
+    shared: &Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let mut exporter = [0u8; EXPORTER_LEN];
+    if conn
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+        .is_err()
+    {
+        conn.close(CLOSE_MISBEHAVING.into(), b"tls exporter unavailable");
+        return;
+    }
+    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
+    let ctx = Arc::new(ConnCtx {
+        id,
+        conn: conn.clone(),
+        state: Mutex::new(ConnState::new(exporter)),
+        bad_frames: AtomicU32::new(0),
+    });
+    let streams = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => {
+                conn.close(CLOSE_SHUTDOWN.into(), b"relay shutting down");
+                break;
+            }
+            s = conn.accept_bi() => s,
+        };
+        let Ok((send, recv)) = accepted else { break };
+        let shared = Arc::clone(shared);
+        let ctx = Arc::clone(&ctx);
+        streams.spawn(async move { handle_stream(&shared, &ctx, send, recv).await });
+    }
+    streams.close();
+    streams.wait().await;
+    let authed = ctx
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .authenticated();
+    if let Some(key) = authed {
+        shared.unregister_live(key, id);
+    }
+}
+
+struct ConnCtx {
+    id: u64,
+    conn: quinn::Connection,
+    state: Mutex<ConnState>,
+    bad_frames: AtomicU32,
+}
+
+impl ConnCtx {
+    fn bad_frame(&self) {
+        let n = self.bad_frames.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > MAX_BAD_FRAMES {
+            // A peer that keeps sending garbage is broken or probing; cut it off.
+            self.conn
+                .close(CLOSE_MISBEHAVING.into(), b"too many malformed requests");
+        }
+    }
+}
+
+async fn handle_stream(
+    shared: &Arc<Shared>,
+    ctx: &ConnCtx,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let max = shared.relay.config().max_frame_bytes;
+    let read =
+        tokio::time::timeout(REQUEST_TIMEOUT, frame::read::<Request, _>(&mut recv, max)).await;
+    let req = match read {
+        Ok(Ok(req)) => req,
+        Ok(Err(FrameError::TooLarge { .. })) => {
+            // Refuse the body without reading it.
+            let _ = recv.stop(STREAM_TOO_LARGE.into());
+            ctx.bad_frame();
+            respond(
+                &mut send,
+                &error_response(ErrorCode::TooLarge, "request frame is too large"),
+            )
+            .await;
+            return;
+        }
+        Ok(Err(FrameError::Malformed(_) | FrameError::Truncated | FrameError::Eof)) => {
+            ctx.bad_frame();
+            respond(
+                &mut send,
+                &error_response(ErrorCode::Malformed, "request does not decode"),
+            )
+            .await;
+            return;
+        }
+        Ok(Err(FrameError::Io(_))) => return, // The peer reset the stream; nobody to answer.
+        Err(_) => {
+            let _ = recv.stop(0u32.into());
+            respond(
+                &mut send,
+                &error_response(ErrorCode::Malformed, "request timed out"),
+            )
+            .await;
+            return;
+        }
+    };
+    let version_ok = req.version == sotto_wire::PROTOCOL_VERSION;
+    let (outcome, became) = {
+        let mut state = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = state.authenticated();
+        let outcome = shared
+            .relay
+            .handle(&mut state, req, crate::now_ms(), &mut rand::rng());
+        let after = state.authenticated();
+        (outcome, (before != after).then_some((before, after)))
+    };
+    if !version_ok {
+        ctx.bad_frame();
+    }
+    if let Some((before, after)) = became {
+        if let Some(old) = before {
+            shared.unregister_live(old, ctx.id);
+        }
+        if let Some(new) = after {
+            shared.register_live(new, ctx.id, &ctx.conn);
+        }
+    }
+    let mut response = outcome.response;
+    let mut push = outcome.push;
+    if outcome.durable {
+        // Acknowledge only what is on disk: a crash after "Sent" must not lose the envelope.
+        if let Err(e) = shared.relay.store().flush_async().await {
+            tracing::error!(error = %e, "flush failed; answering INTERNAL");
+            response = error_response(ErrorCode::Internal, "relay storage error; try later");
+            push = None;
+        }
+    }
+    respond(&mut send, &response).await;
+    if let Some((to, envelope)) = push {
+        push_to(shared, to, envelope);
+    }
+}
+
+async fn respond(send: &mut quinn::SendStream, response: &Response) {
+    if frame::write(send, response).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Best-effort push of one envelope to every live connection of `to`; the
+/// envelope stays in the mailbox until acknowledged either way.
+fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
+    let conns = shared.live_for(to);
+    if conns.is_empty() {
+        return;
+    }
+    let msg = Push {
+        version: sotto_wire::PROTOCOL_VERSION,
+        envelopes: vec![envelope],
+    };
+    for conn in conns {
+        let msg = msg.clone();
+        tokio::spawn(async move {
+            let Ok(mut uni) = conn.open_uni().await else {
+                return;
+            };
+            if frame::write(&mut uni, &msg).await.is_ok() {
+                let _ = uni.finish();
+            }
+        });
+    }
+}
+
+/// Deletes expired envelopes every `every` until cancelled.
+pub async fn sweep_loop(shared: Arc<Shared>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        match shared.relay.sweep(crate::now_ms()) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(expired = n, "expired undelivered envelopes");
+                if let Err(e) = shared.relay.store().flush_async().await {
+                    tracing::error!(error = %e, "flush after sweep failed");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use libsignal_protocol::{IdentityKeyPair, KeyPair};
+    use quinn::crypto::rustls::QuicClientConfig;
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use sotto_wire::auth::{Purpose, transcript};
+    use sotto_wire::relay::{self, request, response};
+
+    use super::*;
+
+    /// Accepts any certificate: the test talks to its own relay on loopback.
+    #[derive(Debug)]
+    struct SkipVerify(Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for SkipVerify {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn verify_tls13_signature(
+            &self,
+            m: &[u8],
+            c: &CertificateDer<'_>,
+            d: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(
+                m,
+                c,
+                d,
+                &self.0.signature_verification_algorithms,
+            )
+        }
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    async fn connect(addr: std::net::SocketAddr) -> quinn::Connection {
+        let provider = crate::tls::provider();
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("tls13")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(SkipVerify(provider)))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![sotto_wire::ALPN.to_vec()];
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+            QuicClientConfig::try_from(tls).expect("quic tls"),
+        )));
+        ep.connect(addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake")
+    }
+
+    async fn call(conn: &quinn::Connection, kind: request::Kind) -> response::Kind {
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        let req = Request {
+            version: sotto_wire::PROTOCOL_VERSION,
+            kind: Some(kind),
+        };
+        frame::write(&mut send, &req).await.expect("write");
+        send.finish().expect("finish");
+        let resp: Response = frame::read(&mut recv, 1 << 20).await.expect("response");
+        resp.kind.expect("response kind")
+    }
+
+    async fn raw(conn: &quinn::Connection, bytes: &[u8]) -> response::Kind {
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        let _ = send.write_all(bytes).await;
+        let _ = send.finish();
+        let resp: Response = frame::read(&mut recv, 1 << 20).await.expect("response");
+        resp.kind.expect("response kind")
+    }
+
+    fn signed(id: &IdentityKeyPair, key_id: u32, public_key: Vec<u8>) -> relay::SignedPreKey {
+        let signature = id
+            .private_key()
+            .calculate_signature(&public_key, &mut rand::rng())
+            .expect("sign")
+            .to_vec();
+        relay::SignedPreKey {
+            id: key_id,
+            public_key,
+            signature,
+        }
+    }
+
+    async fn register(conn: &quinn::Connection, token: Vec<u8>) -> Vec<u8> {
+        let mut exporter = [0u8; EXPORTER_LEN];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .expect("exporter");
+        let response::Kind::Challenge(c) =
+            call(conn, request::Kind::Challenge(relay::ChallengeRequest {})).await
+        else {
+            panic!("expected a challenge");
+        };
+        let id = IdentityKeyPair::generate(&mut rand::rng());
+        let sig = id
+            .private_key()
+            .calculate_signature(
+                &transcript(Purpose::Register, &exporter, &c.nonce),
+                &mut rand::rng(),
+            )
+            .expect("sign");
+        let spk = KeyPair::generate(&mut rand::rng())
+            .public_key
+            .serialize()
+            .to_vec();
+        let out = call(
+            conn,
+            request::Kind::Register(relay::Register {
+                invite_token: token,
+                identity_key: id.identity_key().serialize().to_vec(),
+                registration_id: 77,
+                auth_signature: sig.to_vec(),
+                signed_pre_key: Some(signed(&id, 1, spk)),
+                kyber_last_resort: Some(signed(&id, 2, vec![3; 64])),
+                pre_keys: vec![],
+                kyber_pre_keys: vec![],
+            }),
+        )
+        .await;
+        let response::Kind::Registered(r) = out else {
+            panic!("expected registered, got {out:?}");
+        };
+        r.account_id
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn register_send_push_and_bad_frames_over_quic() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("relay");
+        crate::init(&dir, Some("127.0.0.1:0".parse().expect("addr")), None).expect("init");
+        let running = crate::start(&dir).await.expect("start");
+        let addr = running.local_addr;
+        assert_ne!(addr.port(), 0);
+        assert_eq!(running.shared.links.relay, addr.to_string());
+
+        let invite = |uses| {
+            crate::make_invite(
+                &running.shared.relay,
+                &running.shared.links,
+                uses,
+                Duration::from_secs(60),
+            )
+            .expect("invite")
+            .token
+        };
+        let bob = connect(addr).await;
+        let alice = connect(addr).await;
+        let bob_id = register(&bob, invite(1)).await;
+        register(&alice, invite(1)).await;
+
+        let mut pushes = {
+            let bob = bob.clone();
+            tokio::spawn(async move {
+                let mut uni = bob.accept_uni().await.expect("push stream");
+                let push: Push = frame::read(&mut uni, 1 << 20).await.expect("push frame");
+                push
+            })
+        };
+        let out = call(
+            &alice,
+            request::Kind::Send(relay::Send {
+                recipient: bob_id.clone(),
+                device_id: 1,
+                registration_id: 77,
+                envelope: b"sealed".to_vec(),
+            }),
+        )
+        .await;
+        let response::Kind::Sent(sent) = out else {
+            panic!("expected sent, got {out:?}");
+        };
+        let push = tokio::time::timeout(Duration::from_secs(5), &mut pushes)
+            .await
+            .expect("push in time")
+            .expect("push task");
+        assert_eq!(push.envelopes[0].seq, sent.seq);
+        assert_eq!(push.envelopes[0].envelope, b"sealed");
+        let response::Kind::Envelopes(e) =
+            call(&bob, request::Kind::Fetch(relay::Fetch { limit: 0 })).await
+        else {
+            panic!("expected envelopes");
+        };
+        assert_eq!(e.envelopes.len(), 1);
+
+        // An oversized length prefix is refused without reading the body.
+        let huge = (u32::MAX).to_be_bytes();
+        let response::Kind::Error(err) = raw(&alice, &huge).await else {
+            panic!("expected an error");
+        };
+        assert_eq!(err.code(), ErrorCode::TooLarge);
+        let response::Kind::Error(err) = raw(&alice, &[0, 0, 0, 3, 0xff, 0xff, 0xff]).await else {
+            panic!("expected an error");
+        };
+        assert_eq!(err.code(), ErrorCode::Malformed);
+        // The connection still works after bad frames.
+        assert!(matches!(
+            call(
+                &alice,
+                request::Kind::PreKeyCount(relay::PreKeyCountRequest {})
+            )
+            .await,
+            response::Kind::PreKeyCount(_)
+        ));
+
+        // A connection that keeps sending garbage is closed; others are unaffected.
+        let mallory = connect(addr).await;
+        for _ in 0..(MAX_BAD_FRAMES + 2) {
+            if let Ok((mut s, _r)) = mallory.open_bi().await {
+                let _ = s.write_all(&[0, 0, 0, 1, 0xff]).await;
+                let _ = s.finish();
+            }
+        }
+        let reason = tokio::time::timeout(Duration::from_secs(5), mallory.closed())
+            .await
+            .expect("closed in time");
+        assert!(matches!(
+            reason,
+            quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == CLOSE_MISBEHAVING.into()
+        ));
+        assert!(matches!(
+            call(
+                &bob,
+                request::Kind::PreKeyCount(relay::PreKeyCountRequest {})
+            )
+            .await,
+            response::Kind::PreKeyCount(_)
+        ));
+
+        let admin = crate::admin::handle_command(&running.shared, r#"{"cmd":"stats"}"#);
+        assert_eq!(admin["accounts"], 2);
+        assert_eq!(admin["queued_envelopes"], 1);
+
+        let sock = crate::DataDir::new(&dir).admin_socket();
+        assert!(sock.exists());
+        running.shutdown().await;
+        assert!(!sock.exists());
+        let reason = tokio::time::timeout(Duration::from_secs(5), bob.closed())
+            .await
+            .expect("closed on shutdown");
+        assert!(matches!(
+            reason,
+            quinn::ConnectionError::ApplicationClosed(_)
+        ));
+    }
+}

@@ -1,0 +1,627 @@
+//! The relay's storage: narrow domain traits and their sled implementation.
+//!
+//! Everything stored here is either random (account ids, invite token hashes,
+//! sequence numbers), public (identity and prekey public keys) or sealed
+//! ciphertext the relay cannot read. There is no sender field anywhere: sealed
+//! sender means the relay does not know who sent an envelope, and it must not
+//! write down what it happens to see (the connection's account).
+//!
+//! Layout (sled trees, keys are big-endian so prefix scans come out in order):
+//! - `meta`: `schema_version` -> u32
+//! - `invites`: SHA-256(token) -> uses_left u32 ++ expires_at_ms u64
+//! - `accounts`: account(16) ++ device(4) -> [`AccountRecord`] (protobuf)
+//! - `prekeys`: account ++ device ++ id(4) -> EC public key
+//! - `kyber`: account ++ device ++ id(4) -> [`SignedPreKey`] (protobuf)
+//! - `mailbox`: account ++ device ++ seq(8) -> received_at_ms u64 ++ envelope
+//! - `usage`: account ++ device -> envelope count u64 ++ bytes u64
+//!
+//! sled is pre-1.0 with no on-disk format promise, so the schema version is
+//! checked at open and the rest of the relay only sees the traits.
+
+use std::path::Path;
+
+use prost::Message;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sotto_wire::relay::{Envelope, OneTimePreKey, SignedPreKey};
+use uuid::Uuid;
+
+/// The schema version this build writes and understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const SCHEMA_KEY: &[u8] = b"schema_version";
+
+/// Storage errors. Their text stays in the relay's log; peers only see INTERNAL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption it detected).
+    #[error("database error: {0}")]
+    Db(sled::Error),
+    /// A stored record does not decode; the database was damaged or written by other code.
+    #[error("corrupt record in tree `{0}`")]
+    Corrupt(&'static str),
+    /// The database was written by a newer relay.
+    #[error(
+        "the database has schema version {found} but this relay understands up to {supported}; \
+         run the newer sotto-relay or restore a backup"
+    )]
+    SchemaTooNew {
+        /// Version found on disk.
+        found: u32,
+        /// Newest version this build supports.
+        supported: u32,
+    },
+}
+
+// Written by hand rather than `#[from]` so the sled error is shown once (in
+// Display) instead of again as the `source` in error chains.
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+/// Result alias for storage calls.
+pub type StoreResult<T> = std::result::Result<T, StoreError>;
+
+/// One device of one account: the unit that owns keys and a mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DeviceKey {
+    /// Random account id (UUID v4).
+    pub account: Uuid,
+    /// Device number, 1 for the first device.
+    pub device: u32,
+}
+
+impl DeviceKey {
+    fn bytes(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[..16].copy_from_slice(self.account.as_bytes());
+        out[16..].copy_from_slice(&self.device.to_be_bytes());
+        out
+    }
+
+    fn with_suffix(&self, suffix: &[u8]) -> Vec<u8> {
+        let mut out = self.bytes().to_vec();
+        out.extend_from_slice(suffix);
+        out
+    }
+}
+
+/// What the relay keeps about one device: public keys and a registration id.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AccountRecord {
+    /// Serialized libsignal identity key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub identity_key: Vec<u8>,
+    /// The device's libsignal registration id.
+    #[prost(uint32, tag = "2")]
+    pub registration_id: u32,
+    /// Current signed EC prekey.
+    #[prost(message, optional, tag = "3")]
+    pub signed_pre_key: Option<SignedPreKey>,
+    /// Current last-resort Kyber prekey.
+    #[prost(message, optional, tag = "4")]
+    pub kyber_last_resort: Option<SignedPreKey>,
+}
+
+/// Result of storing an envelope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored under this sequence number (not yet flushed).
+    Stored(u64),
+    /// The mailbox is over its envelope or byte quota; nothing was stored.
+    MailboxFull,
+}
+
+/// Per-mailbox quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Most envelopes a mailbox holds.
+    pub max_envelopes: u64,
+    /// Most envelope bytes a mailbox holds.
+    pub max_bytes: u64,
+}
+
+/// Invite tokens, stored only as hashes.
+pub trait InviteStore {
+    /// Records an invite (by the SHA-256 of its token).
+    fn add_invite(&self, token_hash: [u8; 32], uses: u32, expires_at_ms: u64) -> StoreResult<()>;
+    /// Uses an invite once, atomically. False when unknown, spent or expired.
+    fn consume_invite(&self, token_hash: [u8; 32], now_ms: u64) -> StoreResult<bool>;
+}
+
+/// Accounts and their long-lived public keys.
+pub trait AccountStore {
+    /// Creates or replaces a device's record.
+    fn put_account(&self, key: DeviceKey, record: &AccountRecord) -> StoreResult<()>;
+    /// The device's record, if it exists.
+    fn account(&self, key: DeviceKey) -> StoreResult<Option<AccountRecord>>;
+    /// Number of registered devices.
+    fn account_count(&self) -> usize;
+}
+
+/// One-time prekeys: added in batches, each handed out at most once.
+pub trait PreKeyDirectory {
+    /// Adds one-time EC prekeys (an existing id is overwritten).
+    fn add_pre_keys(&self, key: DeviceKey, keys: &[OneTimePreKey]) -> StoreResult<()>;
+    /// Adds one-time Kyber prekeys (an existing id is overwritten).
+    fn add_kyber_pre_keys(&self, key: DeviceKey, keys: &[SignedPreKey]) -> StoreResult<()>;
+    /// Removes and returns one EC prekey; two callers never get the same one.
+    fn take_pre_key(&self, key: DeviceKey) -> StoreResult<Option<OneTimePreKey>>;
+    /// Removes and returns one Kyber prekey; two callers never get the same one.
+    fn take_kyber_pre_key(&self, key: DeviceKey) -> StoreResult<Option<SignedPreKey>>;
+    /// Remaining (EC, Kyber) one-time prekeys.
+    fn pre_key_counts(&self, key: DeviceKey) -> StoreResult<(u32, u32)>;
+    /// Drops every one-time prekey of the device (identity reset).
+    fn clear_pre_keys(&self, key: DeviceKey) -> StoreResult<()>;
+}
+
+/// Mailboxes of sealed envelopes, keyed by (device, seq).
+pub trait MailboxStore {
+    /// Stores an envelope if the mailbox has room. Call [`Store::flush`] before acknowledging.
+    fn enqueue(
+        &self,
+        key: DeviceKey,
+        received_at_ms: u64,
+        envelope: &[u8],
+        quota: Quota,
+    ) -> StoreResult<Enqueued>;
+    /// The oldest `limit` envelopes in seq order, and whether more remain.
+    fn envelopes(&self, key: DeviceKey, limit: usize) -> StoreResult<(Vec<Envelope>, bool)>;
+    /// Deletes the given envelopes of this mailbox (unknown seqs are ignored). Returns how many.
+    fn ack(&self, key: DeviceKey, seqs: &[u64]) -> StoreResult<usize>;
+    /// Deletes every envelope received before `cutoff_ms`. Returns how many.
+    fn sweep_expired(&self, cutoff_ms: u64) -> StoreResult<usize>;
+    /// Envelopes queued across all mailboxes.
+    fn queued_count(&self) -> usize;
+}
+
+/// Everything the relay core needs from storage.
+pub trait Store: InviteStore + AccountStore + PreKeyDirectory + MailboxStore + Send + Sync {
+    /// Makes every write so far durable (blocking).
+    fn flush(&self) -> StoreResult<()>;
+}
+
+/// The sled-backed store.
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    invites: sled::Tree,
+    accounts: sled::Tree,
+    prekeys: sled::Tree,
+    kyber: sled::Tree,
+    mailbox: sled::Tree,
+    usage: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> StoreResult<Self> {
+        Self::from_db(sled::Config::new().path(dir).open()?)
+    }
+
+    /// A throwaway database, for tests and benchmarks.
+    pub fn temporary() -> StoreResult<Self> {
+        Self::from_db(sled::Config::new().temporary(true).open()?)
+    }
+
+    fn from_db(db: sled::Db) -> StoreResult<Self> {
+        let meta = db.open_tree("meta")?;
+        match meta.get(SCHEMA_KEY)? {
+            None => {
+                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(v) => {
+                let found = u32::from_be_bytes(
+                    v.as_ref()
+                        .try_into()
+                        .map_err(|_| StoreError::Corrupt("meta"))?,
+                );
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::SchemaTooNew {
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            invites: db.open_tree("invites")?,
+            accounts: db.open_tree("accounts")?,
+            prekeys: db.open_tree("prekeys")?,
+            kyber: db.open_tree("kyber")?,
+            mailbox: db.open_tree("mailbox")?,
+            usage: db.open_tree("usage")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable without blocking the runtime.
+    pub async fn flush_async(&self) -> StoreResult<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Takes the first entry under `prefix`, racing other takers with compare-and-swap.
+    fn take_first(
+        tree: &sled::Tree,
+        prefix: &[u8],
+    ) -> StoreResult<Option<(sled::IVec, sled::IVec)>> {
+        loop {
+            let Some(entry) = tree.scan_prefix(prefix).next() else {
+                return Ok(None);
+            };
+            let (k, v) = entry?;
+            // Only the caller whose CAS removes the key gets it, so a one-time
+            // key is never handed to two peers.
+            if tree.compare_and_swap(&k, Some(&v), None::<&[u8]>)?.is_ok() {
+                return Ok(Some((k, v)));
+            }
+        }
+    }
+
+    fn id_from_key(k: &[u8]) -> u32 {
+        k.get(20..24)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .unwrap_or(0)
+    }
+
+    /// Removes one mailbox entry and updates its usage counter, atomically.
+    fn remove_envelope(&self, mailbox_key: &[u8]) -> StoreResult<bool> {
+        let usage_key = mailbox_key
+            .get(..20)
+            .ok_or(StoreError::Corrupt("mailbox"))?;
+        let res = (&self.mailbox, &self.usage).transaction(|(mb, us)| {
+            let Some(old) = mb.remove(mailbox_key)? else {
+                return Ok(false);
+            };
+            let bytes = old.len().saturating_sub(8) as u64;
+            let (count, total) = decode_usage(us.get(usage_key)?.as_deref());
+            us.insert(
+                usage_key,
+                &encode_usage(count.saturating_sub(1), total.saturating_sub(bytes))[..],
+            )?;
+            Ok(true)
+        });
+        res.map_err(unabortable)
+    }
+}
+
+fn decode_usage(v: Option<&[u8]>) -> (u64, u64) {
+    match v {
+        Some(b) if b.len() == 16 => {
+            let mut c = [0u8; 8];
+            let mut t = [0u8; 8];
+            c.copy_from_slice(&b[..8]);
+            t.copy_from_slice(&b[8..]);
+            (u64::from_be_bytes(c), u64::from_be_bytes(t))
+        }
+        _ => (0, 0),
+    }
+}
+
+fn encode_usage(count: u64, bytes: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&count.to_be_bytes());
+    out[8..].copy_from_slice(&bytes.to_be_bytes());
+    out
+}
+
+fn unabortable(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Storage(e) => StoreError::Db(e),
+        // No transaction in this file aborts with `()`; treat it as corruption.
+        TransactionError::Abort(()) => StoreError::Corrupt("transaction"),
+    }
+}
+
+impl InviteStore for SledStore {
+    fn add_invite(&self, token_hash: [u8; 32], uses: u32, expires_at_ms: u64) -> StoreResult<()> {
+        let mut v = Vec::with_capacity(12);
+        v.extend_from_slice(&uses.to_be_bytes());
+        v.extend_from_slice(&expires_at_ms.to_be_bytes());
+        self.invites.insert(token_hash, v)?;
+        Ok(())
+    }
+
+    fn consume_invite(&self, token_hash: [u8; 32], now_ms: u64) -> StoreResult<bool> {
+        loop {
+            let Some(old) = self.invites.get(token_hash)? else {
+                return Ok(false);
+            };
+            if old.len() != 12 {
+                return Err(StoreError::Corrupt("invites"));
+            }
+            let uses = u32::from_be_bytes([old[0], old[1], old[2], old[3]]);
+            let mut exp = [0u8; 8];
+            exp.copy_from_slice(&old[4..]);
+            let expires = u64::from_be_bytes(exp);
+            if expires <= now_ms || uses == 0 {
+                // Spent or expired tokens are dropped so the tree does not grow forever.
+                self.invites.remove(token_hash)?;
+                return Ok(false);
+            }
+            let new = if uses == 1 {
+                None
+            } else {
+                let mut v = old.to_vec();
+                v[..4].copy_from_slice(&(uses - 1).to_be_bytes());
+                Some(v)
+            };
+            // Compare-and-swap so two registrations racing on a one-use token
+            // cannot both succeed.
+            if self
+                .invites
+                .compare_and_swap(token_hash, Some(&old), new)?
+                .is_ok()
+            {
+                return Ok(true);
+            }
+        }
+    }
+}
+
+impl AccountStore for SledStore {
+    fn put_account(&self, key: DeviceKey, record: &AccountRecord) -> StoreResult<()> {
+        self.accounts.insert(key.bytes(), record.encode_to_vec())?;
+        Ok(())
+    }
+
+    fn account(&self, key: DeviceKey) -> StoreResult<Option<AccountRecord>> {
+        match self.accounts.get(key.bytes())? {
+            None => Ok(None),
+            Some(v) => AccountRecord::decode(v.as_ref())
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("accounts")),
+        }
+    }
+
+    fn account_count(&self) -> usize {
+        self.accounts.len()
+    }
+}
+
+impl PreKeyDirectory for SledStore {
+    fn add_pre_keys(&self, key: DeviceKey, keys: &[OneTimePreKey]) -> StoreResult<()> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.insert(
+                key.with_suffix(&k.id.to_be_bytes()),
+                k.public_key.as_slice(),
+            );
+        }
+        self.prekeys.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn add_kyber_pre_keys(&self, key: DeviceKey, keys: &[SignedPreKey]) -> StoreResult<()> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.insert(key.with_suffix(&k.id.to_be_bytes()), k.encode_to_vec());
+        }
+        self.kyber.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn take_pre_key(&self, key: DeviceKey) -> StoreResult<Option<OneTimePreKey>> {
+        Ok(
+            Self::take_first(&self.prekeys, &key.bytes())?.map(|(k, v)| OneTimePreKey {
+                id: Self::id_from_key(&k),
+                public_key: v.to_vec(),
+            }),
+        )
+    }
+
+    fn take_kyber_pre_key(&self, key: DeviceKey) -> StoreResult<Option<SignedPreKey>> {
+        match Self::take_first(&self.kyber, &key.bytes())? {
+            None => Ok(None),
+            Some((_, v)) => SignedPreKey::decode(v.as_ref())
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt("kyber")),
+        }
+    }
+
+    fn pre_key_counts(&self, key: DeviceKey) -> StoreResult<(u32, u32)> {
+        let count = |tree: &sled::Tree| -> StoreResult<u32> {
+            let mut n = 0u32;
+            for k in tree.scan_prefix(key.bytes()).keys() {
+                k?;
+                n = n.saturating_add(1);
+            }
+            Ok(n)
+        };
+        Ok((count(&self.prekeys)?, count(&self.kyber)?))
+    }
+
+    fn clear_pre_keys(&self, key: DeviceKey) -> StoreResult<()> {
+        for tree in [&self.prekeys, &self.kyber] {
+            let mut batch = sled::Batch::default();
+            for k in tree.scan_prefix(key.bytes()).keys() {
+                batch.remove(k?);
+            }
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+}
+
+impl MailboxStore for SledStore {
+    fn enqueue(
+        &self,
+        key: DeviceKey,
+        received_at_ms: u64,
+        envelope: &[u8],
+        quota: Quota,
+    ) -> StoreResult<Enqueued> {
+        // sled ids are monotonic across restarts, so seqs only ever grow per mailbox.
+        let seq = self.db.generate_id()?;
+        let mb_key = key.with_suffix(&seq.to_be_bytes());
+        let usage_key = key.bytes();
+        let mut value = Vec::with_capacity(8 + envelope.len());
+        value.extend_from_slice(&received_at_ms.to_be_bytes());
+        value.extend_from_slice(envelope);
+        let len = envelope.len() as u64;
+        let res = (&self.mailbox, &self.usage).transaction(|(mb, us)| {
+            let (count, total) = decode_usage(us.get(usage_key)?.as_deref());
+            if count.saturating_add(1) > quota.max_envelopes
+                || total.saturating_add(len) > quota.max_bytes
+            {
+                return Err(ConflictableTransactionError::Abort(()));
+            }
+            mb.insert(mb_key.as_slice(), value.as_slice())?;
+            us.insert(&usage_key[..], &encode_usage(count + 1, total + len)[..])?;
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(Enqueued::Stored(seq)),
+            Err(TransactionError::Abort(())) => Ok(Enqueued::MailboxFull),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    fn envelopes(&self, key: DeviceKey, limit: usize) -> StoreResult<(Vec<Envelope>, bool)> {
+        let mut out = Vec::new();
+        for entry in self.mailbox.scan_prefix(key.bytes()) {
+            let (k, v) = entry?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let seq = k
+                .get(20..28)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(StoreError::Corrupt("mailbox"))?;
+            let received = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(StoreError::Corrupt("mailbox"))?;
+            out.push(Envelope {
+                seq,
+                received_at_ms: received,
+                envelope: v[8..].to_vec(),
+            });
+        }
+        Ok((out, false))
+    }
+
+    fn ack(&self, key: DeviceKey, seqs: &[u64]) -> StoreResult<usize> {
+        let mut n = 0;
+        for seq in seqs {
+            // The key includes the caller's device, so nobody can delete
+            // envelopes from someone else's mailbox.
+            if self.remove_envelope(&key.with_suffix(&seq.to_be_bytes()))? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn sweep_expired(&self, cutoff_ms: u64) -> StoreResult<usize> {
+        let mut expired = Vec::new();
+        for entry in self.mailbox.iter() {
+            let (k, v) = entry?;
+            let received = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            if received < cutoff_ms {
+                expired.push(k);
+            }
+        }
+        let mut n = 0;
+        for k in expired {
+            if self.remove_envelope(&k)? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn queued_count(&self) -> usize {
+        self.mailbox.len()
+    }
+}
+
+impl Store for SledStore {
+    fn flush(&self) -> StoreResult<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(n: u8) -> DeviceKey {
+        DeviceKey {
+            account: Uuid::from_bytes([n; 16]),
+            device: 1,
+        }
+    }
+
+    const BIG: Quota = Quota {
+        max_envelopes: 1000,
+        max_bytes: 1 << 20,
+    };
+
+    #[test]
+    fn invite_uses_are_counted_and_expire() {
+        let s = SledStore::temporary().expect("db");
+        s.add_invite([1; 32], 2, 1000).expect("add");
+        assert!(s.consume_invite([1; 32], 10).expect("use"));
+        assert!(s.consume_invite([1; 32], 10).expect("use"));
+        assert!(!s.consume_invite([1; 32], 10).expect("spent"));
+        s.add_invite([2; 32], 5, 1000).expect("add");
+        assert!(!s.consume_invite([2; 32], 1000).expect("expired"));
+        assert!(!s.consume_invite([3; 32], 0).expect("unknown"));
+    }
+
+    #[test]
+    fn mailbox_keeps_usage_in_step() {
+        let s = SledStore::temporary().expect("db");
+        let a = dev(1);
+        let Enqueued::Stored(s1) = s.enqueue(a, 5, b"abc", BIG).expect("enqueue") else {
+            panic!("room in mailbox");
+        };
+        let Enqueued::Stored(s2) = s.enqueue(a, 6, b"defg", BIG).expect("enqueue") else {
+            panic!("room in mailbox");
+        };
+        assert!(s2 > s1);
+        assert_eq!(
+            decode_usage(s.usage.get(a.bytes()).expect("get").as_deref()),
+            (2, 7)
+        );
+        assert_eq!(s.ack(a, &[s1, s1, 999]).expect("ack"), 1);
+        assert_eq!(
+            decode_usage(s.usage.get(a.bytes()).expect("get").as_deref()),
+            (1, 4)
+        );
+        let (left, more) = s.envelopes(a, 10).expect("fetch");
+        assert!(!more);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].envelope, b"defg");
+        assert_eq!(left[0].received_at_ms, 6);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let s = SledStore::open(dir.path()).expect("open");
+            s.db.open_tree("meta")
+                .expect("meta")
+                .insert(SCHEMA_KEY, &(SCHEMA_VERSION + 1).to_be_bytes())
+                .expect("write");
+            s.db.flush().expect("flush");
+        }
+        assert!(matches!(
+            SledStore::open(dir.path()),
+            Err(StoreError::SchemaTooNew { .. })
+        ));
+    }
+}
