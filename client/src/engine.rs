@@ -1,0 +1,1194 @@
+//! The client engine: one profile's account, store and relay connection.
+//!
+//! The engine turns user intents (send this text, sync my mailbox) into relay
+//! requests and libsignal operations. Its rules, in the order they protect
+//! the user:
+//! - **Outbox first.** A message is stored and flushed before it leaves; it
+//!   stays in the outbox until the relay says it is durable, and is resent on
+//!   the next `send`, `sync` or `listen` otherwise.
+//! - **Store, then acknowledge.** Fetched messages are decrypted, stored and
+//!   flushed before the relay is told to delete them, so a crash in between
+//!   means the relay delivers again and the receiver drops the duplicate.
+//! - **Trust on first use, loudly.** The first identity key seen for a contact is
+//!   trusted; a different one later blocks sending until `contact trust`.
+//!
+//! All libsignal calls run on the caller's task (its futures are `!Send`); the
+//! CLI drives the engine from a current-thread runtime.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use libsignal_protocol::{
+    DeviceId, Fingerprint, GenericSignedPreKey, IdentityKey, IdentityKeyPair, KeyPair,
+    KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
+    PublicKey, SenderCertificate, SessionStore, SessionUsabilityRequirements, SignalProtocolError,
+    SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem, process_prekey_bundle,
+    sealed_sender_decrypt, sealed_sender_encrypt,
+};
+use prost::Message as _;
+use rand::Rng;
+use sotto_wire::auth::{Purpose, transcript};
+use sotto_wire::code::ContactCode;
+use sotto_wire::content::{self, Content};
+use sotto_wire::invite::InviteLink;
+use sotto_wire::relay::{
+    self, ErrorCode, OneTimePreKey, SignedPreKey, request::Kind as Req, response::Kind as Resp,
+};
+use uuid::Uuid;
+
+use crate::store::{
+    AccountRecord, Contact, IdKind, MessageDirection, MessageRecord, MessageStatus, OutboxEntry,
+    Store, StoreError,
+};
+use crate::transport::{Connection, TransportError};
+
+/// One-time keys of each kind uploaded at registration and at each top-up.
+pub const ONE_TIME_KEYS: u32 = 100;
+
+/// Our single device. Multi-device is future work; the relay already keys mailboxes by device.
+const DEVICE_ID: u8 = 1;
+
+/// A sender certificate is renewed when less than this is left of it.
+const CERT_RENEW_MARGIN_MS: u64 = 10 * 60 * 1000;
+
+/// Envelopes asked for per fetch.
+const FETCH_BATCH: u32 = 100;
+
+/// Longest text accepted for one message (the relay's envelope cap is 64 KiB).
+pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+
+/// Errors the engine reports to the CLI. Each `Display` says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The local store failed or refused (wrong passphrase, no profile, locked).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Talking to the relay failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// libsignal refused an operation.
+    #[error("encryption error: {0}")]
+    Signal(#[from] SignalProtocolError),
+    /// No contact by that name.
+    #[error(
+        "no contact named {0:?}: add one with `sotto contact add NAME CODE` (see `sotto contact list`)"
+    )]
+    UnknownContact(String),
+    /// A contact by that name already exists.
+    #[error("a contact named {0:?} already exists; pick another name")]
+    ContactExists(String),
+    /// The recipient's identity key changed since we first trusted it.
+    #[error(
+        "{0}'s safety number has changed: their identity key is not the one you trusted. \
+         Nothing was sent. Check it with `sotto contact verify {0}` (compare with them in person \
+         or on another channel), then run `sotto contact trust {0}` and send again"
+    )]
+    IdentityChanged(String),
+    /// The relay does not know the recipient.
+    #[error("the relay has no account for {0:?}; check their contact code")]
+    UnknownRecipient(String),
+    /// Input that cannot be used.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias for engine calls.
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// A message as the CLI shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownMessage {
+    /// Hex of the 16-byte message id.
+    pub id: String,
+    /// Who wrote it: my contact name for them, else their chosen display name, or "me".
+    pub from: String,
+    /// The other party's contact code.
+    pub peer_code: String,
+    /// True when I wrote it.
+    pub outgoing: bool,
+    /// The text.
+    pub text: String,
+    /// When the sender sent it, ms since the epoch.
+    pub sent_at_ms: u64,
+    /// Delivery state: "pending", "sent", "received" or "failed".
+    pub status: &'static str,
+}
+
+/// Relay-side one-time prekey counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCounts {
+    /// One-time EC prekeys left on the relay.
+    pub pre_keys: u32,
+    /// One-time Kyber prekeys left on the relay.
+    pub kyber_pre_keys: u32,
+    /// Whether the engine uploaded more during this call.
+    pub topped_up: bool,
+}
+
+/// What `sync` and `listen` learn besides messages, for the CLI to print to stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A contact's identity key changed; sending to them is blocked until `contact trust`.
+    IdentityChanged(String),
+    /// An envelope could not be decrypted and was dropped.
+    Undecryptable {
+        /// The relay's sequence number, for support.
+        seq: u64,
+        /// libsignal's reason (contains no content).
+        reason: String,
+    },
+    /// One-time prekeys were replenished on the relay.
+    ToppedUp(u32),
+}
+
+/// The engine for one profile.
+pub struct Engine {
+    store: Store,
+    account: AccountRecord,
+    identity: IdentityKeyPair,
+    trust_root: PublicKey,
+    conn: Option<Connection>,
+}
+
+/// Where the store lives inside a profile directory.
+pub fn store_dir(home: &Path) -> PathBuf {
+    home.join("store")
+}
+
+impl Engine {
+    /// Creates a profile in `home`, registers with the relay named in `invite`, and opens it.
+    pub async fn init(home: &Path, passphrase: &str, invite: &str, name: &str) -> Result<Engine> {
+        let link: InviteLink = invite
+            .parse()
+            .map_err(|e: sotto_wire::invite::BadInvite| EngineError::Invalid(e.to_string()))?;
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 {
+            return Err(EngineError::Invalid(
+                "a display name needs 1 to 64 characters".into(),
+            ));
+        }
+        let dir = store_dir(home);
+        let store = Store::create(&dir, passphrase)?;
+        match Self::register(store, &link, name).await {
+            Ok(engine) => Ok(engine),
+            Err(e) => {
+                // Leave nothing half-made: a retry with a fresh invite must work.
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn register(store: Store, link: &InviteLink, name: &str) -> Result<Engine> {
+        let mut rng = rand::rng();
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let registration_id = rng.random_range(1..16380);
+        let account = AccountRecord {
+            relay: link.relay.clone(),
+            spki_pin: link.spki_pin,
+            trust_root: link.trust_root.clone(),
+            account_id: Uuid::nil(),
+            device_id: u32::from(DEVICE_ID),
+            name: name.to_string(),
+            identity_key_pair: identity.serialize().to_vec(),
+            registration_id,
+            sender_certificate: None,
+            transport_hint: None,
+        };
+        store.set_account(&account)?;
+        let trust_root = PublicKey::deserialize(&link.trust_root)
+            .map_err(|_| EngineError::Invalid("invite link has a damaged trust root".into()))?;
+        let mut engine = Engine {
+            store,
+            account,
+            identity,
+            trust_root,
+            conn: None,
+        };
+        let keys = engine.generate_keys(ONE_TIME_KEYS, true).await?;
+        let conn = Connection::connect(&link.relay, link.spki_pin).await?;
+        let nonce = challenge(&conn).await?;
+        let signature = engine
+            .identity
+            .private_key()
+            .calculate_signature(
+                &transcript(Purpose::Register, &conn.exporter()?, &nonce),
+                &mut rng,
+            )
+            .map_err(crypto)?;
+        let registered = conn
+            .request(Req::Register(relay::Register {
+                invite_token: link.token.clone(),
+                identity_key: engine.identity.identity_key().serialize().to_vec(),
+                registration_id,
+                auth_signature: signature.to_vec(),
+                signed_pre_key: keys.signed_pre_key,
+                kyber_last_resort: keys.kyber_last_resort,
+                pre_keys: keys.pre_keys,
+                kyber_pre_keys: keys.kyber_pre_keys,
+            }))
+            .await?;
+        let Resp::Registered(registered) = registered else {
+            return Err(TransportError::Unexpected.into());
+        };
+        engine.account.account_id = Uuid::from_slice(&registered.account_id)
+            .map_err(|_| EngineError::from(TransportError::Unexpected))?;
+        engine.store.set_account(&engine.account)?;
+        engine.store.flush().await?;
+        engine.conn = Some(conn);
+        Ok(engine)
+    }
+
+    /// Opens an existing profile.
+    pub fn open(home: &Path, passphrase: &str) -> Result<Engine> {
+        let store = Store::open(&store_dir(home), passphrase)?;
+        let account = store.account()?;
+        if account.account_id.is_nil() {
+            return Err(EngineError::Invalid(
+                "this profile never finished registering; delete it and run `sotto init` again"
+                    .into(),
+            ));
+        }
+        let identity = IdentityKeyPair::try_from(account.identity_key_pair.as_slice())
+            .map_err(|_| StoreError::Corrupt("identity key".into()))?;
+        let trust_root = PublicKey::deserialize(&account.trust_root)
+            .map_err(|_| StoreError::Corrupt("trust root".into()))?;
+        Ok(Engine {
+            store,
+            account,
+            identity,
+            trust_root,
+            conn: None,
+        })
+    }
+
+    /// My contact code, to give to others.
+    pub fn code(&self) -> ContactCode {
+        ContactCode::from_account_id(self.account.account_id)
+    }
+
+    /// My display name.
+    pub fn name(&self) -> &str {
+        &self.account.name
+    }
+
+    /// My half of every safety number: 30 digits derived from my identity key and account id.
+    pub fn fingerprint(&self) -> Result<String> {
+        let id = self.account.account_id.as_bytes();
+        let key = self.identity.identity_key();
+        let full = Fingerprint::new(2, 5200, id, key, id, key)
+            .map_err(crypto)?
+            .display_string()
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        Ok(group_digits(&full[..30]))
+    }
+
+    /// The safety number between me and a contact, fetching their key if I have never seen it.
+    pub async fn safety_number(&mut self, name: &str) -> Result<(String, bool)> {
+        let contact = self.contact(name)?;
+        let status = match self.store.identity_status(contact.account_id)? {
+            Some(status) => status,
+            None => {
+                let conn = self.connection().await?;
+                let Resp::Identity(identity) = conn
+                    .request(Req::FetchIdentity(relay::FetchIdentity {
+                        account_id: contact.account_id.as_bytes().to_vec(),
+                    }))
+                    .await
+                    .map_err(|e| unknown_recipient(e, name))?
+                else {
+                    return Err(TransportError::Unexpected.into());
+                };
+                let key = IdentityKey::try_from(identity.identity_key.as_slice())
+                    .map_err(|_| TransportError::Unexpected)?;
+                self.store.note_identity(contact.account_id, &key)?;
+                self.store.flush().await?;
+                self.store
+                    .identity_status(contact.account_id)?
+                    .ok_or_else(|| StoreError::Corrupt("identity just noted".into()))?
+            }
+        };
+        let number = Fingerprint::new(
+            2,
+            5200,
+            self.account.account_id.as_bytes(),
+            self.identity.identity_key(),
+            contact.account_id.as_bytes(),
+            &status.current,
+        )
+        .map_err(crypto)?
+        .display_string()
+        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        Ok((group_digits(&number), status.changed()))
+    }
+
+    /// Adds a contact under a local name.
+    pub async fn add_contact(&mut self, name: &str, code: &str) -> Result<Contact> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 64 {
+            return Err(EngineError::Invalid(
+                "a contact name needs 1 to 64 characters".into(),
+            ));
+        }
+        let code: ContactCode = code
+            .parse()
+            .map_err(|e: sotto_wire::code::BadCode| EngineError::Invalid(e.to_string()))?;
+        if self.store.contact(name)?.is_some() {
+            return Err(EngineError::ContactExists(name.to_string()));
+        }
+        if code.account_id() == self.account.account_id {
+            return Err(EngineError::Invalid("that is your own contact code".into()));
+        }
+        let contact = Contact {
+            name: name.to_string(),
+            account_id: code.account_id(),
+            added_at_ms: now_ms(),
+            verified: false,
+        };
+        self.store.put_contact(&contact)?;
+        self.store.flush().await?;
+        Ok(contact)
+    }
+
+    /// All contacts, with whether their identity key changed since I trusted it.
+    pub fn contacts(&self) -> Result<Vec<(Contact, bool)>> {
+        self.store
+            .contacts()?
+            .into_iter()
+            .map(|c| {
+                let changed = self
+                    .store
+                    .identity_status(c.account_id)?
+                    .is_some_and(|s| s.changed());
+                Ok((c, changed))
+            })
+            .collect()
+    }
+
+    /// Accepts a contact's current identity key (after checking the safety number) and marks them verified.
+    pub async fn trust(&mut self, name: &str) -> Result<bool> {
+        let mut contact = self.contact(name)?;
+        let had_record = self.store.trust_identity(contact.account_id)?;
+        contact.verified = true;
+        self.store.put_contact(&contact)?;
+        self.store.flush().await?;
+        Ok(had_record)
+    }
+
+    /// Stores `text` for `name`, then sends it. Returns once the relay has it durably.
+    pub async fn send_text(&mut self, name: &str, text: &str) -> Result<ShownMessage> {
+        let contact = self.contact(name)?;
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "message too long: {} bytes, the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        if self
+            .store
+            .identity_status(contact.account_id)?
+            .is_some_and(|s| s.changed())
+        {
+            return Err(EngineError::IdentityChanged(contact.name));
+        }
+        let id: [u8; 16] = rand::rng().random();
+        let sent_at_ms = now_ms();
+        let body = Content {
+            version: sotto_wire::CONTENT_VERSION,
+            id: id.to_vec(),
+            sent_at_ms,
+            sender_name: self.account.name.clone(),
+            body: Some(content::content::Body::Text(content::Text {
+                body: text.to_string(),
+            })),
+        };
+        let record = MessageRecord {
+            id,
+            peer: contact.account_id,
+            direction: MessageDirection::Outgoing,
+            sender_name: self.account.name.clone(),
+            text: text.to_string(),
+            sent_at_ms,
+            received_at_ms: sent_at_ms,
+            status: MessageStatus::Pending,
+            group: None,
+        };
+        self.store.insert_message(&record)?;
+        self.store.outbox_push(&OutboxEntry {
+            id,
+            recipient: contact.account_id,
+            content: body.encode_to_vec(),
+            created_at_ms: sent_at_ms,
+        })?;
+        // Durable before anything leaves: a crash from here on resends it.
+        self.store.flush().await?;
+        self.drain_outbox().await?;
+        let record = self
+            .store
+            .message(contact.account_id, id)?
+            .ok_or_else(|| StoreError::Corrupt("message just stored".into()))?;
+        if record.status != MessageStatus::Sent {
+            return Err(EngineError::Invalid(
+                "the message is saved but the relay has not accepted it yet; \
+                 it will be resent by the next `sotto send`, `sync` or `listen`"
+                    .into(),
+            ));
+        }
+        Ok(self.show(&record))
+    }
+
+    /// Sends everything waiting in the outbox, oldest first. Returns how many the relay accepted.
+    ///
+    /// A message to a contact whose identity changed stays in the outbox and
+    /// the first such error is returned after trying the others.
+    pub async fn drain_outbox(&mut self) -> Result<usize> {
+        let mut accepted = 0;
+        let mut first_error = None;
+        for entry in self.store.outbox()? {
+            match self.deliver(&entry).await {
+                Ok(()) => accepted += 1,
+                Err(e @ EngineError::Transport(TransportError::Connection(_)))
+                | Err(e @ EngineError::Transport(TransportError::Connect { .. })) => {
+                    // The relay is unreachable: the rest would fail the same way.
+                    return Err(e);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(accepted),
+        }
+    }
+
+    async fn deliver(&mut self, entry: &OutboxEntry) -> Result<()> {
+        let peer_name = self.peer_name(entry.recipient, "")?;
+        let address = address_of(entry.recipient)?;
+        // Two tries: the second after the relay says our session is for an old registration.
+        for _ in 0..2 {
+            let session = self.store.load_session(&address).await?;
+            let registration_id = match session {
+                Some(session)
+                    if session.has_usable_sender_chain(
+                        SystemTime::now(),
+                        SessionUsabilityRequirements::empty(),
+                    )? =>
+                {
+                    session.remote_registration_id()?
+                }
+                _ => match self.start_session(entry.recipient, &peer_name).await {
+                    Ok(registration_id) => registration_id,
+                    Err(
+                        e @ (EngineError::IdentityChanged(_) | EngineError::UnknownRecipient(_)),
+                    ) => {
+                        // Not sent later behind the user's back: they decide
+                        // to resend once they have checked the new key.
+                        self.fail(entry)?;
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            let certificate = self.sender_certificate().await?;
+            let mut sessions = self.store.clone();
+            let mut identities = self.store.clone();
+            let envelope = sealed_sender_encrypt(
+                &address,
+                &certificate,
+                &entry.content,
+                &mut sessions,
+                &mut identities,
+                SystemTime::now(),
+                &mut rand::rng(),
+            )
+            .await?;
+            let conn = self.connection().await?;
+            let answer = conn
+                .request(Req::Send(relay::Send {
+                    recipient: entry.recipient.as_bytes().to_vec(),
+                    device_id: u32::from(DEVICE_ID),
+                    registration_id,
+                    envelope,
+                }))
+                .await;
+            match answer {
+                Ok(Resp::Sent(_)) => {
+                    self.store.outbox_remove(entry.id)?;
+                    if let Some(mut record) = self.store.message(entry.recipient, entry.id)? {
+                        record.status = MessageStatus::Sent;
+                        self.store.update_message(&record)?;
+                    }
+                    self.store.flush().await?;
+                    return Ok(());
+                }
+                Ok(_) => return Err(TransportError::Unexpected.into()),
+                Err(TransportError::Refused {
+                    code: ErrorCode::StaleDevice,
+                    ..
+                }) => {
+                    // They re-keyed: forget the old session and build a new one,
+                    // which re-checks their identity key.
+                    self.store.delete_session(&address)?;
+                }
+                Err(e) => {
+                    let e = unknown_recipient(e, &peer_name);
+                    if matches!(e, EngineError::UnknownRecipient(_)) {
+                        self.fail(entry)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(EngineError::Invalid(format!(
+            "the relay keeps refusing our session with {peer_name}; try again later"
+        )))
+    }
+
+    /// Takes a message that can never be delivered out of the outbox and marks it failed.
+    fn fail(&self, entry: &OutboxEntry) -> Result<()> {
+        self.store.outbox_remove(entry.id)?;
+        if let Some(mut record) = self.store.message(entry.recipient, entry.id)? {
+            record.status = MessageStatus::Failed;
+            self.store.update_message(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Fetches a prekey bundle and starts a session; returns the recipient's registration id.
+    async fn start_session(&mut self, peer: Uuid, peer_name: &str) -> Result<u32> {
+        let conn = self.connection().await?;
+        let Resp::Bundle(bundle) = conn
+            .request(Req::FetchBundle(relay::FetchBundle {
+                account_id: peer.as_bytes().to_vec(),
+                device_id: u32::from(DEVICE_ID),
+            }))
+            .await
+            .map_err(|e| unknown_recipient(e, peer_name))?
+        else {
+            return Err(TransportError::Unexpected.into());
+        };
+        let identity =
+            IdentityKey::try_from(bundle.identity_key.as_slice()).map_err(damaged_bundle)?;
+        if let Some(status) = self.store.identity_status(peer)?
+            && status.trusted.as_ref() != Some(&identity)
+        {
+            // Remember the new key so `contact verify` can show its safety number.
+            self.store.note_identity(peer, &identity)?;
+            self.store.flush().await?;
+            return Err(EngineError::IdentityChanged(peer_name.to_string()));
+        }
+        let signed = bundle
+            .signed_pre_key
+            .ok_or_else(|| EngineError::Invalid("key bundle without a signed prekey".into()))?;
+        let kyber = bundle
+            .kyber_pre_key
+            .ok_or_else(|| EngineError::Invalid("key bundle without a Kyber prekey".into()))?;
+        let pre_key = match bundle.pre_key {
+            Some(k) => Some((
+                k.id.into(),
+                PublicKey::deserialize(&k.public_key).map_err(damaged_bundle)?,
+            )),
+            None => None,
+        };
+        let device = DeviceId::new(u8::try_from(bundle.device_id).map_err(damaged_bundle)?)
+            .map_err(damaged_bundle)?;
+        let prekey_bundle = PreKeyBundle::new(
+            bundle.registration_id,
+            device,
+            pre_key,
+            signed.id.into(),
+            PublicKey::deserialize(&signed.public_key).map_err(damaged_bundle)?,
+            signed.signature,
+            kyber.id.into(),
+            kem::PublicKey::deserialize(&kyber.public_key).map_err(damaged_bundle)?,
+            kyber.signature,
+            identity,
+        )?;
+        let mut sessions = self.store.clone();
+        let mut identities = self.store.clone();
+        let result = process_prekey_bundle(
+            &address_of(peer)?,
+            &mut sessions,
+            &mut identities,
+            &prekey_bundle,
+            SystemTime::now(),
+            &mut rand::rng(),
+        )
+        .await;
+        match result {
+            Ok(()) => Ok(bundle.registration_id),
+            Err(SignalProtocolError::UntrustedIdentity(_)) => {
+                self.store.note_identity(peer, &identity)?;
+                self.store.flush().await?;
+                Err(EngineError::IdentityChanged(peer_name.to_string()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Fetches, stores and acknowledges everything in my mailbox.
+    ///
+    /// `on_message` sees each new message after it is durably stored and before
+    /// the relay is told to delete it. Also resends the outbox and tops up prekeys.
+    pub async fn sync(
+        &mut self,
+        on_message: &mut dyn FnMut(&ShownMessage),
+        on_notice: &mut dyn FnMut(&Notice),
+    ) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let conn = self.connection().await?;
+            let Resp::Envelopes(batch) = conn
+                .request(Req::Fetch(relay::Fetch { limit: FETCH_BATCH }))
+                .await?
+            else {
+                return Err(TransportError::Unexpected.into());
+            };
+            if batch.envelopes.is_empty() {
+                break;
+            }
+            total += self.receive(batch.envelopes, on_message, on_notice).await?;
+            if !batch.more {
+                break;
+            }
+        }
+        if let Err(e) = self.drain_outbox().await {
+            on_notice(&Notice::Undecryptable {
+                seq: 0,
+                reason: format!("outbox not fully sent: {e}"),
+            });
+        }
+        let counts = self.top_up().await?;
+        if counts.topped_up {
+            on_notice(&Notice::ToppedUp(ONE_TIME_KEYS));
+        }
+        Ok(total)
+    }
+
+    /// Stays connected and hands over messages as the relay pushes them, until `stop` resolves.
+    pub async fn listen(
+        &mut self,
+        on_message: &mut dyn FnMut(&ShownMessage),
+        on_notice: &mut dyn FnMut(&Notice),
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        tokio::pin!(stop);
+        self.sync(on_message, on_notice).await?;
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            // A periodic fetch covers pushes lost to a broken connection.
+            let resync = tokio::time::sleep(Duration::from_secs(30));
+            let push = async {
+                match self.conn.as_ref() {
+                    Some(conn) => conn.next_push().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = &mut stop => break,
+                _ = resync => {
+                    if let Err(e) = self.sync(on_message, on_notice).await {
+                        tracing::debug!("periodic sync failed: {e}");
+                        self.conn = None;
+                    }
+                }
+                pushed = push => match pushed {
+                    Ok(push) => {
+                        backoff = Duration::from_millis(250);
+                        self.receive(push.envelopes, on_message, on_notice).await?;
+                    }
+                    Err(e) => {
+                        tracing::debug!("push stream ended: {e}; reconnecting");
+                        self.conn = None;
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        if let Err(e) = self.sync(on_message, on_notice).await {
+                            tracing::debug!("reconnect failed: {e}");
+                            self.conn = None;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
+        }
+        Ok(())
+    }
+
+    /// Decrypts and stores envelopes, flushes, then acknowledges them.
+    async fn receive(
+        &mut self,
+        envelopes: Vec<relay::Envelope>,
+        on_message: &mut dyn FnMut(&ShownMessage),
+        on_notice: &mut dyn FnMut(&Notice),
+    ) -> Result<usize> {
+        let mut seqs = Vec::with_capacity(envelopes.len());
+        let mut shown = Vec::new();
+        for envelope in envelopes {
+            if let Some(record) = self.open_envelope(&envelope, on_notice).await? {
+                shown.push(self.show(&record));
+            }
+            seqs.push(envelope.seq);
+        }
+        // Store, then acknowledge: nothing is deleted on the relay before it is on our disk.
+        self.store.flush().await?;
+        for message in &shown {
+            on_message(message);
+        }
+        if std::env::var_os("SOTTO_DANGER_CRASH_BEFORE_ACK").is_some() {
+            // Test hook for the crash-between-store-and-ack scenario.
+            std::process::abort();
+        }
+        if !seqs.is_empty() {
+            let conn = self.connection().await?;
+            conn.request(Req::Ack(relay::Ack { seqs })).await?;
+        }
+        Ok(shown.len())
+    }
+
+    /// Decrypts one envelope. `Ok(None)` for duplicates and for envelopes that can never be read.
+    async fn open_envelope(
+        &mut self,
+        envelope: &relay::Envelope,
+        on_notice: &mut dyn FnMut(&Notice),
+    ) -> Result<Option<MessageRecord>> {
+        let mut identities = self.store.clone();
+        let mut sessions = self.store.clone();
+        let mut pre_keys = self.store.clone();
+        let signed = self.store.clone();
+        let mut kyber = self.store.clone();
+        // Sender certificates are checked at the time the relay received the
+        // envelope, so a message that waited days in the mailbox still opens.
+        let decrypted = sealed_sender_decrypt(
+            &envelope.envelope,
+            &self.trust_root,
+            Timestamp::from_epoch_millis(envelope.received_at_ms),
+            None,
+            self.account.account_id.to_string(),
+            device_id()?,
+            &mut identities,
+            &mut sessions,
+            &mut pre_keys,
+            &signed,
+            &mut kyber,
+        )
+        .await;
+        let decrypted = match decrypted {
+            Ok(d) => d,
+            Err(SignalProtocolError::DuplicatedMessage(..)) => return Ok(None),
+            Err(e @ SignalProtocolError::ApplicationCallbackError(..)) => return Err(e.into()),
+            Err(e) => {
+                on_notice(&Notice::Undecryptable {
+                    seq: envelope.seq,
+                    reason: e.to_string(),
+                });
+                return Ok(None);
+            }
+        };
+        let Ok(sender) = Uuid::parse_str(&decrypted.sender_uuid) else {
+            on_notice(&Notice::Undecryptable {
+                seq: envelope.seq,
+                reason: "sender certificate names no account".into(),
+            });
+            return Ok(None);
+        };
+        let content = match Content::decode(decrypted.message.as_slice()) {
+            Ok(c) => c,
+            Err(_) => {
+                on_notice(&Notice::Undecryptable {
+                    seq: envelope.seq,
+                    reason: "message content is malformed".into(),
+                });
+                return Ok(None);
+            }
+        };
+        if self
+            .store
+            .identity_status(sender)?
+            .is_some_and(|s| s.changed())
+        {
+            on_notice(&Notice::IdentityChanged(
+                self.peer_name(sender, &content.sender_name)?,
+            ));
+        }
+        let Ok(id) = <[u8; 16]>::try_from(content.id.as_slice()) else {
+            return Ok(None);
+        };
+        let text = match content.body {
+            Some(content::content::Body::Text(t)) => t.body,
+            // A newer client's message kind we cannot show: drop it rather than fail the batch.
+            None => return Ok(None),
+        };
+        let record = MessageRecord {
+            id,
+            peer: sender,
+            direction: MessageDirection::Incoming,
+            sender_name: content.sender_name.chars().take(64).collect(),
+            text,
+            sent_at_ms: content.sent_at_ms,
+            received_at_ms: now_ms(),
+            status: MessageStatus::Received,
+            group: None,
+        };
+        // The receiver drops duplicates by (sender, id): a resend after a lost ack shows once.
+        Ok(self.store.insert_message(&record)?.then_some(record))
+    }
+
+    /// The conversation with a contact, oldest first.
+    pub fn history(&self, name: &str) -> Result<Vec<ShownMessage>> {
+        let contact = self.contact(name)?;
+        Ok(self
+            .store
+            .messages_with(contact.account_id)?
+            .iter()
+            .map(|m| self.show(m))
+            .collect())
+    }
+
+    /// Relay-side prekey counts, uploading more first if they run low.
+    pub async fn top_up(&mut self) -> Result<KeyCounts> {
+        let counts = self.key_counts().await?;
+        if !counts.2 {
+            return Ok(KeyCounts {
+                pre_keys: counts.0,
+                kyber_pre_keys: counts.1,
+                topped_up: false,
+            });
+        }
+        let keys = self.generate_keys(ONE_TIME_KEYS, false).await?;
+        let conn = self.connection().await?;
+        conn.request(Req::UploadPreKeys(relay::UploadPreKeys {
+            pre_keys: keys.pre_keys,
+            kyber_pre_keys: keys.kyber_pre_keys,
+            signed_pre_key: None,
+            kyber_last_resort: None,
+        }))
+        .await?;
+        let counts = self.key_counts().await?;
+        Ok(KeyCounts {
+            pre_keys: counts.0,
+            kyber_pre_keys: counts.1,
+            topped_up: true,
+        })
+    }
+
+    async fn key_counts(&mut self) -> Result<(u32, u32, bool)> {
+        let conn = self.connection().await?;
+        let Resp::PreKeyCount(count) = conn
+            .request(Req::PreKeyCount(relay::PreKeyCountRequest {}))
+            .await?
+        else {
+            return Err(TransportError::Unexpected.into());
+        };
+        Ok((count.pre_keys, count.kyber_pre_keys, count.low))
+    }
+
+    /// Replaces this profile's identity key (a re-keyed device). Contacts will
+    /// see a changed safety number and must re-trust it.
+    pub async fn reset_identity(&mut self) -> Result<()> {
+        let mut rng = rand::rng();
+        let new_identity = IdentityKeyPair::generate(&mut rng);
+        let registration_id = rng.random_range(1..16380);
+        let old_identity = self.identity;
+        let conn = self.connection().await?;
+        let nonce = challenge(conn).await?;
+        let exporter = conn.exporter()?;
+        // Keys for the new identity are signed by it, so switch before generating them.
+        self.identity = new_identity;
+        let keys = self.generate_keys(ONE_TIME_KEYS, true).await;
+        let keys = match keys {
+            Ok(k) => k,
+            Err(e) => {
+                self.identity = old_identity;
+                return Err(e);
+            }
+        };
+        let signature = new_identity
+            .private_key()
+            .calculate_signature(
+                &transcript(Purpose::ResetIdentity, &exporter, &nonce),
+                &mut rng,
+            )
+            .map_err(crypto)?;
+        let conn = self.connection().await?;
+        let answer = conn
+            .request(Req::ResetIdentity(relay::ResetIdentity {
+                identity_key: new_identity.identity_key().serialize().to_vec(),
+                registration_id,
+                new_key_signature: signature.to_vec(),
+                signed_pre_key: keys.signed_pre_key,
+                kyber_last_resort: keys.kyber_last_resort,
+                pre_keys: keys.pre_keys,
+                kyber_pre_keys: keys.kyber_pre_keys,
+            }))
+            .await;
+        if let Err(e) = answer {
+            self.identity = old_identity;
+            return Err(e.into());
+        }
+        self.account.identity_key_pair = new_identity.serialize().to_vec();
+        self.account.registration_id = registration_id;
+        self.account.sender_certificate = None;
+        self.store.set_account(&self.account)?;
+        // Sessions were built with the old key; peers rebuild theirs when the relay says STALE_DEVICE.
+        for contact in self.store.contacts()? {
+            self.store
+                .delete_session(&address_of(contact.account_id)?)?;
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Closes the relay connection, if any.
+    pub async fn close(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.close().await;
+        }
+    }
+
+    fn contact(&self, name: &str) -> Result<Contact> {
+        self.store
+            .contact(name)?
+            .ok_or_else(|| EngineError::UnknownContact(name.to_string()))
+    }
+
+    fn peer_name(&self, peer: Uuid, claimed: &str) -> Result<String> {
+        Ok(match self.store.contact_by_account(peer)? {
+            Some(c) => c.name,
+            None if !claimed.is_empty() => format!("~{claimed}"),
+            None => ContactCode::from_account_id(peer).to_string(),
+        })
+    }
+
+    fn show(&self, m: &MessageRecord) -> ShownMessage {
+        let outgoing = m.direction == MessageDirection::Outgoing;
+        let from = if outgoing {
+            "me".to_string()
+        } else {
+            self.peer_name(m.peer, &m.sender_name)
+                .unwrap_or_else(|_| m.sender_name.clone())
+        };
+        ShownMessage {
+            id: hex(&m.id),
+            from,
+            peer_code: ContactCode::from_account_id(m.peer).to_string(),
+            outgoing,
+            text: m.text.clone(),
+            sent_at_ms: m.sent_at_ms,
+            status: match m.status {
+                MessageStatus::Pending => "pending",
+                MessageStatus::Sent => "sent",
+                MessageStatus::Received => "received",
+                MessageStatus::Failed => "failed",
+            },
+        }
+    }
+
+    /// The authenticated connection, opened on first use.
+    async fn connection(&mut self) -> Result<&Connection> {
+        if self.conn.is_none() {
+            let conn = Connection::connect(&self.account.relay, self.account.spki_pin).await?;
+            let nonce = challenge(&conn).await?;
+            let signature = self
+                .identity
+                .private_key()
+                .calculate_signature(
+                    &transcript(Purpose::Authenticate, &conn.exporter()?, &nonce),
+                    &mut rand::rng(),
+                )
+                .map_err(crypto)?;
+            conn.request(Req::Authenticate(relay::Authenticate {
+                account_id: self.account.account_id.as_bytes().to_vec(),
+                device_id: self.account.device_id,
+                auth_signature: signature.to_vec(),
+            }))
+            .await?;
+            self.conn = Some(conn);
+        }
+        self.conn
+            .as_ref()
+            .ok_or_else(|| TransportError::Connection("not connected".into()).into())
+    }
+
+    async fn sender_certificate(&mut self) -> Result<SenderCertificate> {
+        if let Some((bytes, expires)) = &self.account.sender_certificate
+            && *expires > now_ms() + CERT_RENEW_MARGIN_MS
+        {
+            return Ok(SenderCertificate::deserialize(bytes)?);
+        }
+        let conn = self.connection().await?;
+        let Resp::SenderCertificate(cert) = conn
+            .request(Req::SenderCertificate(relay::SenderCertificateRequest {}))
+            .await?
+        else {
+            return Err(TransportError::Unexpected.into());
+        };
+        let parsed = SenderCertificate::deserialize(&cert.certificate)?;
+        self.account.sender_certificate = Some((cert.certificate, cert.expires_at_ms));
+        self.store.set_account(&self.account)?;
+        Ok(parsed)
+    }
+
+    /// Makes and stores new prekeys, returning their public halves for upload.
+    async fn generate_keys(&mut self, count: u32, with_signed: bool) -> Result<KeyUpload> {
+        let mut rng = rand::rng();
+        let private = self.identity.private_key();
+        let mut store = self.store.clone();
+        let mut upload = KeyUpload::default();
+
+        let first = self.store.next_ids(IdKind::PreKey, count)?;
+        for id in first..first + count {
+            let pair = KeyPair::generate(&mut rng);
+            store
+                .save_pre_key(id.into(), &PreKeyRecord::new(id.into(), &pair))
+                .await?;
+            upload.pre_keys.push(OneTimePreKey {
+                id,
+                public_key: pair.public_key.serialize().to_vec(),
+            });
+        }
+        let first = self.store.next_ids(IdKind::KyberPreKey, count)?;
+        for id in first..first + count {
+            let record = KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, id.into(), private)?;
+            store.save_kyber_pre_key(id.into(), &record).await?;
+            upload.kyber_pre_keys.push(signed_wire(
+                id,
+                record.public_key()?.serialize().to_vec(),
+                &record,
+            )?);
+        }
+        if with_signed {
+            let id = self.store.next_ids(IdKind::SignedPreKey, 1)?;
+            let pair = KeyPair::generate(&mut rng);
+            let signature = private
+                .calculate_signature(&pair.public_key.serialize(), &mut rng)
+                .map_err(crypto)?;
+            let record = SignedPreKeyRecord::new(
+                id.into(),
+                Timestamp::from_epoch_millis(now_ms()),
+                &pair,
+                &signature,
+            );
+            store.save_signed_pre_key(id.into(), &record).await?;
+            upload.signed_pre_key = Some(signed_wire(
+                id,
+                pair.public_key.serialize().to_vec(),
+                &record,
+            )?);
+
+            let id = self.store.next_ids(IdKind::KyberPreKey, 1)?;
+            let record = KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, id.into(), private)?;
+            store.save_kyber_pre_key(id.into(), &record).await?;
+            self.store.set_kyber_last_resort(id.into())?;
+            upload.kyber_last_resort = Some(signed_wire(
+                id,
+                record.public_key()?.serialize().to_vec(),
+                &record,
+            )?);
+        }
+        // Private halves are on disk before the public halves leave, so no
+        // one can ever be sent a key we cannot decrypt with.
+        self.store.flush().await?;
+        Ok(upload)
+    }
+}
+
+#[derive(Default)]
+struct KeyUpload {
+    pre_keys: Vec<OneTimePreKey>,
+    kyber_pre_keys: Vec<SignedPreKey>,
+    signed_pre_key: Option<SignedPreKey>,
+    kyber_last_resort: Option<SignedPreKey>,
+}
+
+fn signed_wire<K: GenericSignedPreKey>(
+    id: u32,
+    public_key: Vec<u8>,
+    record: &K,
+) -> Result<SignedPreKey> {
+    Ok(SignedPreKey {
+        id,
+        public_key,
+        signature: record.signature()?,
+    })
+}
+
+async fn challenge(conn: &Connection) -> Result<Vec<u8>> {
+    match conn
+        .request(Req::Challenge(relay::ChallengeRequest {}))
+        .await?
+    {
+        Resp::Challenge(c) => Ok(c.nonce),
+        _ => Err(TransportError::Unexpected.into()),
+    }
+}
+
+fn unknown_recipient(e: TransportError, name: &str) -> EngineError {
+    match e {
+        TransportError::Refused {
+            code: ErrorCode::UnknownRecipient,
+            ..
+        } => EngineError::UnknownRecipient(name.to_string()),
+        other => other.into(),
+    }
+}
+
+fn damaged_bundle<E>(_: E) -> EngineError {
+    EngineError::Invalid("the relay sent a damaged key bundle".into())
+}
+
+/// Key and fingerprint errors from libsignal's lower layers; they carry no secrets.
+fn crypto<E: std::fmt::Display>(e: E) -> EngineError {
+    EngineError::Invalid(format!("key operation failed: {e}"))
+}
+
+fn device_id() -> Result<DeviceId> {
+    DeviceId::new(DEVICE_ID).map_err(|_| EngineError::Invalid("device id".into()))
+}
+
+fn address_of(peer: Uuid) -> Result<ProtocolAddress> {
+    Ok(ProtocolAddress::new(peer.to_string(), device_id()?))
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// "123451234512345" -> "12345 12345 12345": easier to read aloud and compare.
+fn group_digits(digits: &str) -> String {
+    digits
+        .as_bytes()
+        .chunks(5)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digits_are_grouped_in_fives() {
+        assert_eq!(group_digits("1234567890123"), "12345 67890 123");
+    }
+
+    #[test]
+    fn hex_is_lowercase_and_padded() {
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+    }
+}

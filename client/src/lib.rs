@@ -1,0 +1,15 @@
+//! The Sotto client: an engine that owns one profile's account, encrypted
+//! store and relay connection, and the `sotto` command-line interface over it.
+//!
+//! - [`store`]: the encrypted sled store (libsignal's store traits, contacts,
+//!   messages, outbox); nothing leaves it unencrypted.
+//! - [`transport`]: QUIC to the relay with the certificate pinned from the invite.
+//! - [`engine`]: outbox-first sending, store-then-acknowledge receiving, trust
+//!   on first use.
+//!
+//! It is **not** a relay, and it never logs message text, names or keys.
+#![warn(missing_docs)]
+
+pub mod engine;
+pub mod store;
+pub mod transport;

@@ -1,0 +1,430 @@
+//! `sotto`: the command-line client. Every command can print JSON (`--json`,
+//! one object per line) so scripts and tests can drive it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use sotto_client::engine::{Engine, Notice, ShownMessage, store_dir};
+
+/// Sotto: end-to-end encrypted messaging for whisper networks.
+///
+/// Start with an invite link from whoever runs your relay:
+///
+///   sotto init --invite 'sotto://join?...' --name "Your name"
+///   sotto whoami                      # give your contact code to people you trust
+///   sotto contact add alex CODE       # add theirs
+///   sotto send alex "hello"
+///   sotto sync                        # fetch new messages (or `sotto listen` to stay connected)
+///
+/// The passphrase comes from a prompt or the SOTTO_PASSPHRASE environment variable.
+/// It encrypts everything Sotto keeps on this computer; there is no way to recover it.
+#[derive(Parser)]
+#[command(name = "sotto", version, verbatim_doc_comment)]
+struct Cli {
+    /// Profile directory [env: SOTTO_HOME; default: ~/.local/share/sotto]
+    #[arg(long, global = true, env = "SOTTO_HOME", hide_env = true)]
+    home: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a profile and register with the relay named in an invite link
+    Init {
+        /// The invite link (sotto://join?...) from your relay's operator
+        #[arg(long)]
+        invite: String,
+        /// The name others see on your messages (stays inside encrypted messages)
+        #[arg(long)]
+        name: String,
+    },
+    /// Show your contact code (give it to people you trust) and your key fingerprint
+    Whoami {
+        /// Print {"code":..,"fingerprint":..,"name":..}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage contacts: add, list, verify, trust
+    #[command(subcommand)]
+    Contact(ContactCommand),
+    /// Send a text message; exits 0 only once the relay has durably accepted it
+    Send {
+        /// Contact name (see `sotto contact list`)
+        name: String,
+        /// The message
+        text: String,
+    },
+    /// Fetch, store and acknowledge new messages, then print them
+    Sync {
+        /// One JSON object per message
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stay connected and print messages as they arrive (Ctrl-C to stop)
+    Listen {
+        /// One JSON object per message
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the conversation with a contact, oldest first
+    History {
+        /// Contact name
+        name: String,
+        /// One JSON object per message
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how many one-time keys the relay holds for you, topping them up if low
+    Keys {
+        /// Print {"pre_keys":N,"kyber_pre_keys":M,"topped_up":bool}
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage this profile's identity key
+    #[command(subcommand)]
+    Identity(IdentityCommand),
+}
+
+#[derive(Subcommand)]
+enum ContactCommand {
+    /// Add a contact under a name only you see
+    Add {
+        /// Your name for them
+        name: String,
+        /// Their contact code, from their `sotto whoami`
+        code: String,
+    },
+    /// List contacts
+    List {
+        /// One JSON object per contact
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the safety number to compare with the contact in person
+    Verify {
+        /// Contact name
+        name: String,
+    },
+    /// Accept the contact's current identity key (after comparing safety numbers)
+    Trust {
+        /// Contact name
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdentityCommand {
+    /// Replace your identity key, e.g. if this device may have been compromised.
+    /// Your contacts will see a changed safety number and must trust you again.
+    Reset,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SOTTO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    // libsignal's futures are !Send, so everything runs on this one thread.
+    if let Err(e) = runtime.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let home = match cli.home {
+        Some(home) => home,
+        None => default_home()?,
+    };
+    if let Command::Init { invite, name } = &cli.command {
+        if store_dir(&home).exists() {
+            bail!(
+                "a profile already exists in {}; use another --home to make a second one",
+                home.display()
+            );
+        }
+        std::fs::create_dir_all(&home)
+            .with_context(|| format!("cannot create {}", home.display()))?;
+        let passphrase = passphrase(true)?;
+        let mut engine = Engine::init(&home, &passphrase, invite, name).await?;
+        println!("Registered as {}. Your contact code:", engine.name());
+        println!("{}", engine.code());
+        println!("Give it to people you trust; add theirs with `sotto contact add NAME CODE`.");
+        engine.close().await;
+        return Ok(());
+    }
+    if !store_dir(&home).exists() {
+        bail!(
+            "no Sotto profile in {}: run `sotto init --invite LINK --name NAME` first (or pass --home)",
+            home.display()
+        );
+    }
+    let passphrase = passphrase(false)?;
+    let mut engine = Engine::open(&home, &passphrase)?;
+    let result = command(&mut engine, cli.command).await;
+    engine.close().await;
+    result
+}
+
+async fn command(engine: &mut Engine, command: Command) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Init { .. } => unreachable!("handled before the store is opened"),
+        Command::Whoami { json } => {
+            let code = engine.code().to_string();
+            let fingerprint = engine.fingerprint()?;
+            if json {
+                let line = json!({"code": code, "fingerprint": fingerprint, "name": engine.name()});
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(out, "{code}")?;
+                writeln!(out, "name: {}", engine.name())?;
+                writeln!(out, "fingerprint: {fingerprint}")?;
+            }
+        }
+        Command::Contact(ContactCommand::Add { name, code }) => {
+            let contact = engine.add_contact(&name, &code).await?;
+            writeln!(
+                out,
+                "Added {}. Compare safety numbers with `sotto contact verify {}`.",
+                contact.name, contact.name
+            )?;
+        }
+        Command::Contact(ContactCommand::List { json }) => {
+            for (contact, changed) in engine.contacts()? {
+                let code = sotto_wire::code::ContactCode::from_account_id(contact.account_id);
+                if json {
+                    let line = json!({
+                        "name": contact.name,
+                        "code": code.to_string(),
+                        "verified": contact.verified,
+                        "identity_changed": changed,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    let mark = if changed {
+                        "  SAFETY NUMBER CHANGED"
+                    } else if contact.verified {
+                        "  verified"
+                    } else {
+                        ""
+                    };
+                    writeln!(out, "{}  {}{}", contact.name, code, mark)?;
+                }
+            }
+        }
+        Command::Contact(ContactCommand::Verify { name }) => {
+            let (number, changed) = engine.safety_number(&name).await?;
+            if changed {
+                writeln!(
+                    out,
+                    "WARNING: {name}'s identity key changed since you first trusted it."
+                )?;
+            }
+            writeln!(out, "Safety number with {name}:")?;
+            writeln!(out, "{number}")?;
+            writeln!(
+                out,
+                "Compare it with {name} in person or on a call (`sotto contact verify` on their side \
+                 shows the same digits). If it matches, run `sotto contact trust {name}`."
+            )?;
+        }
+        Command::Contact(ContactCommand::Trust { name }) => {
+            engine.trust(&name).await?;
+            writeln!(out, "{name} is trusted and marked verified.")?;
+        }
+        Command::Send { name, text } => {
+            let message = engine.send_text(&name, &text).await?;
+            writeln!(out, "sent {}", message.id)?;
+        }
+        Command::Sync { json } => {
+            let mut printer = Printer { json };
+            engine
+                .sync(&mut |m| printer.message(m), &mut |n| notice(n))
+                .await?;
+        }
+        Command::Listen { json } => {
+            let mut printer = Printer { json };
+            let stop = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            engine
+                .listen(&mut |m| printer.message(m), &mut |n| notice(n), stop)
+                .await?;
+        }
+        Command::History { name, json } => {
+            let mut printer = Printer { json };
+            for message in engine.history(&name)? {
+                printer.message(&message);
+            }
+        }
+        Command::Keys { json } => {
+            let counts = engine.top_up().await?;
+            if json {
+                let line = json!({
+                    "pre_keys": counts.pre_keys,
+                    "kyber_pre_keys": counts.kyber_pre_keys,
+                    "topped_up": counts.topped_up,
+                });
+                writeln!(out, "{line}")?;
+            } else {
+                writeln!(
+                    out,
+                    "one-time keys on the relay: {} EC, {} Kyber{}",
+                    counts.pre_keys,
+                    counts.kyber_pre_keys,
+                    if counts.topped_up {
+                        " (just topped up)"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+        }
+        Command::Identity(IdentityCommand::Reset) => {
+            engine.reset_identity().await?;
+            writeln!(
+                out,
+                "Your identity key is new. Contacts will see a changed safety number; \
+                 ask them to verify and trust you again."
+            )?;
+        }
+    }
+    Ok(())
+}
+
+struct Printer {
+    json: bool,
+}
+
+impl Printer {
+    fn message(&mut self, m: &ShownMessage) {
+        let mut out = std::io::stdout().lock();
+        let line = if self.json {
+            json!({
+                "id": m.id,
+                "from": m.from,
+                "peer": m.peer_code,
+                "direction": if m.outgoing { "out" } else { "in" },
+                "text": m.text,
+                "sent_at": m.sent_at_ms,
+                "status": m.status,
+                "group": null,
+            })
+            .to_string()
+        } else {
+            let mark = match m.status {
+                "failed" => "  (not sent)",
+                "pending" => "  (waiting to send)",
+                _ => "",
+            };
+            format!("[{}] {}: {}{mark}", clock(m.sent_at_ms), m.from, m.text)
+        };
+        // Flushed per line so `listen` output reaches pipes at once.
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+}
+
+fn notice(n: &Notice) {
+    match n {
+        Notice::IdentityChanged(name) => eprintln!(
+            "warning: {name}'s safety number has changed. Sending to them is blocked until you \
+             run `sotto contact verify {name}` and `sotto contact trust {name}`."
+        ),
+        Notice::Undecryptable { seq, reason } => {
+            eprintln!("warning: dropped a message that cannot be decrypted (#{seq}): {reason}")
+        }
+        Notice::ToppedUp(n) => tracing::info!("uploaded {n} new one-time keys"),
+    }
+}
+
+/// UTC "YYYY-MM-DD HH:MM" without pulling in a date crate.
+fn clock(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let (h, m) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}")
+}
+
+fn default_home() -> Result<PathBuf> {
+    if let Some(data) = std::env::var_os("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(data).join("sotto"));
+    }
+    let home = std::env::var_os("HOME").context("set --home DIR or SOTTO_HOME")?;
+    Ok(PathBuf::from(home).join(".local/share/sotto"))
+}
+
+fn passphrase(confirm: bool) -> Result<String> {
+    if let Ok(p) = std::env::var("SOTTO_PASSPHRASE") {
+        if p.is_empty() {
+            bail!("SOTTO_PASSPHRASE is set but empty");
+        }
+        return Ok(p);
+    }
+    let first = rpassword::prompt_password("Passphrase for this Sotto profile: ")
+        .context("cannot read a passphrase: run in a terminal or set SOTTO_PASSPHRASE")?;
+    if first.is_empty() {
+        bail!("the passphrase cannot be empty");
+    }
+    if confirm {
+        if first.chars().count() < 8 {
+            bail!(
+                "choose a passphrase of at least 8 characters; it protects your history if this computer is taken"
+            );
+        }
+        let again = rpassword::prompt_password("Same passphrase again: ")
+            .context("cannot read the passphrase")?;
+        if again != first {
+            bail!("the two passphrases differ; nothing was created");
+        }
+    }
+    Ok(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clock_formats_utc() {
+        assert_eq!(clock(0), "1970-01-01 00:00");
+        assert_eq!(clock(1_700_000_000_000), "2023-11-14 22:13");
+    }
+
+    #[test]
+    fn cli_rejects_missing_arguments() {
+        assert!(Cli::try_parse_from(["sotto", "send", "alex"]).is_err());
+        assert!(Cli::try_parse_from(["sotto", "init", "--name", "x"]).is_err());
+        assert!(Cli::try_parse_from(["sotto", "contact", "add", "alex", "CODE"]).is_ok());
+    }
+}

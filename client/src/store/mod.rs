@@ -1,0 +1,1224 @@
+//! The client's encrypted store: one sled database per profile.
+//!
+//! It holds libsignal's state (identities, sessions, prekeys, sender keys; the
+//! trait impls live in `signal.rs`), the account record, contacts, messages
+//! and the outbox.
+//!
+//! **Invariant: nothing user-related is on disk in the clear.** Every value is
+//! sealed with XChaCha20-Poly1305 under a key derived by Argon2id from the
+//! passphrase, with the tree name and stored key as associated data. Sled keys
+//! are HMAC-SHA256 of the logical key, so contact names, account ids and
+//! message ids do not appear in the files either; the logical key travels
+//! inside the sealed value so scans can decode it. The only plaintext is the
+//! `meta` tree: format version, salt, Argon2 parameters and a verifier (a known
+//! constant sealed under the key) that tells a wrong passphrase from corruption.
+//!
+//! It is **not** shared between processes: sled holds an exclusive file lock,
+//! reported as [`StoreError::Locked`]. Within a process, [`Store`] is a cheap
+//! handle (`Clone`) and read-modify-write operations are serialised by a mutex.
+//!
+//! Scans (`contacts`, `messages_with`, `outbox`) decrypt the whole tree: we
+//! accept O(n) reads rather than leak which entries belong together through a
+//! clear key prefix.
+
+mod crypto;
+mod signal;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use libsignal_protocol::{IdentityKey, KyberPreKeyId, ProtocolAddress};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crypto::{KdfParams, Keys};
+
+/// The store's result type.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Everything that can go wrong with the store. `Display` never contains
+/// secrets, names or message text.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The passphrase does not decrypt this profile's verifier.
+    #[error("wrong passphrase for this profile")]
+    WrongPassphrase,
+    /// `open` found no store in the directory.
+    #[error("no Sotto profile at {}: run `sotto init --invite LINK --name NAME` first", .0.display())]
+    NoProfile(PathBuf),
+    /// `create` found a store already there.
+    #[error("a Sotto profile already exists at {}", .0.display())]
+    AlreadyExists(PathBuf),
+    /// Another process (or another handle in this one) holds sled's lock.
+    #[error("this profile is in use by another sotto command (is `sotto listen` running?)")]
+    Locked,
+    /// A value failed authentication or did not decode, or a required record
+    /// is missing. The text names the tree, never the content.
+    #[error("the profile store is corrupt: {0}")]
+    Corrupt(String),
+    /// A caller passed an argument the store cannot honour.
+    #[error("invalid store argument: {0}")]
+    InvalidArgument(&'static str),
+    /// sled failed.
+    #[error("database error: {0}")]
+    Sled(#[from] sled::Error),
+    /// The filesystem failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Which id sequence [`Store::next_ids`] reserves from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    /// One-time EC prekeys.
+    PreKey,
+    /// Kyber prekeys (one-time and last resort share one sequence).
+    KyberPreKey,
+    /// Signed EC prekeys.
+    SignedPreKey,
+}
+
+/// What we know about a remote account's identity key (trust on first use).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityStatus {
+    /// The key the user trusts: the first one seen, or the one last confirmed
+    /// with [`Store::trust_identity`].
+    pub trusted: Option<IdentityKey>,
+    /// The key most recently seen from this account.
+    pub current: IdentityKey,
+}
+
+impl IdentityStatus {
+    /// True if the key we last saw is not the one we trust.
+    pub fn changed(&self) -> bool {
+        self.trusted != Some(self.current)
+    }
+}
+
+/// This profile's account on its relay.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRecord {
+    /// Relay address (host:port).
+    pub relay: String,
+    /// SHA-256 of the relay certificate's SPKI, from the invite.
+    pub spki_pin: [u8; 32],
+    /// Serialized sealed-sender trust-root public key, from the invite.
+    pub trust_root: Vec<u8>,
+    /// Our account id.
+    #[serde(with = "uuid_bytes")]
+    pub account_id: Uuid,
+    /// Our device id.
+    pub device_id: u32,
+    /// Our display name.
+    pub name: String,
+    /// `IdentityKeyPair::serialize` (secret).
+    pub identity_key_pair: Vec<u8>,
+    /// libsignal registration id.
+    pub registration_id: u32,
+    /// Cached sender certificate and its expiry (ms since the epoch).
+    pub sender_certificate: Option<(Vec<u8>, u64)>,
+    /// Optional transport hint from the invite.
+    pub transport_hint: Option<String>,
+}
+
+impl fmt::Debug for AccountRecord {
+    // Redacts the private key and the name so a stray `{:?}` leaks nothing.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountRecord")
+            .field("relay", &self.relay)
+            .field("account_id", &self.account_id)
+            .field("device_id", &self.device_id)
+            .field("name", &"<redacted>")
+            .field("identity_key_pair", &"<redacted>")
+            .field("registration_id", &self.registration_id)
+            .field(
+                "sender_certificate_expires",
+                &self.sender_certificate.as_ref().map(|(_, e)| *e),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A contact, keyed by its (exact) local name.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    /// Local name the user chose.
+    pub name: String,
+    /// Their account id.
+    #[serde(with = "uuid_bytes")]
+    pub account_id: Uuid,
+    /// When it was added (ms since the epoch).
+    pub added_at_ms: u64,
+    /// Whether the user compared safety numbers.
+    pub verified: bool,
+}
+
+impl fmt::Debug for Contact {
+    // Names stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Contact")
+            .field("name", &"<redacted>")
+            .field("account_id", &self.account_id)
+            .field("added_at_ms", &self.added_at_ms)
+            .field("verified", &self.verified)
+            .finish()
+    }
+}
+
+/// Which way a message went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageDirection {
+    /// From a peer to us.
+    Incoming,
+    /// From us to a peer.
+    Outgoing,
+}
+
+/// Delivery state of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageStatus {
+    /// Outgoing, not yet accepted by the relay.
+    Pending,
+    /// Outgoing, accepted by the relay.
+    Sent,
+    /// Incoming, stored.
+    Received,
+    /// Outgoing, never sent: the recipient's identity changed or they do not exist.
+    Failed,
+}
+
+/// One message in a conversation, keyed by `(peer, id)`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// Random message id (also used for dedup).
+    pub id: [u8; 16],
+    /// The other account in the conversation.
+    #[serde(with = "uuid_bytes")]
+    pub peer: Uuid,
+    /// Incoming or outgoing.
+    pub direction: MessageDirection,
+    /// Sender's display name as shown.
+    pub sender_name: String,
+    /// Message text.
+    pub text: String,
+    /// Sender's timestamp (ms since the epoch).
+    pub sent_at_ms: u64,
+    /// Our receive timestamp (ms since the epoch).
+    pub received_at_ms: u64,
+    /// Delivery state.
+    pub status: MessageStatus,
+    /// Group id, for group messages.
+    pub group: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for MessageRecord {
+    // Message text and names stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MessageRecord")
+            .field("id", &self.id)
+            .field("peer", &self.peer)
+            .field("direction", &self.direction)
+            .field("sent_at_ms", &self.sent_at_ms)
+            .field("received_at_ms", &self.received_at_ms)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A message waiting for the relay's acknowledgement.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Message id (same as the [`MessageRecord`]'s).
+    pub id: [u8; 16],
+    /// Recipient account.
+    #[serde(with = "uuid_bytes")]
+    pub recipient: Uuid,
+    /// Serialized `Content`.
+    pub content: Vec<u8>,
+    /// When it was queued (ms since the epoch).
+    pub created_at_ms: u64,
+}
+
+impl fmt::Debug for OutboxEntry {
+    // The content is plaintext before encryption; keep it out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxEntry")
+            .field("id", &self.id)
+            .field("recipient", &self.recipient)
+            .field("content_len", &self.content.len())
+            .field("created_at_ms", &self.created_at_ms)
+            .finish()
+    }
+}
+
+/// Current on-disk format.
+const FORMAT_VERSION: u32 = 1;
+/// Constant sealed under the key to check the passphrase.
+const VERIFIER_PLAINTEXT: &[u8] = b"sotto store verifier v1";
+/// Plaintext header tree.
+const TREE_META: &str = "meta";
+const META_HEADER: &[u8] = b"header";
+const META_VERIFIER: &[u8] = b"verifier";
+
+const TREE_ACCOUNT: &str = "account";
+const TREE_IDS: &str = "ids";
+const TREE_CONTACTS: &str = "contacts";
+const TREE_MESSAGES: &str = "messages";
+const TREE_OUTBOX: &str = "outbox";
+pub(crate) const TREE_IDENTITIES: &str = "identities";
+pub(crate) const TREE_SESSIONS: &str = "sessions";
+pub(crate) const TREE_PREKEYS: &str = "prekeys";
+pub(crate) const TREE_SIGNED_PREKEYS: &str = "signed_prekeys";
+pub(crate) const TREE_KYBER_PREKEYS: &str = "kyber_prekeys";
+pub(crate) const TREE_KYBER_LAST_RESORT: &str = "kyber_last_resort";
+pub(crate) const TREE_KYBER_BASE_KEYS: &str = "kyber_base_keys";
+pub(crate) const TREE_SENDER_KEYS: &str = "sender_keys";
+
+/// Prekey ids are 24-bit on the wire; ids stay strictly below this.
+const ID_LIMIT: u32 = 0xFF_FFFF;
+
+/// A decrypted `(logical key, value)` pair, wiped when dropped.
+type Entry = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
+
+/// The plaintext header in the `meta` tree.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    salt: Vec<u8>,
+    kdf: KdfParams,
+}
+
+/// Stored form of an identity record.
+#[derive(Serialize, Deserialize)]
+struct StoredIdentity {
+    trusted: Option<Vec<u8>>,
+    current: Vec<u8>,
+}
+
+/// Stored form of an outbox entry: the sequence number gives enqueue order.
+#[derive(Serialize, Deserialize)]
+struct StoredOutbox {
+    seq: u64,
+    entry: OutboxEntry,
+}
+
+/// A handle on one profile's open store. Clones share the database and keys.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: sled::Db,
+    /// Zeroized when the last handle drops.
+    keys: Keys,
+    /// Serialises read-modify-write sequences (sled's file lock already
+    /// keeps other processes out).
+    write_lock: Mutex<()>,
+}
+
+impl Store {
+    /// Creates a new store in `dir` protected by `passphrase`.
+    ///
+    /// Fails with [`StoreError::AlreadyExists`] if a store is there, or
+    /// [`StoreError::Locked`] if another process has it open.
+    pub fn create(dir: &Path, passphrase: &str) -> Result<Store> {
+        Self::create_with_params(dir, passphrase, KdfParams::default_params())
+    }
+
+    fn create_with_params(dir: &Path, passphrase: &str, kdf: KdfParams) -> Result<Store> {
+        let db = open_sled(dir)?;
+        let meta = db.open_tree(TREE_META)?;
+        // An interrupted create leaves sled files but no header; that is not a profile.
+        if meta.get(META_HEADER)?.is_some() {
+            return Err(StoreError::AlreadyExists(dir.to_path_buf()));
+        }
+        let salt = crypto::random_salt();
+        let keys = derive(passphrase, &salt, &kdf)?;
+        let header = Header {
+            format: FORMAT_VERSION,
+            salt: salt.to_vec(),
+            kdf,
+        };
+        let header = serde_json::to_vec(&header)
+            .map_err(|_| StoreError::Corrupt("cannot encode header".into()))?;
+        let verifier = keys.seal(TREE_META, META_VERIFIER, VERIFIER_PLAINTEXT);
+        // Verifier first, header last: the header marks a finished profile.
+        meta.insert(META_VERIFIER, verifier)?;
+        meta.insert(META_HEADER, header)?;
+        db.flush()?;
+        Ok(Store::from_parts(db, keys))
+    }
+
+    /// Opens the store in `dir`.
+    ///
+    /// Fails with [`StoreError::NoProfile`] if there is none,
+    /// [`StoreError::WrongPassphrase`] or [`StoreError::Locked`].
+    pub fn open(dir: &Path, passphrase: &str) -> Result<Store> {
+        // Check first: sled would happily create an empty database.
+        if !Store::exists(dir) {
+            return Err(StoreError::NoProfile(dir.to_path_buf()));
+        }
+        let db = open_sled(dir)?;
+        let meta = db.open_tree(TREE_META)?;
+        let Some(header) = meta.get(META_HEADER)? else {
+            return Err(StoreError::NoProfile(dir.to_path_buf()));
+        };
+        let header: Header = serde_json::from_slice(&header)
+            .map_err(|_| StoreError::Corrupt("unreadable header".into()))?;
+        if header.format != FORMAT_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "unsupported store format {}",
+                header.format
+            )));
+        }
+        let keys = derive(passphrase, &header.salt, &header.kdf)?;
+        let verifier = meta
+            .get(META_VERIFIER)?
+            .ok_or_else(|| StoreError::Corrupt("missing verifier".into()))?;
+        match keys.open(TREE_META, META_VERIFIER, &verifier) {
+            Some(plain) if plain.as_slice() == VERIFIER_PLAINTEXT => {}
+            _ => return Err(StoreError::WrongPassphrase),
+        }
+        Ok(Store::from_parts(db, keys))
+    }
+
+    /// Whether `dir` looks like it holds a store (without opening or locking it).
+    pub fn exists(dir: &Path) -> bool {
+        // sled keeps its data in `<dir>/db`.
+        dir.join("db").is_file()
+    }
+
+    /// Makes everything written so far durable on disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Saves the account record.
+    pub fn set_account(&self, a: &AccountRecord) -> Result<()> {
+        self.put_json(TREE_ACCOUNT, b"account", a)
+    }
+
+    /// The account record; [`StoreError::Corrupt`] if it was never saved.
+    pub fn account(&self) -> Result<AccountRecord> {
+        self.get_json(TREE_ACCOUNT, b"account")?
+            .ok_or_else(|| StoreError::Corrupt("missing account record".into()))
+    }
+
+    /// Whether an account record was saved.
+    pub fn has_account(&self) -> Result<bool> {
+        Ok(self.get_raw(TREE_ACCOUNT, b"account")?.is_some())
+    }
+
+    /// Atomically reserves `n` consecutive ids of `kind` and returns the first.
+    ///
+    /// Ids start at 1 and wrap back to 1 so that every id stays below
+    /// 0xFFFFFF (prekey ids are 24-bit).
+    pub fn next_ids(&self, kind: IdKind, n: u32) -> Result<u32> {
+        if n == 0 || n >= ID_LIMIT - 1 {
+            return Err(StoreError::InvalidArgument("id count out of range"));
+        }
+        let logical: &[u8] = match kind {
+            IdKind::PreKey => b"prekey",
+            IdKind::KyberPreKey => b"kyber_prekey",
+            IdKind::SignedPreKey => b"signed_prekey",
+        };
+        let _guard = self.lock();
+        let stored = match self.get_raw(TREE_IDS, logical)? {
+            None => 1,
+            Some(bytes) => {
+                let arr: [u8; 4] = bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("bad id counter".into()))?;
+                u32::from_be_bytes(arr)
+            }
+        };
+        let first = match stored.checked_add(n) {
+            Some(end) if stored >= 1 && end <= ID_LIMIT => stored,
+            _ => 1,
+        };
+        self.put_raw(TREE_IDS, logical, &(first + n).to_be_bytes())?;
+        Ok(first)
+    }
+
+    /// Saves a contact under its exact name (replacing one of the same name).
+    pub fn put_contact(&self, c: &Contact) -> Result<()> {
+        self.put_json(TREE_CONTACTS, c.name.as_bytes(), c)
+    }
+
+    /// The contact with exactly this name.
+    pub fn contact(&self, name: &str) -> Result<Option<Contact>> {
+        self.get_json(TREE_CONTACTS, name.as_bytes())
+    }
+
+    /// The first contact (by name) for an account id.
+    pub fn contact_by_account(&self, id: Uuid) -> Result<Option<Contact>> {
+        Ok(self.contacts()?.into_iter().find(|c| c.account_id == id))
+    }
+
+    /// All contacts, sorted by name.
+    pub fn contacts(&self) -> Result<Vec<Contact>> {
+        let mut all: Vec<Contact> = self.scan_json(TREE_CONTACTS)?;
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    /// Inserts a message unless `(peer, id)` is already stored; returns
+    /// whether it was inserted. Receivers use this to drop duplicates.
+    pub fn insert_message(&self, m: &MessageRecord) -> Result<bool> {
+        let key = message_key(m.peer, m.id);
+        let _guard = self.lock();
+        if self.get_raw(TREE_MESSAGES, &key)?.is_some() {
+            return Ok(false);
+        }
+        self.put_json(TREE_MESSAGES, &key, m)?;
+        Ok(true)
+    }
+
+    /// The message `(peer, id)`.
+    pub fn message(&self, peer: Uuid, id: [u8; 16]) -> Result<Option<MessageRecord>> {
+        self.get_json(TREE_MESSAGES, &message_key(peer, id))
+    }
+
+    /// Replaces (or inserts) the message `(m.peer, m.id)`.
+    pub fn update_message(&self, m: &MessageRecord) -> Result<()> {
+        self.put_json(TREE_MESSAGES, &message_key(m.peer, m.id), m)
+    }
+
+    /// The conversation with `peer`, sorted by `(sent_at_ms, id)`.
+    pub fn messages_with(&self, peer: Uuid) -> Result<Vec<MessageRecord>> {
+        let mut all: Vec<MessageRecord> = self.scan_json(TREE_MESSAGES)?;
+        all.retain(|m| m.peer == peer);
+        all.sort_by_key(|m| (m.sent_at_ms, m.id));
+        Ok(all)
+    }
+
+    /// Queues an entry. Pushing an id already queued replaces its content
+    /// but keeps its place in the queue.
+    pub fn outbox_push(&self, e: &OutboxEntry) -> Result<()> {
+        let _guard = self.lock();
+        let seq = match self.get_json::<StoredOutbox>(TREE_OUTBOX, &e.id)? {
+            Some(existing) => existing.seq,
+            // sled's id generator is monotonic across restarts.
+            None => self.inner.db.generate_id()?,
+        };
+        self.put_json(
+            TREE_OUTBOX,
+            &e.id,
+            &StoredOutbox {
+                seq,
+                entry: e.clone(),
+            },
+        )
+    }
+
+    /// All queued entries, oldest first.
+    pub fn outbox(&self) -> Result<Vec<OutboxEntry>> {
+        let mut all: Vec<StoredOutbox> = self.scan_json(TREE_OUTBOX)?;
+        all.sort_by_key(|s| s.seq);
+        Ok(all.into_iter().map(|s| s.entry).collect())
+    }
+
+    /// Removes a queued entry (no error if absent).
+    pub fn outbox_remove(&self, id: [u8; 16]) -> Result<()> {
+        self.remove(TREE_OUTBOX, &id)
+    }
+
+    /// The trust-on-first-use record for `peer`, if any key was ever seen.
+    pub fn identity_status(&self, peer: Uuid) -> Result<Option<IdentityStatus>> {
+        let Some(stored) = self.get_json::<StoredIdentity>(TREE_IDENTITIES, peer.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        let decode = |bytes: &[u8]| {
+            IdentityKey::decode(bytes)
+                .map_err(|_| StoreError::Corrupt("bad identity key in identities".into()))
+        };
+        Ok(Some(IdentityStatus {
+            trusted: stored.trusted.as_deref().map(decode).transpose()?,
+            current: decode(&stored.current)?,
+        }))
+    }
+
+    /// Records `key` as the key last seen from `peer`; it also becomes the
+    /// trusted key if this is the first key seen (trust on first use).
+    pub fn note_identity(&self, peer: Uuid, key: &IdentityKey) -> Result<()> {
+        let _guard = self.lock();
+        self.note_identity_locked(peer, key).map(|_| ())
+    }
+
+    /// Trusts the key last seen from `peer`; false if none was ever seen.
+    pub fn trust_identity(&self, peer: Uuid) -> Result<bool> {
+        let _guard = self.lock();
+        let Some(mut stored) = self.get_json::<StoredIdentity>(TREE_IDENTITIES, peer.as_bytes())?
+        else {
+            return Ok(false);
+        };
+        stored.trusted = Some(stored.current.clone());
+        self.put_json(TREE_IDENTITIES, peer.as_bytes(), &stored)?;
+        Ok(true)
+    }
+
+    /// Deletes the session with `peer` (no error if there is none).
+    pub fn delete_session(&self, peer: &ProtocolAddress) -> Result<()> {
+        self.remove(TREE_SESSIONS, &signal::address_key(peer))
+    }
+
+    /// Marks a Kyber prekey as last resort: it survives being used.
+    pub fn set_kyber_last_resort(&self, id: KyberPreKeyId) -> Result<()> {
+        self.put_raw(TREE_KYBER_LAST_RESORT, &u32::from(id).to_be_bytes(), &[])
+    }
+
+    // ---- internals ----
+
+    fn from_parts(db: sled::Db, keys: Keys) -> Store {
+        Store {
+            inner: Arc::new(Inner {
+                db,
+                keys,
+                write_lock: Mutex::new(()),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The guarded data is `()`, so a poisoned lock protects nothing broken.
+        self.inner
+            .write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sets `current`, and `trusted` if there was no record. Returns whether
+    /// an existing, different `current` was replaced. Caller holds the lock.
+    fn note_identity_locked(&self, peer: Uuid, key: &IdentityKey) -> Result<bool> {
+        let key_bytes = key.serialize().to_vec();
+        let (stored, replaced) =
+            match self.get_json::<StoredIdentity>(TREE_IDENTITIES, peer.as_bytes())? {
+                None => (
+                    StoredIdentity {
+                        trusted: Some(key_bytes.clone()),
+                        current: key_bytes,
+                    },
+                    false,
+                ),
+                Some(existing) if existing.current == key_bytes => return Ok(false),
+                Some(mut existing) => {
+                    existing.current = key_bytes;
+                    (existing, true)
+                }
+            };
+        self.put_json(TREE_IDENTITIES, peer.as_bytes(), &stored)?;
+        Ok(replaced)
+    }
+
+    fn tree(&self, name: &str) -> Result<sled::Tree> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
+    /// Seals `logical key || value` under the hashed key.
+    fn put_raw(&self, tree: &str, logical: &[u8], value: &[u8]) -> Result<()> {
+        let stored_key = self.inner.keys.hash_key(tree, logical);
+        let len = u32::try_from(logical.len())
+            .map_err(|_| StoreError::InvalidArgument("key too long"))?;
+        let mut plain = Zeroizing::new(Vec::with_capacity(4 + logical.len() + value.len()));
+        plain.extend_from_slice(&len.to_be_bytes());
+        plain.extend_from_slice(logical);
+        plain.extend_from_slice(value);
+        let sealed = self.inner.keys.seal(tree, &stored_key, &plain);
+        self.tree(tree)?.insert(stored_key, sealed)?;
+        Ok(())
+    }
+
+    fn get_raw(&self, tree: &str, logical: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let stored_key = self.inner.keys.hash_key(tree, logical);
+        let Some(sealed) = self.tree(tree)?.get(stored_key)? else {
+            return Ok(None);
+        };
+        let (found, value) = self.unseal(tree, &stored_key, &sealed)?;
+        if found.as_slice() != logical {
+            return Err(StoreError::Corrupt(format!("key mismatch in {tree}")));
+        }
+        Ok(Some(value))
+    }
+
+    fn remove(&self, tree: &str, logical: &[u8]) -> Result<()> {
+        let stored_key = self.inner.keys.hash_key(tree, logical);
+        self.tree(tree)?.remove(stored_key)?;
+        Ok(())
+    }
+
+    /// Every `(logical key, value)` in a tree.
+    fn scan_raw(&self, tree: &str) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for item in self.tree(tree)?.iter() {
+            let (stored_key, sealed) = item?;
+            out.push(self.unseal(tree, &stored_key, &sealed)?);
+        }
+        Ok(out)
+    }
+
+    /// Decrypts and splits a value into (logical key, value).
+    fn unseal(&self, tree: &str, stored_key: &[u8], sealed: &[u8]) -> Result<Entry> {
+        let corrupt = || StoreError::Corrupt(format!("a value in {tree} failed authentication"));
+        let plain = self
+            .inner
+            .keys
+            .open(tree, stored_key, sealed)
+            .ok_or_else(corrupt)?;
+        let (len, rest) = plain.split_first_chunk::<4>().ok_or_else(corrupt)?;
+        let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| corrupt())?;
+        if rest.len() < len {
+            return Err(corrupt());
+        }
+        let (logical, value) = rest.split_at(len);
+        Ok((
+            Zeroizing::new(logical.to_vec()),
+            Zeroizing::new(value.to_vec()),
+        ))
+    }
+
+    fn put_json<T: Serialize>(&self, tree: &str, logical: &[u8], value: &T) -> Result<()> {
+        let bytes = Zeroizing::new(
+            serde_json::to_vec(value)
+                .map_err(|_| StoreError::Corrupt(format!("cannot encode a value for {tree}")))?,
+        );
+        self.put_raw(tree, logical, &bytes)
+    }
+
+    fn get_json<T: DeserializeOwned>(&self, tree: &str, logical: &[u8]) -> Result<Option<T>> {
+        self.get_raw(tree, logical)?
+            .map(|bytes| decode_json(tree, &bytes))
+            .transpose()
+    }
+
+    fn scan_json<T: DeserializeOwned>(&self, tree: &str) -> Result<Vec<T>> {
+        self.scan_raw(tree)?
+            .iter()
+            .map(|(_, bytes)| decode_json(tree, bytes))
+            .collect()
+    }
+}
+
+fn decode_json<T: DeserializeOwned>(tree: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|_| StoreError::Corrupt(format!("undecodable value in {tree}")))
+}
+
+fn message_key(peer: Uuid, id: [u8; 16]) -> [u8; 32] {
+    let mut key = [0u8; 32];
+    key[..16].copy_from_slice(peer.as_bytes());
+    key[16..].copy_from_slice(&id);
+    key
+}
+
+fn derive(passphrase: &str, salt: &[u8], kdf: &KdfParams) -> Result<Keys> {
+    Keys::derive(passphrase, salt, kdf)
+        .map_err(|_| StoreError::Corrupt("unsupported key derivation parameters".into()))
+}
+
+fn open_sled(dir: &Path) -> Result<sled::Db> {
+    match sled::open(dir) {
+        Ok(db) => Ok(db),
+        // sled reports a held flock only through this message.
+        Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+            Err(StoreError::Locked)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Serde for `Uuid` as 16 raw bytes (the workspace's uuid has no serde feature).
+mod uuid_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use uuid::Uuid;
+
+    pub(super) fn serialize<S: Serializer>(id: &Uuid, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(id.as_bytes())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Uuid, D::Error> {
+        let bytes = <Vec<u8>>::deserialize(d)?;
+        Uuid::from_slice(&bytes).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use libsignal_protocol::IdentityKeyPair;
+
+    use super::*;
+
+    const PASS: &str = "correct horse battery staple";
+
+    fn account(name: &str) -> AccountRecord {
+        let pair = IdentityKeyPair::generate(&mut rand::rng());
+        AccountRecord {
+            relay: "relay.example:4433".into(),
+            spki_pin: [9; 32],
+            trust_root: vec![5; 33],
+            account_id: Uuid::new_v4(),
+            device_id: 1,
+            name: name.into(),
+            identity_key_pair: pair.serialize().to_vec(),
+            registration_id: 4242,
+            sender_certificate: Some((vec![1, 2, 3], 77)),
+            transport_hint: None,
+        }
+    }
+
+    fn message(peer: Uuid, id: u8, sent_at_ms: u64, text: &str) -> MessageRecord {
+        MessageRecord {
+            id: [id; 16],
+            peer,
+            direction: MessageDirection::Incoming,
+            sender_name: "sender".into(),
+            text: text.into(),
+            sent_at_ms,
+            received_at_ms: sent_at_ms + 1,
+            status: MessageStatus::Received,
+            group: None,
+        }
+    }
+
+    fn identity() -> IdentityKey {
+        *IdentityKeyPair::generate(&mut rand::rng()).identity_key()
+    }
+
+    /// Every byte of every file under `dir`.
+    fn all_bytes(dir: &Path) -> Vec<u8> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                out.extend(all_bytes(&path));
+            } else {
+                out.extend(fs::read(&path).expect("read file"));
+            }
+        }
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn create_open_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("store");
+        assert!(!Store::exists(&path));
+        let acct = account("alice");
+        {
+            let store = Store::create(&path, PASS).expect("create");
+            assert!(!store.has_account().expect("has_account"));
+            assert!(matches!(store.account(), Err(StoreError::Corrupt(_))));
+            store.set_account(&acct).expect("set_account");
+            store
+                .put_contact(&Contact {
+                    name: "bob".into(),
+                    account_id: Uuid::new_v4(),
+                    added_at_ms: 5,
+                    verified: false,
+                })
+                .expect("put_contact");
+        }
+        assert!(Store::exists(&path));
+        let store = Store::open(&path, PASS).expect("open");
+        assert!(store.has_account().expect("has_account"));
+        assert_eq!(store.account().expect("account"), acct);
+        assert_eq!(
+            store
+                .contact("bob")
+                .expect("contact")
+                .expect("some")
+                .added_at_ms,
+            5
+        );
+        assert!(store.contact("Bob").expect("contact").is_none());
+        drop(store);
+        assert!(matches!(
+            Store::create(&path, PASS),
+            Err(StoreError::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn wrong_passphrase_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        drop(Store::create(dir.path(), PASS).expect("create"));
+        let err = Store::open(dir.path(), "not it").err().expect("must fail");
+        assert!(matches!(err, StoreError::WrongPassphrase));
+        assert_eq!(err.to_string(), "wrong passphrase for this profile");
+        assert!(Store::open(dir.path(), PASS).is_ok());
+    }
+
+    #[test]
+    fn no_profile_in_empty_dir() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = Store::open(dir.path(), PASS).err().expect("must fail");
+        assert!(matches!(&err, StoreError::NoProfile(p) if p == dir.path()));
+        assert!(
+            err.to_string()
+                .contains("sotto init --invite LINK --name NAME")
+        );
+        // Opening must not have created a database as a side effect.
+        assert!(!Store::exists(dir.path()));
+        let missing = dir.path().join("nope");
+        assert!(matches!(
+            Store::open(&missing, PASS),
+            Err(StoreError::NoProfile(_))
+        ));
+        assert!(!missing.exists());
+    }
+
+    #[test]
+    fn second_open_is_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = Store::create(dir.path(), PASS).expect("create");
+        let err = Store::open(dir.path(), PASS).err().expect("must fail");
+        assert!(matches!(err, StoreError::Locked));
+        assert!(err.to_string().contains("sotto listen"));
+        drop(first);
+        assert!(Store::open(dir.path(), PASS).is_ok());
+    }
+
+    #[tokio::test]
+    async fn no_plaintext_in_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), PASS).expect("create");
+        let acct = account("Wilhelmina Secretname");
+        let peer = Uuid::new_v4();
+        store.set_account(&acct).expect("set_account");
+        store
+            .put_contact(&Contact {
+                name: "Bartholomew Hiddenname".into(),
+                account_id: peer,
+                added_at_ms: 1,
+                verified: true,
+            })
+            .expect("put_contact");
+        let text = "the night manager grabbed Priya again on tuesday";
+        store
+            .insert_message(&message(peer, 0x5a, 10, text))
+            .expect("insert");
+        store.note_identity(peer, &identity()).expect("note");
+        store.flush().await.expect("flush");
+
+        let bytes = all_bytes(dir.path());
+        assert!(bytes.len() > 1000, "the files hold the data");
+        let needles: Vec<Vec<u8>> = vec![
+            b"Bartholomew".to_vec(),
+            b"Hiddenname".to_vec(),
+            b"Wilhelmina".to_vec(),
+            b"grabbed Priya".to_vec(),
+            b"relay.example".to_vec(),
+            acct.account_id.to_string().into_bytes(),
+            acct.account_id.simple().to_string().into_bytes(),
+            acct.account_id.as_bytes().to_vec(),
+            peer.to_string().into_bytes(),
+            peer.as_bytes().to_vec(),
+            [0x5a; 16].to_vec(),
+        ];
+        for needle in &needles {
+            assert!(
+                !contains(&bytes, needle),
+                "plaintext found in the store files: {}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        // The test is meaningful only if the sealed values did reach the files.
+        let contact_key = store
+            .inner
+            .keys
+            .hash_key(TREE_CONTACTS, b"Bartholomew Hiddenname");
+        let sealed = store
+            .tree(TREE_CONTACTS)
+            .expect("tree")
+            .get(contact_key)
+            .expect("get")
+            .expect("stored");
+        assert!(contains(&bytes, &sealed[1..]), "sealed contact is on disk");
+        // And the data is really there, under the key.
+        assert_eq!(store.messages_with(peer).expect("messages")[0].text, text);
+    }
+
+    #[test]
+    fn message_dedup_and_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), PASS).expect("create");
+        let peer = Uuid::new_v4();
+        let other = Uuid::new_v4();
+        let first = message(peer, 1, 20, "first");
+        assert!(store.insert_message(&first).expect("insert"));
+        // Same (peer, id) again: refused and not written.
+        assert!(
+            !store
+                .insert_message(&message(peer, 1, 20, "replayed"))
+                .expect("insert")
+        );
+        assert_eq!(
+            store
+                .message(peer, [1; 16])
+                .expect("get")
+                .expect("some")
+                .text,
+            "first"
+        );
+        // Same id with another peer is a different message.
+        assert!(
+            store
+                .insert_message(&message(other, 1, 5, "x"))
+                .expect("insert")
+        );
+        assert!(
+            store
+                .insert_message(&message(peer, 3, 10, "earlier"))
+                .expect("insert")
+        );
+        assert!(
+            store
+                .insert_message(&message(peer, 2, 20, "tie"))
+                .expect("insert")
+        );
+        let ids: Vec<u8> = store
+            .messages_with(peer)
+            .expect("list")
+            .iter()
+            .map(|m| m.id[0])
+            .collect();
+        assert_eq!(ids, vec![3, 1, 2]);
+
+        let mut updated = first.clone();
+        updated.status = MessageStatus::Sent;
+        store.update_message(&updated).expect("update");
+        assert_eq!(
+            store
+                .message(peer, [1; 16])
+                .expect("get")
+                .expect("some")
+                .status,
+            MessageStatus::Sent
+        );
+        assert!(store.message(peer, [9; 16]).expect("get").is_none());
+    }
+
+    #[test]
+    fn outbox_order_and_removal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let entry = |id: u8| OutboxEntry {
+            id: [id; 16],
+            recipient: Uuid::from_bytes([id; 16]),
+            content: vec![id; 3],
+            created_at_ms: 100 - u64::from(id),
+        };
+        {
+            let store = Store::create(dir.path(), PASS).expect("create");
+            // Ids deliberately out of order: order is enqueue order.
+            for id in [7, 2, 9, 4] {
+                store.outbox_push(&entry(id)).expect("push");
+            }
+            // Re-pushing keeps the original place.
+            store.outbox_push(&entry(2)).expect("push again");
+        }
+        let store = Store::open(dir.path(), PASS).expect("open");
+        let ids: Vec<u8> = store
+            .outbox()
+            .expect("outbox")
+            .iter()
+            .map(|e| e.id[0])
+            .collect();
+        assert_eq!(ids, vec![7, 2, 9, 4]);
+        store.outbox_remove([9; 16]).expect("remove");
+        store
+            .outbox_remove([42; 16])
+            .expect("removing nothing is fine");
+        store.outbox_push(&entry(1)).expect("push");
+        let ids: Vec<u8> = store
+            .outbox()
+            .expect("outbox")
+            .iter()
+            .map(|e| e.id[0])
+            .collect();
+        assert_eq!(ids, vec![7, 2, 4, 1]);
+        assert_eq!(store.outbox().expect("outbox")[0], entry(7));
+    }
+
+    #[test]
+    fn contacts_sorted_and_found_by_account() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), PASS).expect("create");
+        let ids: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        for (name, id) in ["carol", "alice", "bob"].iter().zip(&ids) {
+            store
+                .put_contact(&Contact {
+                    name: (*name).into(),
+                    account_id: *id,
+                    added_at_ms: 0,
+                    verified: false,
+                })
+                .expect("put");
+        }
+        let names: Vec<String> = store
+            .contacts()
+            .expect("contacts")
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, vec!["alice", "bob", "carol"]);
+        assert_eq!(
+            store
+                .contact_by_account(ids[2])
+                .expect("by account")
+                .expect("some")
+                .name,
+            "bob"
+        );
+        assert!(
+            store
+                .contact_by_account(Uuid::new_v4())
+                .expect("by account")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn ids_are_reserved_and_wrap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), PASS).expect("create");
+        assert_eq!(store.next_ids(IdKind::PreKey, 100).expect("ids"), 1);
+        assert_eq!(store.next_ids(IdKind::PreKey, 100).expect("ids"), 101);
+        // Kinds are independent.
+        assert_eq!(store.next_ids(IdKind::SignedPreKey, 1).expect("ids"), 1);
+        assert_eq!(store.next_ids(IdKind::KyberPreKey, 1).expect("ids"), 1);
+        assert!(matches!(
+            store.next_ids(IdKind::PreKey, 0),
+            Err(StoreError::InvalidArgument(_))
+        ));
+        // Near the limit: the block that would reach 0xFFFFFF starts over at 1.
+        store
+            .put_raw(TREE_IDS, b"prekey", &(ID_LIMIT - 10).to_be_bytes())
+            .expect("seed counter");
+        assert_eq!(
+            store.next_ids(IdKind::PreKey, 10).expect("ids"),
+            ID_LIMIT - 10
+        );
+        assert_eq!(store.next_ids(IdKind::PreKey, 1).expect("ids"), 1);
+        assert_eq!(store.next_ids(IdKind::PreKey, 1).expect("ids"), 2);
+    }
+
+    #[tokio::test]
+    async fn trust_on_first_use() {
+        use libsignal_protocol::{DeviceId, Direction, IdentityChange, IdentityKeyStore};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::create(dir.path(), PASS).expect("create");
+        let peer = Uuid::new_v4();
+        let device = DeviceId::new(1).expect("device id");
+        let addr = ProtocolAddress::new(peer.to_string(), device);
+        let (k1, k2) = (identity(), identity());
+
+        assert!(store.identity_status(peer).expect("status").is_none());
+        assert!(!store.trust_identity(peer).expect("trust"));
+        // Unknown peers are trusted for sending (first use).
+        assert!(
+            store
+                .is_trusted_identity(&addr, &k1, Direction::Sending)
+                .await
+                .expect("trusted")
+        );
+
+        // First key: trusted.
+        assert_eq!(
+            store.save_identity(&addr, &k1).await.expect("save"),
+            IdentityChange::NewOrUnchanged
+        );
+        let status = store.identity_status(peer).expect("status").expect("some");
+        assert_eq!(status.trusted, Some(k1));
+        assert!(!status.changed());
+        assert_eq!(
+            store.save_identity(&addr, &k1).await.expect("save"),
+            IdentityChange::NewOrUnchanged
+        );
+
+        // Changed key: seen, not trusted for sending, fine for receiving.
+        assert_eq!(
+            store.save_identity(&addr, &k2).await.expect("save"),
+            IdentityChange::ReplacedExisting
+        );
+        let status = store.identity_status(peer).expect("status").expect("some");
+        assert!(status.changed());
+        assert_eq!((status.trusted, status.current), (Some(k1), k2));
+        assert_eq!(store.get_identity(&addr).await.expect("get"), Some(k2));
+        assert!(
+            !store
+                .is_trusted_identity(&addr, &k2, Direction::Sending)
+                .await
+                .expect("trusted")
+        );
+        assert!(
+            store
+                .is_trusted_identity(&addr, &k1, Direction::Sending)
+                .await
+                .expect("trusted")
+        );
+        assert!(
+            store
+                .is_trusted_identity(&addr, &k2, Direction::Receiving)
+                .await
+                .expect("trusted")
+        );
+
+        // The user confirms the new key.
+        assert!(store.trust_identity(peer).expect("trust"));
+        let status = store.identity_status(peer).expect("status").expect("some");
+        assert!(!status.changed());
+        assert!(
+            store
+                .is_trusted_identity(&addr, &k2, Direction::Sending)
+                .await
+                .expect("trusted")
+        );
+
+        // note_identity never moves `trusted` once a record exists.
+        let k3 = identity();
+        store.note_identity(peer, &k3).expect("note");
+        let status = store.identity_status(peer).expect("status").expect("some");
+        assert_eq!((status.trusted, status.current), (Some(k2), k3));
+        let fresh = Uuid::new_v4();
+        store.note_identity(fresh, &k3).expect("note");
+        assert_eq!(
+            store
+                .identity_status(fresh)
+                .expect("status")
+                .expect("some")
+                .trusted,
+            Some(k3)
+        );
+
+        // Addresses that are not account ids are refused, not panicked on.
+        let bad = ProtocolAddress::new("not-a-uuid".into(), device);
+        assert!(store.get_identity(&bad).await.is_err());
+    }
+
+    #[test]
+    fn tampered_value_is_corrupt_not_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), PASS).expect("create");
+        store.set_account(&account("a")).expect("set");
+        let key = store.inner.keys.hash_key(TREE_ACCOUNT, b"account");
+        let tree = store.tree(TREE_ACCOUNT).expect("tree");
+        let mut sealed = tree.get(key).expect("get").expect("some").to_vec();
+        let last = sealed.len() - 1;
+        sealed[last] ^= 0x80;
+        tree.insert(key, sealed).expect("insert");
+        assert!(matches!(store.account(), Err(StoreError::Corrupt(_))));
+    }
+}
