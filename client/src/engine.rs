@@ -730,12 +730,21 @@ impl Engine {
     ) -> Result<usize> {
         let mut seqs = Vec::with_capacity(envelopes.len());
         let mut shown = Vec::new();
+        // Session updates and message records land together or not at all.
+        self.store.begin_staging();
         for envelope in envelopes {
-            if let Some(record) = self.open_envelope(&envelope, on_notice).await? {
-                shown.push(self.show(&record));
+            match self.open_envelope(&envelope, on_notice).await {
+                Ok(Some(record)) => shown.push(self.show(&record)),
+                Ok(None) => {}
+                Err(e) => {
+                    // Nothing written, nothing acknowledged: the relay redelivers.
+                    self.store.abort_staged();
+                    return Err(e);
+                }
             }
             seqs.push(envelope.seq);
         }
+        self.store.commit_staged()?;
         // Store, then acknowledge: nothing is deleted on the relay before it is on our disk.
         self.store.flush().await?;
         for message in &shown {

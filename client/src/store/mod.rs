@@ -24,6 +24,7 @@
 mod crypto;
 mod signal;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,6 +32,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use libsignal_protocol::{IdentityKey, KyberPreKeyId, ProtocolAddress};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -318,7 +321,12 @@ struct Inner {
     /// Serialises read-modify-write sequences (sled's file lock already
     /// keeps other processes out).
     write_lock: Mutex<()>,
+    /// Writes held back while staging (see [`Store::begin_staging`]):
+    /// (tree, stored key) -> sealed value, or `None` for a removal.
+    staged: Mutex<Option<Staged>>,
 }
+
+type Staged = BTreeMap<(String, Vec<u8>), Option<Vec<u8>>>;
 
 impl Store {
     /// Creates a new store in `dir` protected by `passphrase`.
@@ -396,6 +404,60 @@ impl Store {
     pub async fn flush(&self) -> Result<()> {
         self.inner.db.flush_async().await?;
         Ok(())
+    }
+
+    /// Holds every following write in memory until [`Store::commit_staged`].
+    ///
+    /// Receiving a message writes libsignal's session state and then our
+    /// message record. If a crash persisted the first without the second, the
+    /// relay's redelivery would decrypt as a duplicate and the message would be
+    /// lost; staging makes both land in one sled transaction or not at all.
+    pub fn begin_staging(&self) {
+        *self.staged() = Some(BTreeMap::new());
+    }
+
+    /// Writes everything staged in one atomic transaction and stops staging.
+    pub fn commit_staged(&self) -> Result<()> {
+        let Some(staged) = self.staged().take() else {
+            return Ok(());
+        };
+        let mut names: Vec<&str> = staged.keys().map(|(tree, _)| tree.as_str()).collect();
+        names.dedup();
+        let trees = names
+            .iter()
+            .map(|name| self.tree(name))
+            .collect::<Result<Vec<_>>>()?;
+        trees
+            .as_slice()
+            .transaction(|views| {
+                for ((tree, key), value) in &staged {
+                    let index = names.iter().position(|n| n == tree).unwrap_or(0);
+                    match value {
+                        Some(sealed) => views[index].insert(key.as_slice(), sealed.as_slice())?,
+                        None => views[index].remove(key.as_slice())?,
+                    };
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => StoreError::Sled(e),
+                TransactionError::Abort(()) => StoreError::Corrupt("staged commit aborted".into()),
+            })?;
+        Ok(())
+    }
+
+    /// Drops everything staged and stops staging.
+    pub fn abort_staged(&self) {
+        self.staged().take();
+    }
+
+    fn staged(&self) -> MutexGuard<'_, Option<Staged>> {
+        // A panic mid-write leaves at worst a partial overlay, which is only
+        // ever committed whole or dropped.
+        self.inner
+            .staged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Saves the account record.
@@ -582,6 +644,7 @@ impl Store {
                 db,
                 keys,
                 write_lock: Mutex::new(()),
+                staged: Mutex::new(None),
             }),
         }
     }
@@ -631,14 +694,27 @@ impl Store {
         plain.extend_from_slice(logical);
         plain.extend_from_slice(value);
         let sealed = self.inner.keys.seal(tree, &stored_key, &plain);
+        if let Some(staged) = self.staged().as_mut() {
+            staged.insert((tree.to_string(), stored_key.to_vec()), Some(sealed));
+            return Ok(());
+        }
         self.tree(tree)?.insert(stored_key, sealed)?;
         Ok(())
     }
 
     fn get_raw(&self, tree: &str, logical: &[u8]) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let stored_key = self.inner.keys.hash_key(tree, logical);
-        let Some(sealed) = self.tree(tree)?.get(stored_key)? else {
-            return Ok(None);
+        let staged = self
+            .staged()
+            .as_ref()
+            .and_then(|s| s.get(&(tree.to_string(), stored_key.to_vec())).cloned());
+        let sealed = match staged {
+            Some(Some(sealed)) => sealed.into(),
+            Some(None) => return Ok(None),
+            None => match self.tree(tree)?.get(stored_key)? {
+                Some(sealed) => sealed,
+                None => return Ok(None),
+            },
         };
         let (found, value) = self.unseal(tree, &stored_key, &sealed)?;
         if found.as_slice() != logical {
@@ -649,16 +725,33 @@ impl Store {
 
     fn remove(&self, tree: &str, logical: &[u8]) -> Result<()> {
         let stored_key = self.inner.keys.hash_key(tree, logical);
+        if let Some(staged) = self.staged().as_mut() {
+            staged.insert((tree.to_string(), stored_key.to_vec()), None);
+            return Ok(());
+        }
         self.tree(tree)?.remove(stored_key)?;
         Ok(())
     }
 
     /// Every `(logical key, value)` in a tree.
     fn scan_raw(&self, tree: &str) -> Result<Vec<Entry>> {
-        let mut out = Vec::new();
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for item in self.tree(tree)?.iter() {
             let (stored_key, sealed) = item?;
-            out.push(self.unseal(tree, &stored_key, &sealed)?);
+            merged.insert(stored_key.to_vec(), Some(sealed.to_vec()));
+        }
+        if let Some(staged) = self.staged().as_ref() {
+            for ((t, key), value) in staged {
+                if t == tree {
+                    merged.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (stored_key, sealed) in merged {
+            if let Some(sealed) = sealed {
+                out.push(self.unseal(tree, &stored_key, &sealed)?);
+            }
         }
         Ok(out)
     }
@@ -948,6 +1041,55 @@ mod tests {
         assert!(contains(&bytes, &sealed[1..]), "sealed contact is on disk");
         // And the data is really there, under the key.
         assert_eq!(store.messages_with(peer).expect("messages")[0].text, text);
+    }
+
+    #[test]
+    fn staged_writes_land_together_or_not_at_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peer = Uuid::new_v4();
+        {
+            let store = Store::create(dir.path(), PASS).expect("create");
+            store.begin_staging();
+            assert!(
+                store
+                    .insert_message(&message(peer, 1, 1, "dropped"))
+                    .expect("insert")
+            );
+            // Reads see staged writes, so duplicates within a batch are caught.
+            assert!(
+                !store
+                    .insert_message(&message(peer, 1, 1, "dropped"))
+                    .expect("insert")
+            );
+            assert_eq!(store.messages_with(peer).expect("list").len(), 1);
+            store.abort_staged();
+            assert!(store.message(peer, [1; 16]).expect("get").is_none());
+
+            store.begin_staging();
+            store
+                .insert_message(&message(peer, 2, 2, "kept"))
+                .expect("insert");
+            store
+                .put_contact(&Contact {
+                    name: "kept contact".into(),
+                    account_id: peer,
+                    added_at_ms: 1,
+                    verified: false,
+                })
+                .expect("contact");
+            store.commit_staged().expect("commit");
+        }
+        let store = Store::open(dir.path(), PASS).expect("reopen");
+        assert_eq!(
+            store
+                .message(peer, [2; 16])
+                .expect("get")
+                .expect("kept")
+                .text,
+            "kept"
+        );
+        assert!(store.contact("kept contact").expect("get").is_some());
+        assert!(store.message(peer, [1; 16]).expect("get").is_none());
     }
 
     #[test]
