@@ -102,6 +102,8 @@ pub struct ShownMessage {
     pub id: String,
     /// Who wrote it: my contact name for them, else their chosen display name, or "me".
     pub from: String,
+    /// False when `from` is a display name the sender chose (not one of my contacts).
+    pub from_contact: bool,
     /// The other party's contact code.
     pub peer_code: String,
     /// True when I wrote it.
@@ -977,15 +979,17 @@ impl Engine {
 
     fn show(&self, m: &MessageRecord) -> ShownMessage {
         let outgoing = m.direction == MessageDirection::Outgoing;
-        let from = if outgoing {
-            "me".to_string()
-        } else {
-            self.peer_name(m.peer, &m.sender_name)
-                .unwrap_or_else(|_| m.sender_name.clone())
+        let contact = self.store.contact_by_account(m.peer).ok().flatten();
+        let from_contact = outgoing || contact.is_some();
+        let from = match (outgoing, contact) {
+            (true, _) => "me".to_string(),
+            (false, Some(c)) => c.name,
+            (false, None) => m.sender_name.clone(),
         };
         ShownMessage {
             id: hex(&m.id),
             from,
+            from_contact,
             peer_code: ContactCode::from_account_id(m.peer).to_string(),
             outgoing,
             text: m.text.clone(),

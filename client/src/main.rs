@@ -323,6 +323,7 @@ impl Printer {
             json!({
                 "id": m.id,
                 "from": m.from,
+                "from_contact": m.from_contact,
                 "peer": m.peer_code,
                 "direction": if m.outgoing { "out" } else { "in" },
                 "text": m.text,
@@ -337,7 +338,14 @@ impl Printer {
                 "pending" => "  (waiting to send)",
                 _ => "",
             };
-            format!("[{}] {}: {}{mark}", clock(m.sent_at_ms), m.from, m.text)
+            // "~" marks a name the sender chose, as Signal does for profile names.
+            let tilde = if m.from_contact { "" } else { "~" };
+            format!(
+                "[{}] {tilde}{}: {}{mark}",
+                clock(m.sent_at_ms),
+                m.from,
+                m.text
+            )
         };
         // Flushed per line so `listen` output reaches pipes at once.
         let _ = writeln!(out, "{line}");

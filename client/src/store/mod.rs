@@ -418,7 +418,7 @@ impl Store {
 
     /// Writes everything staged in one atomic transaction and stops staging.
     pub fn commit_staged(&self) -> Result<()> {
-        let Some(staged) = self.staged().take() else {
+        let Some(staged) = self.staged().take().filter(|s| !s.is_empty()) else {
             return Ok(());
         };
         let mut names: Vec<&str> = staged.keys().map(|(tree, _)| tree.as_str()).collect();

@@ -1,10 +1,13 @@
 //! Contact codes: how one staffer tells another how to reach them.
 //!
-//! A code is the account id (16 random bytes, a UUID) in lowercase base32,
-//! grouped for reading aloud, e.g. `sotto-abcd-efgh-...`. It names an account
-//! on the relay in the invite; it is not secret, and it carries no name.
+//! A code is the account id (16 random bytes, a UUID) plus a 2-byte checksum,
+//! in lowercase base32 grouped for reading aloud, e.g. `sotto-abcd-efgh-...`.
+//! It names an account on the relay in the invite; it is not secret, and it
+//! carries no name. The checksum turns a mistyped code into an error at
+//! `contact add` instead of a message sent to nobody (or to someone else).
 
 use data_encoding::BASE32_NOPAD;
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 /// A parsed contact code.
@@ -41,9 +44,19 @@ impl ContactCode {
     }
 }
 
+fn checksum(id: &[u8; 16]) -> [u8; 2] {
+    let digest = Sha256::new()
+        .chain_update(b"sotto-contact-code")
+        .chain_update(id)
+        .finalize();
+    [digest[0], digest[1]]
+}
+
 impl std::fmt::Display for ContactCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let raw = BASE32_NOPAD.encode(self.0.as_bytes()).to_ascii_lowercase();
+        let mut bytes = self.0.as_bytes().to_vec();
+        bytes.extend_from_slice(&checksum(self.0.as_bytes()));
+        let raw = BASE32_NOPAD.encode(&bytes).to_ascii_lowercase();
         f.write_str("sotto")?;
         for chunk in raw.as_bytes().chunks(4) {
             f.write_str("-")?;
@@ -65,7 +78,12 @@ impl std::str::FromStr for ContactCode {
             .to_ascii_uppercase();
         let body = cleaned.strip_prefix("SOTTO").unwrap_or(&cleaned);
         let bytes = BASE32_NOPAD.decode(body.as_bytes()).map_err(|_| BadCode)?;
-        Self::from_bytes(&bytes)
+        let (id, sum) = bytes.split_at_checked(16).ok_or(BadCode)?;
+        let code = Self::from_bytes(id)?;
+        if sum != checksum(code.0.as_bytes()) {
+            return Err(BadCode);
+        }
+        Ok(code)
     }
 }
 
@@ -84,5 +102,11 @@ mod tests {
             Ok(code)
         );
         assert_eq!("sotto-zzzz".parse::<ContactCode>(), Err(BadCode));
+        // One character changed fails the checksum.
+        let mut typo = text.clone().into_bytes();
+        let last = typo.len() - 3;
+        typo[last] = if typo[last] == b'a' { b'b' } else { b'a' };
+        let typo = String::from_utf8(typo).expect("ascii");
+        assert_eq!(typo.parse::<ContactCode>(), Err(BadCode));
     }
 }
