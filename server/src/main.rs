@@ -92,8 +92,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if public_addr.is_none() && (listen.ip().is_loopback() || listen.ip().is_unspecified())
             {
                 println!(
-                    "Note: no --public-addr given; invite links will point at {listen}. \
-                     Set public_addr in config.toml for other machines to reach it."
+                    "Note: no --public-addr given; invite links will point at {listen} \
+                     (with the real port if it is 0), which only this machine can reach. \
+                     Set public_addr in config.toml for other machines."
                 );
             }
             println!("Next: sotto-relay serve --data-dir {}", data_dir.display());
