@@ -1,0 +1,15 @@
+//! Sotto's end-to-end scenarios: the real `sotto-relay` on `127.0.0.1` and real
+//! `sotto` clients, each in its own temporary directory.
+//!
+//! One integration-test binary declares every scenario file as a module
+//! (STYLE.md §27). The binaries come from `cargo test --workspace`, which
+//! builds every member; the harness is `sotto_tests` (tests/src/lib.rs).
+
+mod abuse;
+mod cli_errors;
+mod durability;
+mod identity;
+mod messaging;
+mod prekeys;
+mod relay_disk;
+mod store;

@@ -1,0 +1,436 @@
+//! Test support for Sotto's end-to-end scenarios.
+//!
+//! It starts the real `sotto-relay` binary on `127.0.0.1` with a fresh data
+//! directory ([`Relay`]), drives the real `sotto` client binary with a fresh
+//! profile per user ([`User`]), and speaks raw QUIC to the relay for abuse tests
+//! ([`raw`]).
+//!
+//! It is **not** a mock of either side: nothing here implements protocol logic
+//! beyond writing frames that a misbehaving client would write.
+//!
+//! Every wait has a timeout ([`TIMEOUT`]) and panics with the child's stderr, so
+//! a hung relay or client fails the test instead of hanging CI.
+#![warn(missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+pub mod raw;
+
+/// The longest any single step (process start, command, answer) may take.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The passphrase every test profile uses.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// Finds a workspace binary next to the running test executable.
+///
+/// Test executables live in `target/<profile>/deps/`; the binaries that
+/// `cargo test --workspace` builds live one level up.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary knows its own path");
+    let mut dir = exe
+        .parent()
+        .expect("the test binary lives in a directory")
+        .to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} not found: run `cargo test --workspace` (it builds the binaries)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a command to completion, killing it and panicking after [`TIMEOUT`].
+pub fn run_with_timeout(cmd: &mut Command, what: &str) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // The receiver may be gone after a timeout; nothing to do then.
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(out) => out.unwrap_or_else(|e| panic!("waiting for {what}: {e}")),
+        Err(_) => {
+            // The child was moved into the waiting thread, so kill it by pid.
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("{what} did not finish within {TIMEOUT:?}");
+        }
+    }
+}
+
+/// Formats a process's output for a panic message.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A running `sotto-relay serve` with its own data directory.
+pub struct Relay {
+    data: TempDir,
+    /// Kept outside the data directory so the "no plaintext on the relay's
+    /// disk" scenario only inspects what the relay itself wrote.
+    logs: TempDir,
+    child: Option<Child>,
+    addr: SocketAddr,
+    starts: u32,
+}
+
+impl Relay {
+    /// Creates a data directory, runs `init`, and starts `serve`.
+    pub fn start() -> Relay {
+        let data = tempfile::tempdir().expect("temp dir for the relay");
+        let logs = tempfile::tempdir().expect("temp dir for relay logs");
+        let out = run_with_timeout(
+            Command::new(binary("sotto-relay"))
+                .arg("init")
+                .arg("--data-dir")
+                .arg(data.path().join("relay"))
+                .arg("--listen")
+                .arg("127.0.0.1:0"),
+            "sotto-relay init",
+        );
+        assert!(
+            out.status.success(),
+            "sotto-relay init failed\n{}",
+            describe(&out)
+        );
+        let mut relay = Relay {
+            data,
+            logs,
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            starts: 0,
+        };
+        relay.spawn(None);
+        relay
+    }
+
+    /// The relay's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.path().join("relay")
+    }
+
+    /// The UDP address the relay is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Makes an invite link for `uses` registrations.
+    pub fn invite(&self, uses: u32) -> String {
+        let out = run_with_timeout(
+            Command::new(binary("sotto-relay"))
+                .arg("invite")
+                .arg("--data-dir")
+                .arg(self.data_dir())
+                .arg("--uses")
+                .arg(uses.to_string()),
+            "sotto-relay invite",
+        );
+        assert!(
+            out.status.success(),
+            "sotto-relay invite failed\n{}",
+            describe(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let link = stdout
+            .lines()
+            .map(str::trim)
+            .rfind(|l| !l.is_empty())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            link.starts_with("sotto://join?"),
+            "the last line of `sotto-relay invite` is not a link\n{}",
+            describe(&out)
+        );
+        link
+    }
+
+    /// Whether the relay process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Kills the relay with SIGKILL (no chance to flush anything) and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // `Child::kill` sends SIGKILL on Unix.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts `serve` again on the same data directory and the same port, so
+    /// clients registered with the old address still reach it.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let addr = self.addr;
+        self.spawn(Some(addr));
+        assert_eq!(
+            self.addr, addr,
+            "the relay came back on a different address"
+        );
+    }
+
+    /// What the relay has written to stderr so far, across restarts.
+    pub fn stderr(&self) -> String {
+        let mut all = String::new();
+        for n in 1..=self.starts {
+            let path = self.logs.path().join(format!("serve-{n}.log"));
+            all.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        all
+    }
+
+    fn spawn(&mut self, listen: Option<SocketAddr>) {
+        self.starts += 1;
+        let log_path = self.logs.path().join(format!("serve-{}.log", self.starts));
+        let log = std::fs::File::create(&log_path).expect("relay log file");
+        let mut cmd = Command::new(binary("sotto-relay"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        if let Some(addr) = listen {
+            cmd.env("SOTTO_RELAY_LISTEN", addr.to_string());
+        }
+        let mut child = cmd.spawn().expect("start sotto-relay serve");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining stdout for the life of the process so the relay
+            // never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.trim().strip_prefix("listening on ") {
+                        self.addr = rest
+                            .trim()
+                            .parse()
+                            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+                        break;
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "sotto-relay serve did not print `listening on` within {TIMEOUT:?}\n--- stderr ---\n{}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        self.child = Some(child);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One client profile (its own `--home`), registered with a relay.
+pub struct User {
+    /// The display name given at `init`.
+    pub name: String,
+    home: TempDir,
+}
+
+impl User {
+    /// Creates a profile and registers it with a fresh single-use invite.
+    pub fn new(relay: &Relay, name: &str) -> User {
+        let user = User::uninitialised(name);
+        user.ok(&["init", "--invite", &relay.invite(1), "--name", name]);
+        user
+    }
+
+    /// Creates a profile and registers it with a given invite link.
+    pub fn with_invite(link: &str, name: &str) -> User {
+        let user = User::uninitialised(name);
+        user.ok(&["init", "--invite", link, "--name", name]);
+        user
+    }
+
+    /// A profile directory on which `init` has not run yet.
+    pub fn uninitialised(name: &str) -> User {
+        User {
+            name: name.to_string(),
+            home: tempfile::tempdir().expect("temp dir for a profile"),
+        }
+    }
+
+    /// The profile directory.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// A `sotto` command for this profile, with the test passphrase set.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(binary("sotto"));
+        cmd.arg("--home")
+            .arg(self.home.path())
+            .env("SOTTO_PASSPHRASE", PASSPHRASE)
+            .env_remove("SOTTO_HOME")
+            .env_remove("SOTTO_DANGER_CRASH_BEFORE_ACK");
+        cmd
+    }
+
+    /// Runs `sotto ARGS` and returns its output, whatever the exit status.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_env(args, &[])
+    }
+
+    /// Runs `sotto ARGS` with extra environment variables.
+    pub fn run_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = self.command();
+        cmd.args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_with_timeout(
+            &mut cmd,
+            &format!("sotto {} (as {})", args.join(" "), self.name),
+        )
+    }
+
+    /// Runs `sotto ARGS`, asserts it succeeded, and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "`sotto {}` failed for {}\n{}",
+            args.join(" "),
+            self.name,
+            describe(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `sotto ARGS`, asserts it failed, and returns its stderr and stdout
+    /// together (where the helpful message is).
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "`sotto {}` should have failed for {}\n{}",
+            args.join(" "),
+            self.name,
+            describe(&out)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    }
+
+    /// This user's contact code (first line of `sotto whoami`).
+    pub fn code(&self) -> String {
+        let out = self.ok(&["whoami"]);
+        let code = out.lines().next().unwrap_or_default().trim().to_string();
+        assert!(
+            !code.is_empty(),
+            "`sotto whoami` printed no code for {}",
+            self.name
+        );
+        code
+    }
+
+    /// Adds `other` as a contact under `as_name`.
+    pub fn add_contact(&self, as_name: &str, other: &User) {
+        self.ok(&["contact", "add", as_name, &other.code()]);
+    }
+
+    /// Adds a contact from a contact code.
+    pub fn add_contact_code(&self, as_name: &str, code: &str) {
+        self.ok(&["contact", "add", as_name, code]);
+    }
+
+    /// Runs `sotto sync --json` and parses one JSON object per line.
+    pub fn sync_json(&self) -> Vec<serde_json::Value> {
+        parse_json_lines(&self.ok(&["sync", "--json"]), "sync --json")
+    }
+
+    /// Runs `sotto history NAME --json` and parses one JSON object per line.
+    pub fn history_json(&self, name: &str) -> Vec<serde_json::Value> {
+        parse_json_lines(&self.ok(&["history", name, "--json"]), "history --json")
+    }
+}
+
+/// Parses output that holds one JSON object per non-empty line.
+pub fn parse_json_lines(out: &str, what: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("`{what}` printed a line that is not JSON ({e}): {l:?}"))
+        })
+        .collect()
+}
+
+/// The `text` fields of parsed messages, in order.
+pub fn texts(messages: &[serde_json::Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_skip_blanks_and_keep_order() {
+        let parsed = parse_json_lines("{\"text\":\"a\"}\n\n{\"text\":\"b\"}\n", "t");
+        assert_eq!(texts(&parsed), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn describe_shows_both_streams() {
+        let out = run_with_timeout(
+            Command::new("sh")
+                .arg("-c")
+                .arg("echo out; echo err >&2; exit 3"),
+            "sh",
+        );
+        let text = describe(&out);
+        assert!(text.contains("out") && text.contains("err"), "{text}");
+        assert!(!out.status.success());
+    }
+}
