@@ -141,6 +141,24 @@ pub enum Notice {
     },
     /// One-time prekeys were replenished on the relay.
     ToppedUp(u32),
+    /// `listen` cannot reach the relay and keeps retrying.
+    Offline(String),
+}
+
+/// A request handed to a running [`Engine::listen`] by another process
+/// (see `control`).
+pub enum EngineCommand {
+    /// Send a text, after checking the passphrase against the store.
+    Send {
+        /// The passphrase the requester knows.
+        passphrase: String,
+        /// Contact name.
+        name: String,
+        /// Message text.
+        text: String,
+        /// Gets the message id, or a user-facing error.
+        reply: tokio::sync::oneshot::Sender<std::result::Result<String, String>>,
+    },
 }
 
 /// The engine for one profile.
@@ -670,16 +688,46 @@ impl Engine {
     }
 
     /// Stays connected and hands over messages as the relay pushes them, until `stop` resolves.
+    ///
+    /// Meanwhile it carries out `commands` from other processes (`control`).
     pub async fn listen(
         &mut self,
         on_message: &mut dyn FnMut(&ShownMessage),
         on_notice: &mut dyn FnMut(&Notice),
+        commands: &mut tokio::sync::mpsc::Receiver<EngineCommand>,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         tokio::pin!(stop);
-        self.sync(on_message, on_notice).await?;
         let mut backoff = Duration::from_millis(250);
+        let mut told_offline = false;
         loop {
+            if self.conn.is_none() {
+                // (Re)connect and catch up; the relay may be down or restarting.
+                let synced = tokio::select! {
+                    _ = &mut stop => break,
+                    synced = self.sync(on_message, on_notice) => synced,
+                };
+                match synced {
+                    Ok(_) => {
+                        backoff = Duration::from_millis(250);
+                        told_offline = false;
+                    }
+                    Err(e) if is_offline(&e) => {
+                        if !told_offline {
+                            on_notice(&Notice::Offline(e.to_string()));
+                            told_offline = true;
+                        }
+                        self.conn = None;
+                        tokio::select! {
+                            _ = &mut stop => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             // A periodic fetch covers pushes lost to a broken connection.
             let resync = tokio::time::sleep(Duration::from_secs(30));
             let push = async {
@@ -690,29 +738,27 @@ impl Engine {
             };
             tokio::select! {
                 _ = &mut stop => break,
+                Some(command) = commands.recv() => self.run_command(command).await,
                 _ = resync => {
                     if let Err(e) = self.sync(on_message, on_notice).await {
-                        tracing::debug!("periodic sync failed: {e}");
+                        if !is_offline(&e) {
+                            return Err(e);
+                        }
                         self.conn = None;
                     }
                 }
                 pushed = push => match pushed {
                     Ok(push) => {
-                        backoff = Duration::from_millis(250);
-                        self.receive(push.envelopes, on_message, on_notice).await?;
+                        if let Err(e) = self.receive(push.envelopes, on_message, on_notice).await {
+                            if !is_offline(&e) {
+                                return Err(e);
+                            }
+                            self.conn = None;
+                        }
                     }
                     Err(e) => {
                         tracing::debug!("push stream ended: {e}; reconnecting");
                         self.conn = None;
-                        tokio::select! {
-                            _ = &mut stop => break,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                        if let Err(e) = self.sync(on_message, on_notice).await {
-                            tracing::debug!("reconnect failed: {e}");
-                            self.conn = None;
-                        }
                     }
                 }
             }
@@ -721,6 +767,28 @@ impl Engine {
             conn.close().await;
         }
         Ok(())
+    }
+
+    async fn run_command(&mut self, command: EngineCommand) {
+        match command {
+            EngineCommand::Send {
+                passphrase,
+                name,
+                text,
+                reply,
+            } => {
+                let result = match self.store.check_passphrase(&passphrase) {
+                    Ok(true) => self
+                        .send_text(&name, &text)
+                        .await
+                        .map(|m| m.id)
+                        .map_err(|e| e.to_string()),
+                    Ok(false) => Err(StoreError::WrongPassphrase.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(result);
+            }
+        }
     }
 
     /// Decrypts and stores envelopes, flushes, then acknowledges them.
@@ -1140,6 +1208,19 @@ async fn challenge(conn: &Connection) -> Result<Vec<u8>> {
         Resp::Challenge(c) => Ok(c.nonce),
         _ => Err(TransportError::Unexpected.into()),
     }
+}
+
+/// Errors `listen` rides out by reconnecting: the relay or the network is down.
+fn is_offline(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Transport(
+            TransportError::Connect { .. }
+                | TransportError::Connection(_)
+                | TransportError::Resolve(_)
+                | TransportError::Frame(_)
+        )
+    )
 }
 
 fn unknown_recipient(e: TransportError, name: &str) -> EngineError {

@@ -6,10 +6,13 @@
 //! - [`transport`]: QUIC to the relay with the certificate pinned from the invite.
 //! - [`engine`]: outbox-first sending, store-then-acknowledge receiving, trust
 //!   on first use.
+//! - [`control`]: the socket through which `sotto send` reaches a running
+//!   `sotto listen` that holds the store.
 //!
 //! It is **not** a relay, and it never logs message text, names or keys.
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod engine;
 pub mod store;
 pub mod transport;

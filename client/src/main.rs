@@ -2,12 +2,15 @@
 //! one object per line) so scripts and tests can drive it.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::json;
-use sotto_client::engine::{Engine, Notice, ShownMessage, store_dir};
+use sotto_client::control;
+use sotto_client::engine::{Engine, EngineError, Notice, ShownMessage, store_dir};
+use sotto_client::store::StoreError;
+use tokio::signal::unix::{SignalKind, signal};
 
 /// Sotto: end-to-end encrypted messaging for whisper networks.
 ///
@@ -65,7 +68,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Stay connected and print messages as they arrive (Ctrl-C to stop)
+    /// Stay connected and print messages as they arrive (Ctrl-C to stop).
+    /// While it runs, `sotto send` from another terminal goes through it.
     Listen {
         /// One JSON object per message
         #[arg(long)]
@@ -179,13 +183,42 @@ async fn run(cli: Cli) -> Result<()> {
         );
     }
     let passphrase = passphrase(false)?;
-    let mut engine = Engine::open(&home, &passphrase)?;
-    let result = command(&mut engine, cli.command).await;
+    let mut engine = match Engine::open(&home, &passphrase) {
+        Ok(engine) => engine,
+        Err(EngineError::Store(StoreError::Locked)) => {
+            return via_listener(&home, passphrase, cli.command).await;
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let result = command(&mut engine, &home, cli.command).await;
     engine.close().await;
     result
 }
 
-async fn command(engine: &mut Engine, command: Command) -> Result<()> {
+/// The store is held by another process: if it is `sotto listen` and this is
+/// a send, hand the send to it; otherwise say what holds the profile.
+async fn via_listener(home: &Path, passphrase: String, command: Command) -> Result<()> {
+    let Command::Send { name, text } = command else {
+        return Err(StoreError::Locked.into());
+    };
+    let request = control::Request {
+        passphrase,
+        name,
+        text,
+    };
+    let reply = control::forward(home, &request)
+        .await
+        .map_err(|_| StoreError::Locked)?;
+    match (reply.id, reply.error) {
+        (Some(id), _) => {
+            println!("sent {id} (through the running `sotto listen`)");
+            Ok(())
+        }
+        (None, error) => bail!(error.unwrap_or_else(|| "the listener refused".into())),
+    }
+}
+
+async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Init { .. } => unreachable!("handled before the store is opened"),
@@ -265,11 +298,29 @@ async fn command(engine: &mut Engine, command: Command) -> Result<()> {
         Command::Listen { json } => {
             let mut printer = Printer { json };
             let stop = async {
-                let _ = tokio::signal::ctrl_c().await;
+                let mut term = match signal(SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(_) => return std::future::pending().await,
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
             };
-            engine
-                .listen(&mut |m| printer.message(m), &mut |n| notice(n), stop)
-                .await?;
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            let control = control::serve(home, tx)
+                .with_context(|| format!("cannot open {}", control::socket_path(home).display()))?;
+            let result = engine
+                .listen(
+                    &mut |m| printer.message(m),
+                    &mut |n| notice(n),
+                    &mut rx,
+                    stop,
+                )
+                .await;
+            control.abort();
+            let _ = std::fs::remove_file(control::socket_path(home));
+            result?;
         }
         Command::History { name, json } => {
             let mut printer = Printer { json };
@@ -363,6 +414,7 @@ fn notice(n: &Notice) {
             eprintln!("warning: dropped a message that cannot be decrypted (#{seq}): {reason}")
         }
         Notice::ToppedUp(n) => tracing::info!("uploaded {n} new one-time keys"),
+        Notice::Offline(reason) => eprintln!("{reason}; retrying until the relay is back"),
     }
 }
 

@@ -406,6 +406,28 @@ impl Store {
         Ok(())
     }
 
+    /// Whether `passphrase` is this store's passphrase (runs the KDF again).
+    ///
+    /// Used by `sotto listen` to authenticate commands other `sotto`
+    /// processes forward to it while it holds the store: the control socket
+    /// grants nothing to whoever cannot also open the store.
+    pub fn check_passphrase(&self, passphrase: &str) -> Result<bool> {
+        let meta = self.tree(TREE_META)?;
+        let header = meta
+            .get(META_HEADER)?
+            .ok_or_else(|| StoreError::Corrupt("missing header".into()))?;
+        let header: Header = serde_json::from_slice(&header)
+            .map_err(|_| StoreError::Corrupt("unreadable header".into()))?;
+        let verifier = meta
+            .get(META_VERIFIER)?
+            .ok_or_else(|| StoreError::Corrupt("missing verifier".into()))?;
+        let keys = derive(passphrase, &header.salt, &header.kdf)?;
+        Ok(matches!(
+            keys.open(TREE_META, META_VERIFIER, &verifier),
+            Some(plain) if plain.as_slice() == VERIFIER_PLAINTEXT
+        ))
+    }
+
     /// Holds every following write in memory until [`Store::commit_staged`].
     ///
     /// Receiving a message writes libsignal's session state and then our
@@ -941,6 +963,14 @@ mod tests {
             Store::create(&path, PASS),
             Err(StoreError::AlreadyExists(_))
         ));
+    }
+
+    #[test]
+    fn open_store_checks_a_passphrase() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), PASS).expect("create");
+        assert!(store.check_passphrase(PASS).expect("check"));
+        assert!(!store.check_passphrase("not it").expect("check"));
     }
 
     #[test]
