@@ -358,17 +358,7 @@ impl<S: Store> Relay<S> {
             account: Uuid::new_v4(),
             device: 1,
         };
-        self.store.put_account(
-            me,
-            &AccountRecord {
-                identity_key: r.identity_key,
-                registration_id: r.registration_id,
-                signed_pre_key: keys.signed,
-                kyber_last_resort: keys.last_resort,
-            },
-        )?;
-        self.store.add_pre_keys(me, &keys.one_time)?;
-        self.store.add_kyber_pre_keys(me, &keys.kyber)?;
+        self.install(me, r.identity_key, r.registration_id, keys)?;
         conn.auth = Some(me);
         durable(response::Kind::Registered(relay::Registered {
             account_id: me.account.as_bytes().to_vec(),
@@ -571,18 +561,32 @@ impl<S: Store> Relay<S> {
             true,
         )?;
         self.store.clear_pre_keys(me)?;
+        self.install(me, r.identity_key, r.registration_id, keys)?;
+        durable(response::Kind::Done(relay::Done {}))
+    }
+}
+
+impl<S: Store> Relay<S> {
+    /// Stores an account's identity and a validated key set (registration and reset).
+    fn install(
+        &self,
+        me: DeviceKey,
+        identity_key: Vec<u8>,
+        registration_id: u32,
+        keys: KeySet,
+    ) -> Result<(), StoreError> {
         self.store.put_account(
             me,
             &AccountRecord {
-                identity_key: r.identity_key,
-                registration_id: r.registration_id,
+                identity_key,
+                registration_id,
                 signed_pre_key: keys.signed,
                 kyber_last_resort: keys.last_resort,
             },
         )?;
         self.store.add_pre_keys(me, &keys.one_time)?;
         self.store.add_kyber_pre_keys(me, &keys.kyber)?;
-        durable(response::Kind::Done(relay::Done {}))
+        Ok(())
     }
 }
 
