@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests of each crate and the end-to-end scenarios, which
 # start the real relay on 127.0.0.1 and drive the real `sotto` binary.
-# `--workspace` matters: it builds both binaries the scenarios run.
+# The scenarios run target/debug/sotto and target/debug/sotto-relay, which
+# `cargo test` alone does not build (they belong to other packages), so build
+# them first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+cargo build --workspace --bins
 cargo test --workspace "$@"

@@ -2,8 +2,9 @@
 //! `sotto` clients, each in its own temporary directory.
 //!
 //! One integration-test binary declares every scenario file as a module
-//! (STYLE.md §27). The binaries come from `cargo test --workspace`, which
-//! builds every member; the harness is `sotto_tests` (tests/src/lib.rs).
+//! (STYLE.md §27). The binaries come from `cargo build --workspace --bins`,
+//! which `scripts/test.sh` runs before `cargo test --workspace`; the harness
+//! is `sotto_tests` (tests/src/lib.rs).
 
 mod abuse;
 mod cli_errors;

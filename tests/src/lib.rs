@@ -31,8 +31,9 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 
 /// Finds a workspace binary next to the running test executable.
 ///
-/// Test executables live in `target/<profile>/deps/`; the binaries that
-/// `cargo test --workspace` builds live one level up.
+/// Test executables live in `target/<profile>/deps/`; the binaries live one
+/// level up. `cargo test` does not build another package's binaries, so
+/// `scripts/test.sh` runs `cargo build --workspace --bins` first.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its own path");
     let mut dir = exe
@@ -45,7 +46,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
-        "{} not found: run `cargo test --workspace` (it builds the binaries)",
+        "{} not found: run `scripts/test.sh`, or `cargo build --workspace --bins` before `cargo test`",
         path.display()
     );
     path
