@@ -442,7 +442,16 @@ impl Engine {
         })?;
         // Durable before anything leaves: a crash from here on resends it.
         self.store.flush().await?;
-        self.drain_outbox().await?;
+        match self.drain_outbox().await {
+            Ok(_) => {}
+            Err(e) if is_offline(&e) => {
+                return Err(EngineError::Invalid(format!(
+                    "{e}. The message is saved and will be sent by the next \
+                     `sotto send`, `sync` or `listen`"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
         let record = self
             .store
             .message(contact.account_id, id)?
