@@ -966,6 +966,16 @@ impl Engine {
         })
     }
 
+    /// Relay-side prekey counts, without topping up.
+    pub async fn counts(&mut self) -> Result<KeyCounts> {
+        let (pre_keys, kyber_pre_keys, _) = self.key_counts().await?;
+        Ok(KeyCounts {
+            pre_keys,
+            kyber_pre_keys,
+            topped_up: false,
+        })
+    }
+
     async fn key_counts(&mut self) -> Result<(u32, u32, bool)> {
         let conn = self.connection().await?;
         let Resp::PreKeyCount(count) = conn

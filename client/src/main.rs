@@ -88,6 +88,9 @@ enum Command {
         /// Print {"pre_keys":N,"kyber_pre_keys":M,"topped_up":bool}
         #[arg(long)]
         json: bool,
+        /// Only show the counts; do not upload new keys even if they are low
+        #[arg(long)]
+        no_top_up: bool,
     },
     /// Manage this profile's identity key
     #[command(subcommand)]
@@ -328,8 +331,12 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                 printer.message(&message);
             }
         }
-        Command::Keys { json } => {
-            let counts = engine.top_up().await?;
+        Command::Keys { json, no_top_up } => {
+            let counts = if no_top_up {
+                engine.counts().await?
+            } else {
+                engine.top_up().await?
+            };
             if json {
                 let line = json!({
                     "pre_keys": counts.pre_keys,

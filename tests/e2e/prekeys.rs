@@ -45,6 +45,20 @@ fn prekey_exhaustion_and_top_up() {
     senders.sort_by_key(|(i, _)| *i);
     assert_eq!(senders.len(), SENDERS);
 
+    // 150 sessions used up all 100 one-time keys of each kind; later senders
+    // got the signed prekey and the Kyber last-resort key.
+    let before: serde_json::Value =
+        serde_json::from_str(alice.ok(&["keys", "--json", "--no-top-up"]).trim())
+            .expect("keys --json is JSON");
+    assert_eq!(
+        before["pre_keys"], 0,
+        "one-time prekeys not exhausted: {before}"
+    );
+    assert_eq!(
+        before["kyber_pre_keys"], 0,
+        "Kyber keys not exhausted: {before}"
+    );
+
     // Sync until nothing new arrives (the relay may page its answers).
     let mut received = Vec::new();
     loop {
