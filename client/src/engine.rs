@@ -51,6 +51,11 @@ const DEVICE_ID: u8 = 1;
 /// A sender certificate is renewed when less than this is left of it.
 const CERT_RENEW_MARGIN_MS: u64 = 10 * 60 * 1000;
 
+/// Age at which the signed prekey and the Kyber last-resort key are replaced
+/// (Signal rotates on a similar schedule): limits how long a stolen signed
+/// prekey could open first messages sent to us.
+pub const ROTATE_SIGNED_KEYS_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
 /// Envelopes asked for per fetch.
 const FETCH_BATCH: u32 = 100;
 
@@ -214,6 +219,7 @@ impl Engine {
             registration_id,
             sender_certificate: None,
             transport_hint: None,
+            keys_rotated_at_ms: now_ms(),
         };
         store.set_account(&account)?;
         let trust_root = PublicKey::deserialize(&link.trust_root)
@@ -939,30 +945,44 @@ impl Engine {
             .collect())
     }
 
-    /// Relay-side prekey counts, uploading more first if they run low.
+    /// Relay-side prekey counts, uploading more first if they run low, and
+    /// replacing the signed prekey and Kyber last-resort key once they are
+    /// [`ROTATE_SIGNED_KEYS_MS`] old.
     pub async fn top_up(&mut self) -> Result<KeyCounts> {
-        let counts = self.key_counts().await?;
-        if !counts.2 {
+        let (pre_keys, kyber_pre_keys, low) = self.key_counts().await?;
+        let rotate =
+            now_ms().saturating_sub(self.account.keys_rotated_at_ms) > ROTATE_SIGNED_KEYS_MS;
+        if !low && !rotate {
             return Ok(KeyCounts {
-                pre_keys: counts.0,
-                kyber_pre_keys: counts.1,
+                pre_keys,
+                kyber_pre_keys,
                 topped_up: false,
             });
         }
-        let keys = self.generate_keys(ONE_TIME_KEYS, false).await?;
+        let keys = self
+            .generate_keys(if low { ONE_TIME_KEYS } else { 0 }, rotate)
+            .await?;
         let conn = self.connection().await?;
         conn.request(Req::UploadPreKeys(relay::UploadPreKeys {
             pre_keys: keys.pre_keys,
             kyber_pre_keys: keys.kyber_pre_keys,
-            signed_pre_key: None,
-            kyber_last_resort: None,
+            signed_pre_key: keys.signed_pre_key,
+            kyber_last_resort: keys.kyber_last_resort,
         }))
         .await?;
-        let counts = self.key_counts().await?;
+        if rotate {
+            // The old private halves stay in the store, so messages already
+            // sent against them still open.
+            self.account.keys_rotated_at_ms = now_ms();
+            self.store.set_account(&self.account)?;
+            self.store.flush().await?;
+            tracing::info!("replaced the signed prekey and the Kyber last-resort key");
+        }
+        let (pre_keys, kyber_pre_keys, _) = self.key_counts().await?;
         Ok(KeyCounts {
-            pre_keys: counts.0,
-            kyber_pre_keys: counts.1,
-            topped_up: true,
+            pre_keys,
+            kyber_pre_keys,
+            topped_up: low,
         })
     }
 
@@ -1033,6 +1053,7 @@ impl Engine {
         self.account.identity_key_pair = new_identity.serialize().to_vec();
         self.account.registration_id = registration_id;
         self.account.sender_certificate = None;
+        self.account.keys_rotated_at_ms = now_ms();
         self.store.set_account(&self.account)?;
         // Sessions were built with the old key; peers rebuild theirs when the relay says STALE_DEVICE.
         for contact in self.store.contacts()? {
@@ -1142,7 +1163,10 @@ impl Engine {
         let mut store = self.store.clone();
         let mut upload = KeyUpload::default();
 
-        let first = self.store.next_ids(IdKind::PreKey, count)?;
+        let first = match count {
+            0 => 0,
+            n => self.store.next_ids(IdKind::PreKey, n)?,
+        };
         for id in first..first + count {
             let pair = KeyPair::generate(&mut rng);
             store
@@ -1153,7 +1177,10 @@ impl Engine {
                 public_key: pair.public_key.serialize().to_vec(),
             });
         }
-        let first = self.store.next_ids(IdKind::KyberPreKey, count)?;
+        let first = match count {
+            0 => 0,
+            n => self.store.next_ids(IdKind::KyberPreKey, n)?,
+        };
         for id in first..first + count {
             let record = KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, id.into(), private)?;
             store.save_kyber_pre_key(id.into(), &record).await?;

@@ -125,6 +125,10 @@ pub struct AccountRecord {
     pub sender_certificate: Option<(Vec<u8>, u64)>,
     /// Optional transport hint from the invite.
     pub transport_hint: Option<String>,
+    /// When the signed prekey and Kyber last-resort key were last replaced
+    /// (ms since the epoch; 0 for profiles made before rotation existed).
+    #[serde(default)]
+    pub keys_rotated_at_ms: u64,
 }
 
 impl fmt::Debug for AccountRecord {
@@ -886,6 +890,7 @@ mod tests {
             registration_id: 4242,
             sender_certificate: Some((vec![1, 2, 3], 77)),
             transport_hint: None,
+            keys_rotated_at_ms: 0,
         }
     }
 

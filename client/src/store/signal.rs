@@ -356,6 +356,7 @@ mod tests {
                 registration_id: 1234,
                 sender_certificate: None,
                 transport_hint: None,
+                keys_rotated_at_ms: 0,
             })
             .expect("set_account");
         ProtocolAddress::new(account_id.to_string(), device())
