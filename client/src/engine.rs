@@ -293,6 +293,11 @@ impl Engine {
         ContactCode::from_account_id(self.account.account_id)
     }
 
+    /// When the signed prekey and Kyber last-resort key were last replaced (ms since the epoch).
+    pub fn keys_rotated_at_ms(&self) -> u64 {
+        self.account.keys_rotated_at_ms
+    }
+
     /// My display name.
     pub fn name(&self) -> &str {
         &self.account.name
@@ -949,9 +954,13 @@ impl Engine {
     /// replacing the signed prekey and Kyber last-resort key once they are
     /// [`ROTATE_SIGNED_KEYS_MS`] old.
     pub async fn top_up(&mut self) -> Result<KeyCounts> {
+        self.top_up_at(now_ms()).await
+    }
+
+    /// [`Engine::top_up`] as if the time were `now_ms` (tests drive rotation with it).
+    pub async fn top_up_at(&mut self, now_ms: u64) -> Result<KeyCounts> {
         let (pre_keys, kyber_pre_keys, low) = self.key_counts().await?;
-        let rotate =
-            now_ms().saturating_sub(self.account.keys_rotated_at_ms) > ROTATE_SIGNED_KEYS_MS;
+        let rotate = now_ms.saturating_sub(self.account.keys_rotated_at_ms) > ROTATE_SIGNED_KEYS_MS;
         if !low && !rotate {
             return Ok(KeyCounts {
                 pre_keys,
@@ -973,7 +982,7 @@ impl Engine {
         if rotate {
             // The old private halves stay in the store, so messages already
             // sent against them still open.
-            self.account.keys_rotated_at_ms = now_ms();
+            self.account.keys_rotated_at_ms = now_ms;
             self.store.set_account(&self.account)?;
             self.store.flush().await?;
             tracing::info!("replaced the signed prekey and the Kyber last-resort key");

@@ -14,4 +14,5 @@ mod listen;
 mod messaging;
 mod prekeys;
 mod relay_disk;
+mod rotation;
 mod store;
