@@ -2,9 +2,14 @@
 //!
 //! sled admits one process per database, so while the relay runs, admin
 //! commands (`sotto-relay invite`, stats) go through this socket instead of
-//! opening the database. Requests:
+//! opening the database. When the relay is stopped, the CLI runs the same
+//! requests through [`execute_offline`]. Requests:
 //! - `{"cmd":"invite","uses":N,"expires_secs":S}` -> `{"ok":true,"link":"sotto://..."}`
-//! - `{"cmd":"stats"}` -> `{"ok":true,"accounts":N,"queued_envelopes":M,"connections":C}`
+//! - `{"cmd":"invite_list"}` -> `{"ok":true,"invites":[{"id","uses_left","expires_at_ms"}]}`
+//! - `{"cmd":"invite_revoke","id":HEX}` -> `{"ok":true,"id":HEX}`
+//! - `{"cmd":"stats"}` -> `{"ok":true,"accounts","devices","queued_envelopes","connections"}`
+//! - `{"cmd":"account_ban"|"account_unban"|"account_remove","account":UUID}`
+//! - `{"cmd":"backup","to":ABSOLUTE_PATH}` -> `{"ok":true,"bytes","trees","entries"}`
 //!
 //! Errors are `{"ok":false,"error":"..."}`. The socket is mode 0600 inside a
 //! 0700 directory: only the operator can mint invites.
@@ -19,8 +24,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
+use uuid::Uuid;
+
+use crate::core::Relay;
 use crate::net::Shared;
-use crate::{Error, Result};
+use crate::store::{AccountStore, InviteStore, Store};
+use crate::{Error, LinkInfo, Result};
 
 /// Longest admin request line we read, so a local client cannot exhaust memory.
 const MAX_LINE: usize = 4096;
@@ -67,7 +76,8 @@ impl AdminServer {
             match accepted {
                 Ok((stream, _)) => {
                     let shared = Arc::clone(&shared);
-                    tokio::spawn(async move { serve_client(stream, &shared).await });
+                    let dir = self.path.parent().map(Path::to_path_buf);
+                    tokio::spawn(serve_client(stream, shared, dir));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
@@ -79,7 +89,7 @@ impl AdminServer {
     }
 }
 
-async fn serve_client(stream: UnixStream, shared: &Shared) {
+async fn serve_client(stream: UnixStream, shared: Arc<Shared>, data_dir: Option<PathBuf>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).take(MAX_LINE as u64 * 64);
     let mut line = String::new();
@@ -92,7 +102,25 @@ async fn serve_client(stream: UnixStream, shared: &Shared) {
         let reply = if line.len() > MAX_LINE {
             json!({"ok": false, "error": "request too long"})
         } else {
-            handle_command(shared, line.trim())
+            match serde_json::from_str::<Value>(line.trim()) {
+                Err(_) => not_json(),
+                Ok(req) => {
+                    let (shared, dir) = (Arc::clone(&shared), data_dir.clone());
+                    // Store calls and backups block; keep them off the async workers.
+                    let run = tokio::task::spawn_blocking(move || {
+                        let ctx = Ctx {
+                            relay: &shared.relay,
+                            links: &shared.links,
+                            live: Some(&shared),
+                            data_dir: dir.as_deref(),
+                        };
+                        execute(&ctx, &req)
+                    });
+                    run.await.unwrap_or_else(
+                        |_| json!({"ok": false, "error": "the command failed; see the relay log"}),
+                    )
+                }
+            }
         };
         let mut out = reply.to_string();
         out.push('\n');
@@ -102,21 +130,93 @@ async fn serve_client(stream: UnixStream, shared: &Shared) {
     }
 }
 
-/// Answers one admin request line.
+fn not_json() -> Value {
+    json!({"ok": false, "error": "not JSON; send {\"cmd\":\"stats\"} or {\"cmd\":\"invite\",...}"})
+}
+
+/// Answers one admin request line for a serving relay (no data directory, so
+/// no backups).
 pub fn handle_command(shared: &Shared, line: &str) -> Value {
-    let fail = |msg: &str| json!({"ok": false, "error": msg});
     let Ok(req) = serde_json::from_str::<Value>(line) else {
-        return fail("not JSON; send {\"cmd\":\"stats\"} or {\"cmd\":\"invite\",...}");
+        return not_json();
+    };
+    execute(
+        &Ctx {
+            relay: &shared.relay,
+            links: &shared.links,
+            live: Some(shared),
+            data_dir: None,
+        },
+        &req,
+    )
+}
+
+/// Where a command runs: inside the serving relay, or on a database the CLI
+/// opened because the relay is stopped.
+pub struct Ctx<'a> {
+    /// The protocol core.
+    pub relay: &'a Relay,
+    /// Invite link material.
+    pub links: &'a LinkInfo,
+    /// The serving relay's connections; `None` when it is stopped.
+    pub live: Option<&'a Shared>,
+    /// The data directory (needed for backups).
+    pub data_dir: Option<&'a Path>,
+}
+
+/// Length, in bytes of the token hash, of the invite ids shown to the operator.
+const INVITE_ID_BYTES: usize = 6;
+
+/// The operator-facing id of an invite: short hex of its token *hash*, so
+/// listing invites never reveals a usable token.
+pub fn invite_id(token_hash: &[u8; 32]) -> String {
+    token_hash[..INVITE_ID_BYTES]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs one admin request. Store failures go to the log; the answer says
+/// what to do next.
+pub fn execute(ctx: &Ctx<'_>, req: &Value) -> Value {
+    match run(ctx, req) {
+        Ok(v) => v,
+        Err(msg) => json!({"ok": false, "error": msg}),
+    }
+}
+
+fn store_failed(e: impl std::fmt::Display) -> String {
+    tracing::error!(error = %e, "admin command failed");
+    format!("the relay database failed: {e}")
+}
+
+fn account_arg(req: &Value) -> std::result::Result<Uuid, String> {
+    req.get("account")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| "account must be an account id (UUID)".to_string())
+}
+
+const NO_ACCOUNT: &str = "no account with that id on this relay; check the contact code with the member (`sotto whoami` shows it)";
+
+fn run(ctx: &Ctx<'_>, req: &Value) -> std::result::Result<Value, String> {
+    let relay = ctx.relay;
+    let store = relay.store();
+    let closed = |account: Uuid, reason: &[u8]| {
+        ctx.live
+            .map(|s| s.close_account(account, reason))
+            .unwrap_or(0)
     };
     match req.get("cmd").and_then(Value::as_str) {
         Some("stats") => {
-            let s = shared.relay.stats();
-            json!({
+            let s = relay.stats().map_err(store_failed)?;
+            Ok(json!({
                 "ok": true,
                 "accounts": s.accounts,
+                "devices": s.devices,
                 "queued_envelopes": s.queued_envelopes,
-                "connections": shared.connections(),
-            })
+                "connections": ctx.live.map_or(0, Shared::connections),
+            }))
         }
         Some("invite") => {
             let uses = req.get("uses").and_then(Value::as_u64).unwrap_or(1);
@@ -124,27 +224,144 @@ pub fn handle_command(shared: &Shared, line: &str) -> Value {
                 .get("expires_secs")
                 .and_then(Value::as_u64)
                 .unwrap_or(7 * 86_400);
-            let Ok(uses) = u32::try_from(uses) else {
-                return fail("uses is too large");
-            };
+            let uses = u32::try_from(uses).map_err(|_| "uses is too large".to_string())?;
             if uses == 0 || secs == 0 {
-                return fail("uses and expires_secs must be greater than zero");
+                return Err("uses and expires_secs must be greater than zero".into());
             }
-            match crate::make_invite(
-                &shared.relay,
-                &shared.links,
-                uses,
-                Duration::from_secs(secs),
-            ) {
-                Ok(link) => json!({"ok": true, "link": link.to_string()}),
+            match crate::make_invite(relay, ctx.links, uses, Duration::from_secs(secs)) {
+                Ok(link) => Ok(json!({"ok": true, "link": link.to_string()})),
                 Err(e) => {
                     tracing::error!(error = %e, "admin invite failed");
-                    fail("could not store the invite; see the relay log")
+                    Err("could not store the invite; see the relay log".into())
                 }
             }
         }
-        _ => fail("unknown cmd; use \"invite\" or \"stats\""),
+        Some("invite_list") => {
+            let now = crate::now_ms();
+            let mut invites = store.invites().map_err(store_failed)?;
+            // Spent and expired invites are useless to list (the store drops them lazily).
+            invites.retain(|i| i.uses_left > 0 && i.expires_at_ms > now);
+            invites.sort_by_key(|i| i.expires_at_ms);
+            let rows: Vec<Value> = invites
+                .iter()
+                .map(|i| {
+                    json!({
+                        "id": invite_id(&i.token_hash),
+                        "uses_left": i.uses_left,
+                        "expires_at_ms": i.expires_at_ms,
+                    })
+                })
+                .collect();
+            Ok(json!({"ok": true, "invites": rows}))
+        }
+        Some("invite_revoke") => {
+            let id = req
+                .get("id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if id.len() < 4 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(
+                    "give the invite id (at least 4 hex characters) from `sotto-relay invite list`"
+                        .into(),
+                );
+            }
+            let matching: Vec<_> = store
+                .invites()
+                .map_err(store_failed)?
+                .into_iter()
+                .filter(|i| invite_id(&i.token_hash).starts_with(&id))
+                .collect();
+            match matching.as_slice() {
+                [] => Err(format!(
+                    "no invite with id {id}; `sotto-relay invite list` shows the ids"
+                )),
+                [one] => {
+                    store.remove_invite(one.token_hash).map_err(store_failed)?;
+                    store.flush().map_err(store_failed)?;
+                    Ok(json!({"ok": true, "id": invite_id(&one.token_hash)}))
+                }
+                many => Err(format!(
+                    "{id} matches {} invites; give more of the id from `sotto-relay invite list`",
+                    many.len()
+                )),
+            }
+        }
+        Some("account_ban") => {
+            let account = account_arg(req)?;
+            let devices = relay.ban(account, crate::now_ms()).map_err(store_failed)?;
+            if devices.is_empty() {
+                return Err(NO_ACCOUNT.into());
+            }
+            let closed = closed(account, b"banned by the relay operator");
+            Ok(json!({"ok": true, "devices": devices.len(), "closed": closed}))
+        }
+        Some("account_unban") => {
+            let account = account_arg(req)?;
+            let was_banned = relay.unban(account).map_err(store_failed)?;
+            Ok(json!({"ok": true, "was_banned": was_banned}))
+        }
+        Some("account_remove") => {
+            let account = account_arg(req)?;
+            if store.devices_of(account).map_err(store_failed)?.is_empty() {
+                return Err(NO_ACCOUNT.into());
+            }
+            let removed = relay.remove_account(account).map_err(store_failed)?;
+            let closed = closed(account, b"account removed by the relay operator");
+            Ok(json!({
+                "ok": true,
+                "devices": removed.devices,
+                "envelopes": removed.envelopes,
+                "pre_keys": removed.pre_keys,
+                "closed": closed,
+            }))
+        }
+        Some("backup") => {
+            let Some(dir) = ctx.data_dir else {
+                return Err(
+                    "this relay was started without a data directory; it cannot back up".into(),
+                );
+            };
+            let to = req
+                .get("to")
+                .and_then(Value::as_str)
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .ok_or_else(|| "backup needs an absolute `to` path".to_string())?;
+            let r = crate::backup::write_backup(&crate::DataDir::new(dir), store, &to)
+                .map_err(|e| format!("{e}"))?;
+            Ok(json!({"ok": true, "bytes": r.bytes, "trees": r.trees, "entries": r.entries}))
+        }
+        _ => Err("unknown cmd; this sotto-relay may be older than the command line tool".into()),
     }
+}
+
+/// Runs `req` on the stopped relay in `data_dir`, opening its database
+/// directly (sled admits one process, so this fails while the relay runs).
+pub fn execute_offline(data_dir: &Path, req: &Value) -> Result<Value> {
+    let config = crate::load_config(data_dir)?;
+    let dir = crate::DataDir::new(data_dir);
+    let keys = crate::load_keys(&dir)?;
+    let store = crate::store::SledStore::open(&dir.db())?;
+    let links = LinkInfo {
+        relay: config
+            .public_addr
+            .clone()
+            .unwrap_or_else(|| config.listen.to_string()),
+        spki_pin: keys.pin,
+        trust_root: keys.trust_root,
+    };
+    let relay = Relay::new(store, config, keys.signer);
+    Ok(execute(
+        &Ctx {
+            relay: &relay,
+            links: &links,
+            live: None,
+            data_dir: Some(data_dir),
+        },
+        req,
+    ))
 }
 
 #[cfg(test)]
@@ -198,5 +415,57 @@ mod tests {
             handle_command(&s, r#"{"cmd":"invite","uses":0}"#)["ok"],
             false
         );
+    }
+
+    #[test]
+    fn invites_list_without_tokens_and_revoke_by_id() {
+        let s = shared();
+        let r = handle_command(&s, r#"{"cmd":"invite","uses":2,"expires_secs":600}"#);
+        let link: sotto_wire::invite::InviteLink = r["link"]
+            .as_str()
+            .expect("link")
+            .parse()
+            .expect("valid link");
+        let r = handle_command(&s, r#"{"cmd":"invite_list"}"#);
+        let list = r["invites"].as_array().expect("list");
+        assert_eq!(list.len(), 1);
+        assert_eq!(list[0]["uses_left"], 2);
+        let id = list[0]["id"].as_str().expect("id").to_string();
+        let token_hex: String = link.token.iter().map(|b| format!("{b:02x}")).collect();
+        // The id is derived from the hash, not the token, and the token appears nowhere.
+        assert!(!r.to_string().contains(&token_hex));
+        assert!(!token_hex.starts_with(&id));
+        let bad = handle_command(&s, r#"{"cmd":"invite_revoke","id":"zz"}"#);
+        assert_eq!(bad["ok"], false);
+        let req = json!({"cmd": "invite_revoke", "id": &id[..6]});
+        let r = handle_command(&s, &req.to_string());
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["id"], id.as_str());
+        let r = handle_command(&s, &req.to_string());
+        assert_eq!(r["ok"], false);
+        assert!(r["error"].as_str().expect("msg").contains("invite list"));
+        let r = handle_command(&s, r#"{"cmd":"invite_list"}"#);
+        assert_eq!(r["invites"].as_array().expect("list").len(), 0);
+    }
+
+    #[test]
+    fn account_commands_refuse_unknown_accounts() {
+        let s = shared();
+        let id = Uuid::new_v4().to_string();
+        for cmd in ["account_ban", "account_remove"] {
+            let r = handle_command(&s, &json!({"cmd": cmd, "account": id}).to_string());
+            assert_eq!(r["ok"], false, "{cmd}");
+            assert!(r["error"].as_str().expect("msg").contains("sotto whoami"));
+        }
+        let r = handle_command(
+            &s,
+            &json!({"cmd": "account_unban", "account": id}).to_string(),
+        );
+        assert_eq!(r["was_banned"], false);
+        let r = handle_command(&s, r#"{"cmd":"account_ban","account":"nope"}"#);
+        assert_eq!(r["ok"], false);
+        // Without a data directory (the in-process test relay) there is nowhere to back up from.
+        let r = handle_command(&s, r#"{"cmd":"backup","to":"/tmp/x"}"#);
+        assert_eq!(r["ok"], false);
     }
 }

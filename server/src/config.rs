@@ -277,6 +277,44 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The effective settings as TOML, every key spelled out (for `check-config`).
+    pub fn to_toml(&self) -> String {
+        let public = match &self.public_addr {
+            Some(p) => format!("public_addr = \"{p}\"\n"),
+            None => "# public_addr unset: invite links use the listen address\n".to_string(),
+        };
+        let log = match self.log_format {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        };
+        format!(
+            "listen = \"{}\"\n{public}max_frame_bytes = {}\nmax_envelope_bytes = {}\n\
+             mailbox_max_envelopes = {}\nmailbox_max_bytes = {}\nenvelope_ttl = \"{}\"\n\
+             sweep_interval = \"{}\"\nprekey_low_water = {}\nsender_certificate_ttl = \"{}\"\n\
+             max_connections = {}\nlog_format = \"{log}\"\n",
+            self.listen,
+            self.max_frame_bytes,
+            self.max_envelope_bytes,
+            self.mailbox_max_envelopes,
+            self.mailbox_max_bytes,
+            format_duration(self.envelope_ttl),
+            format_duration(self.sweep_interval),
+            self.prekey_low_water,
+            format_duration(self.sender_certificate_ttl),
+            self.max_connections,
+        )
+    }
+}
+
+/// The `SOTTO_RELAY_<KEY>` variables `env` sets that override config.toml.
+pub fn env_overrides(env: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    KEYS.iter()
+        .map(|k| format!("SOTTO_RELAY_{}", k.to_uppercase()))
+        .filter(|name| env(name).is_some())
+        .collect()
+}
+
 /// Parses `30s`, `30m`, `12h`, `7d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -396,6 +434,21 @@ log_format = "human"
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn effective_toml_round_trips() {
+        let config = Config {
+            public_addr: Some("relay.example.org:4433".into()),
+            envelope_ttl: Duration::from_secs(3 * 3600),
+            log_format: LogFormat::Json,
+            ..Config::default()
+        };
+        let mut raw = RawConfig::parse(&config.to_toml()).expect("parses");
+        raw.apply_env(no_env).expect("no env");
+        assert_eq!(raw.validate().expect("valid"), config);
+        let env = |k: &str| (k == "SOTTO_RELAY_LISTEN").then(|| "0.0.0.0:1".to_string());
+        assert_eq!(env_overrides(env), vec!["SOTTO_RELAY_LISTEN".to_string()]);
+    }
 
     fn no_env(_: &str) -> Option<String> {
         None

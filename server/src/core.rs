@@ -22,7 +22,9 @@ use sotto_wire::relay::{
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::store::{AccountRecord, DeviceKey, Enqueued, Quota, SledStore, Store, StoreError};
+use crate::store::{
+    AccountRecord, DeviceKey, Enqueued, Quota, Removed, SledStore, Store, StoreError,
+};
 
 /// Most one-time keys of each kind a device may have stored, so one account
 /// cannot fill the relay's disk with prekeys.
@@ -31,6 +33,10 @@ pub const MAX_ONE_TIME_KEYS: u32 = 2000;
 /// Default and largest `Fetch.limit`.
 const FETCH_DEFAULT: usize = 100;
 const FETCH_MAX: usize = 500;
+
+/// What a banned account is told.
+const BANNED_MESSAGE: &str =
+    "the relay operator has banned this account; contact them if you think this is a mistake";
 
 /// Length of a fresh invite token.
 pub const INVITE_TOKEN_LEN: usize = 24;
@@ -132,8 +138,10 @@ fn durable(kind: response::Kind) -> Handled {
 /// Counters for the admin `stats` command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
-    /// Registered devices.
+    /// Registered accounts (people).
     pub accounts: usize,
+    /// Registered devices across all accounts.
+    pub devices: usize,
     /// Envelopes waiting in mailboxes.
     pub queued_envelopes: usize,
 }
@@ -188,11 +196,38 @@ impl<S: Store> Relay<S> {
     }
 
     /// Account and mailbox counters.
-    pub fn stats(&self) -> Stats {
-        Stats {
-            accounts: self.store.account_count(),
+    pub fn stats(&self) -> Result<Stats, StoreError> {
+        Ok(Stats {
+            accounts: self.store.distinct_accounts()?,
+            devices: self.store.account_count(),
             queued_envelopes: self.store.queued_count(),
+        })
+    }
+
+    /// Bans `account` (operator command): it can no longer authenticate. The
+    /// shell closes its live connections. Returns the account's devices, empty
+    /// when it does not exist (nothing is banned then).
+    pub fn ban(&self, account: Uuid, now_ms: u64) -> Result<Vec<u32>, StoreError> {
+        let devices = self.store.devices_of(account)?;
+        if !devices.is_empty() {
+            self.store.set_banned(account, true, now_ms)?;
+            self.store.flush()?;
         }
+        Ok(devices)
+    }
+
+    /// Lifts a ban. False when the account was not banned.
+    pub fn unban(&self, account: Uuid) -> Result<bool, StoreError> {
+        let changed = self.store.set_banned(account, false, 0)?;
+        self.store.flush()?;
+        Ok(changed)
+    }
+
+    /// Deletes `account` with its prekeys and mailbox (operator command).
+    pub fn remove_account(&self, account: Uuid) -> Result<Removed, StoreError> {
+        let removed = self.store.remove_account(account)?;
+        self.store.flush()?;
+        Ok(removed)
     }
 
     /// Handles one request from the connection `conn`.
@@ -266,6 +301,13 @@ impl<S: Store> Relay<S> {
                         "authenticate first (challenge, then register or authenticate)",
                     ));
                 };
+                // Checked per request too: a ban takes effect even on a
+                // connection that authenticated before it (and before the
+                // shell gets to close that connection).
+                if self.store.is_banned(me.account)? {
+                    conn.auth = None;
+                    return Err(Fail::Peer(ErrorCode::Banned, BANNED_MESSAGE));
+                }
                 match other {
                     K::UploadPreKeys(u) => self.upload(me, u),
                     K::PreKeyCount(_) => {
@@ -379,6 +421,10 @@ impl<S: Store> Relay<S> {
         let identity = IdentityKey::decode(&rec.identity_key)
             .map_err(|_| Fail::Store(StoreError::Corrupt("accounts")))?;
         Self::check_challenge(conn, Purpose::Authenticate, &identity, &a.auth_signature)?;
+        // After the signature check, so only the key holder learns of the ban.
+        if self.store.is_banned(me.account)? {
+            return Err(Fail::Peer(ErrorCode::Banned, BANNED_MESSAGE));
+        }
         conn.auth = Some(me);
         reply(response::Kind::Authenticated(relay::Authenticated {}))
     }
@@ -681,6 +727,7 @@ mod tests {
     use libsignal_protocol::{IdentityKeyPair, KeyPair};
 
     use super::*;
+    use crate::store::PreKeyDirectory;
 
     const NOW: u64 = 1_700_000_000_000;
 
@@ -870,7 +917,7 @@ mod tests {
             b.register(&relay, b"no such token", 3).error_code(),
             Some(ErrorCode::InviteInvalid)
         );
-        assert_eq!(relay.stats().accounts, 1);
+        assert_eq!(relay.stats().expect("stats").accounts, 1);
     }
 
     #[test]
@@ -1206,7 +1253,7 @@ mod tests {
         let left = fetch(&mut bob, &relay, 0);
         assert_eq!(left.envelopes.len(), 1);
         assert_eq!(left.envelopes[0].envelope, b"new");
-        assert_eq!(relay.stats().queued_envelopes, 1);
+        assert_eq!(relay.stats().expect("stats").queued_envelopes, 1);
     }
 
     #[test]
@@ -1309,5 +1356,84 @@ mod tests {
             &mut rand::rng(),
         );
         assert_eq!(out.error_code(), Some(ErrorCode::Malformed));
+    }
+
+    fn authenticate(c: &mut Client, relay: &Relay) -> Outcome {
+        let nonce = c.challenge(relay);
+        let sig = c.sign(Purpose::Authenticate, &c.identity, &nonce);
+        let account = c.account.clone();
+        c.call(
+            relay,
+            request::Kind::Authenticate(relay::Authenticate {
+                account_id: account,
+                device_id: 1,
+                auth_signature: sig,
+            }),
+        )
+    }
+
+    #[test]
+    fn banned_accounts_cannot_authenticate_or_keep_using_a_session() {
+        let relay = relay();
+        let mut bob = registered(&relay, 0);
+        let bob_id = Uuid::from_slice(&bob.account).expect("uuid");
+        assert!(relay.ban(Uuid::new_v4(), NOW).expect("ban").is_empty());
+        assert_eq!(relay.ban(bob_id, NOW).expect("ban"), vec![1]);
+        // The connection that was already authenticated is cut off at its next request.
+        let out = bob.call(&relay, request::Kind::Fetch(relay::Fetch { limit: 1 }));
+        assert_eq!(out.error_code(), Some(ErrorCode::Banned));
+        assert!(bob.conn.authenticated().is_none());
+        let out = authenticate(&mut bob, &relay);
+        assert_eq!(out.error_code(), Some(ErrorCode::Banned));
+        assert!(bob.conn.authenticated().is_none());
+        assert!(relay.unban(bob_id).expect("unban"));
+        assert!(!relay.unban(bob_id).expect("unban twice"));
+        assert_eq!(authenticate(&mut bob, &relay).error_code(), None);
+        assert!(bob.conn.authenticated().is_some());
+    }
+
+    #[test]
+    fn removed_accounts_lose_keys_and_mail() {
+        let relay = relay();
+        let bob = registered(&relay, 3);
+        let mut alice = registered(&relay, 2);
+        let bob_id = Uuid::from_slice(&bob.account).expect("uuid");
+        for body in [b"one".as_slice(), b"two"] {
+            let out = send(&mut alice, &relay, &bob.account, 0, body);
+            assert_eq!(out.error_code(), None);
+        }
+        let before = relay.stats().expect("stats");
+        assert_eq!((before.accounts, before.devices), (2, 2));
+        assert_eq!(before.queued_envelopes, 2);
+        let removed = relay.remove_account(bob_id).expect("remove");
+        assert_eq!(
+            removed,
+            Removed {
+                devices: 1,
+                envelopes: 2,
+                pre_keys: 6
+            }
+        );
+        let after = relay.stats().expect("stats");
+        assert_eq!((after.accounts, after.queued_envelopes), (1, 0));
+        let out = alice.call(
+            &relay,
+            request::Kind::FetchBundle(relay::FetchBundle {
+                account_id: bob.account.clone(),
+                device_id: 1,
+            }),
+        );
+        assert_eq!(out.error_code(), Some(ErrorCode::UnknownRecipient));
+        // Alice is untouched.
+        let alice_id = Uuid::from_slice(&alice.account).expect("uuid");
+        let key = DeviceKey {
+            account: alice_id,
+            device: 1,
+        };
+        assert_eq!(relay.store().pre_key_counts(key).expect("counts"), (2, 2));
+        assert_eq!(
+            relay.remove_account(bob_id).expect("again"),
+            Removed::default()
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! Structure (dependencies point down):
 //! - [`net`]: the quinn shell. One task per connection, one per request stream.
 //! - [`admin`]: the Unix-socket admin interface (`DIR/admin.sock`).
+//! - [`backup`]: one-file backups (keys, TLS identity, config, database) and restore.
 //! - [`core`]: sans-IO request handling ([`core::Relay::handle`]), unit-tested without sockets.
 //! - [`store`]: narrow storage traits and their sled implementation.
 //! - [`config`], [`tls`]: configuration and TLS identity.
@@ -20,6 +21,8 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod backup;
+mod commit;
 pub mod config;
 pub mod core;
 pub mod net;
@@ -75,6 +78,17 @@ pub enum Error {
     /// A key file is damaged.
     #[error("key file {0} is damaged; restore it from a backup")]
     BadKey(PathBuf),
+    /// `restore` was pointed at a directory that is not empty.
+    #[error(
+        "{0} is not empty; restore needs a new or empty directory (do not run `sotto-relay init` there)"
+    )]
+    RestoreTarget(PathBuf),
+    /// A backup file is truncated, altered or not a backup.
+    #[error("{0} is not a complete sotto-relay backup (truncated or altered); use another copy")]
+    BadBackup(PathBuf),
+    /// An operator command named something that does not exist or is ambiguous.
+    #[error("{0}")]
+    NotFound(String),
     /// Could not bind the listen address.
     #[error("cannot listen on {addr}: {cause}; is another relay running, or pick another port")]
     Bind {

@@ -16,6 +16,13 @@ use sotto_relay::config::{LogFormat, parse_duration};
 ///   sotto-relay init --data-dir ./relay --public-addr relay.example.org:4433
 ///   sotto-relay serve --data-dir ./relay
 ///   sotto-relay invite --data-dir ./relay      (in another terminal; send the link to a member)
+///
+/// Looking after it (all take --data-dir DIR or SOTTO_RELAY_DIR, running or stopped):
+///   sotto-relay invite list | invite revoke ID
+///   sotto-relay stats
+///   sotto-relay account ban CONTACT_CODE | account unban ... | account remove ...
+///   sotto-relay check-config
+///   sotto-relay backup --to FILE      sotto-relay restore --from FILE --data-dir NEW_DIR
 #[derive(Parser)]
 #[command(name = "sotto-relay", version, verbatim_doc_comment)]
 struct Cli {
@@ -49,20 +56,146 @@ enum Command {
         #[arg(long, env = "SOTTO_RELAY_DIR")]
         data_dir: PathBuf,
     },
-    /// Make an invite link for a new member (prints it as the last line).
+    /// Make, list or revoke invite links.
     ///
+    /// `sotto-relay invite --data-dir DIR` alone makes one link (same as `invite create`).
     /// Talks to the running relay, or opens its database if it is stopped.
-    /// Send the link privately; whoever holds it can join until it is used up or expires.
+    /// Send a link privately; whoever holds it can join until it is used up or expires.
+    #[command(args_conflicts_with_subcommands = true)]
     Invite {
-        /// The directory made by `sotto-relay init`.
+        #[command(subcommand)]
+        action: Option<InviteCmd>,
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        new: NewInvite,
+    },
+    /// Show counts: accounts, devices, queued messages, disk use, open connections.
+    ///
+    /// Never shows message content or who talks to whom (the relay does not know).
+    Stats {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print one JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ban, unban or remove a member's account.
+    ///
+    /// ACCOUNT is the member's contact code (they see it with `sotto whoami`) or
+    /// the account's UUID.
+    Account {
+        #[command(subcommand)]
+        action: AccountCmd,
+    },
+    /// Check config.toml and SOTTO_RELAY_* variables without starting anything.
+    ///
+    /// Prints the settings the relay would use, or the exact problem (exit code 1).
+    CheckConfig {
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Write a backup of the whole relay (keys, certificate, config, database) to a new file.
+    ///
+    /// Works while the relay is serving. The file holds the relay's private keys
+    /// and is created readable by you only; keep it somewhere safe.
+    /// Restore it with `sotto-relay restore --from FILE --data-dir NEW_DIR`.
+    Backup {
+        #[command(flatten)]
+        dir: DirArg,
+        /// The backup file to create; it must not exist yet.
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Rebuild a relay from a backup file into a new, empty directory.
+    ///
+    /// Do not run `init` on that directory first. The restored relay has the
+    /// same certificate pin and keys, so existing members and links keep working.
+    Restore {
+        /// The backup file made by `sotto-relay backup`.
+        #[arg(long)]
+        from: PathBuf,
+        /// Where to put the restored relay: a new or empty directory.
         #[arg(long, env = "SOTTO_RELAY_DIR")]
         data_dir: PathBuf,
-        /// How many people can join with this link.
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
-        /// How long the link stays valid: 30m, 12h, 7d, ...
-        #[arg(long, default_value = "7d", value_parser = parse_duration)]
-        expires: Duration,
+    },
+}
+
+/// `--data-dir`, shared by the admin commands.
+#[derive(clap::Args, Clone)]
+struct DirArg {
+    /// The directory made by `sotto-relay init` (or set SOTTO_RELAY_DIR).
+    #[arg(long, env = "SOTTO_RELAY_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+impl DirArg {
+    fn get(&self) -> anyhow::Result<&Path> {
+        self.data_dir
+            .as_deref()
+            .context("say which relay: add --data-dir DIR (the directory made by `sotto-relay init`) or set SOTTO_RELAY_DIR")
+    }
+}
+
+/// Options of a new invite.
+#[derive(clap::Args, Clone)]
+struct NewInvite {
+    /// How many people can join with this link.
+    #[arg(long, default_value_t = 1)]
+    uses: u32,
+    /// How long the link stays valid: 30m, 12h, 7d, ...
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    expires: Duration,
+}
+
+#[derive(Subcommand)]
+enum InviteCmd {
+    /// Make an invite link (prints it as the last line).
+    Create {
+        #[command(flatten)]
+        dir: DirArg,
+        #[command(flatten)]
+        new: NewInvite,
+    },
+    /// List invites that can still be used: id, uses left, expiry. Never shows the links.
+    List {
+        #[command(flatten)]
+        dir: DirArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an invite stop working, by the id shown in `invite list`.
+    Revoke {
+        /// The invite id from `sotto-relay invite list` (the first few characters are enough).
+        id: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCmd {
+    /// Stop an account from connecting, and disconnect it now. Its data stays.
+    Ban {
+        /// The member's contact code (from `sotto whoami`) or account UUID.
+        account: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Let a banned account connect again.
+    Unban {
+        /// The member's contact code (from `sotto whoami`) or account UUID.
+        account: String,
+        #[command(flatten)]
+        dir: DirArg,
+    },
+    /// Delete an account for good: its keys and undelivered messages. Cannot be undone.
+    Remove {
+        /// The member's contact code (from `sotto whoami`) or account UUID.
+        account: String,
+        #[command(flatten)]
+        dir: DirArg,
     },
 }
 
@@ -101,12 +234,230 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { data_dir } => serve(&data_dir),
-        Command::Invite {
-            data_dir,
-            uses,
-            expires,
-        } => invite(&data_dir, uses, expires),
+        Command::Invite { action, dir, new } => match action {
+            None => invite(dir.get()?, new.uses, new.expires),
+            Some(InviteCmd::Create { dir, new }) => invite(dir.get()?, new.uses, new.expires),
+            Some(InviteCmd::List { dir, json }) => invite_list(dir.get()?, json),
+            Some(InviteCmd::Revoke { id, dir }) => {
+                let reply = admin(
+                    dir.get()?,
+                    serde_json::json!({"cmd": "invite_revoke", "id": id}),
+                )?;
+                println!(
+                    "Revoked invite {}; its link no longer works.",
+                    reply["id"].as_str().unwrap_or(&id)
+                );
+                Ok(())
+            }
+        },
+        Command::Stats { dir, json } => stats(dir.get()?, json),
+        Command::Account { action } => account(action),
+        Command::CheckConfig { dir } => check_config(dir.get()?),
+        Command::Backup { dir, to } => backup(dir.get()?, &to),
+        Command::Restore { from, data_dir } => {
+            let r = sotto_relay::backup::restore(&from, &data_dir)?;
+            println!(
+                "Restored {} database entries into {}.",
+                r.entries,
+                data_dir.display()
+            );
+            println!("Next: sotto-relay serve --data-dir {}", data_dir.display());
+            Ok(())
+        }
     }
+}
+
+/// Sends `req` to the running relay, or runs it on the stopped relay's
+/// database. Returns the successful reply; a refusal becomes the error.
+fn admin(data_dir: &Path, req: serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let socket = sotto_relay::DataDir::new(data_dir).admin_socket();
+    let reply = match UnixStream::connect(&socket) {
+        Ok(stream) => ask(stream, &req)?,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            // No relay running: open the database directly.
+            sotto_relay::admin::execute_offline(data_dir, &req).with_context(|| {
+                format!(
+                    "cannot open the relay in {} (if it is running, its admin.sock is missing; restart it)",
+                    data_dir.display()
+                )
+            })?
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot reach {}", socket.display()));
+        }
+    };
+    if reply["ok"] != true {
+        bail!("{}", reply["error"].as_str().unwrap_or("unknown error"));
+    }
+    Ok(reply)
+}
+
+fn invite_list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let reply = admin(data_dir, serde_json::json!({"cmd": "invite_list"}))?;
+    let invites = reply["invites"].as_array().cloned().unwrap_or_default();
+    if json {
+        println!("{}", serde_json::Value::Array(invites));
+        return Ok(());
+    }
+    if invites.is_empty() {
+        println!(
+            "No usable invites. Make one with: sotto-relay invite --data-dir {}",
+            data_dir.display()
+        );
+        return Ok(());
+    }
+    let now = sotto_relay::now_ms();
+    println!("{:<14} {:>9}  EXPIRES IN", "ID", "USES LEFT");
+    for i in &invites {
+        let left_ms = i["expires_at_ms"].as_u64().unwrap_or(0).saturating_sub(now);
+        println!(
+            "{:<14} {:>9}  {}",
+            i["id"].as_str().unwrap_or("?"),
+            i["uses_left"].as_u64().unwrap_or(0),
+            approx(Duration::from_millis(left_ms))
+        );
+    }
+    println!(
+        "Revoke one with: sotto-relay invite revoke ID --data-dir {}",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+/// A rough human duration: `6d 23h`, `5h 10m`, `42m`.
+fn approx(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, mins) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60);
+    if days > 0 {
+        format!("{days}d {hours}h")
+    } else if hours > 0 {
+        format!("{hours}h {mins}m")
+    } else {
+        format!("{}m", mins.max(1))
+    }
+}
+
+/// Bytes used by every file under `dir` (sockets and links not followed).
+fn disk_use(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_use(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn stats(data_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let r = admin(data_dir, serde_json::json!({"cmd": "stats"}))?;
+    let disk = disk_use(data_dir);
+    if json {
+        let out = serde_json::json!({
+            "accounts": r["accounts"],
+            "devices": r["devices"],
+            "queued_envelopes": r["queued_envelopes"],
+            "disk_bytes": disk,
+            "connections": r["connections"],
+        });
+        println!("{out}");
+    } else {
+        println!("accounts:          {}", r["accounts"]);
+        println!("devices:           {}", r["devices"]);
+        println!("queued messages:   {}", r["queued_envelopes"]);
+        println!("disk use (bytes):  {disk}");
+        println!("open connections:  {}", r["connections"]);
+    }
+    Ok(())
+}
+
+/// Turns a contact code or UUID into the account UUID.
+fn parse_account(s: &str) -> anyhow::Result<uuid::Uuid> {
+    let s = s.trim();
+    if let Ok(id) = uuid::Uuid::parse_str(s) {
+        return Ok(id);
+    }
+    s.parse::<sotto_wire::code::ContactCode>()
+        .map(|c| c.account_id())
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "`{s}` is not a contact code or account id; ask the member to run `sotto whoami` and copy the whole code"
+            )
+        })
+}
+
+fn account(action: AccountCmd) -> anyhow::Result<()> {
+    let (cmd, account, dir) = match &action {
+        AccountCmd::Ban { account, dir } => ("account_ban", account, dir),
+        AccountCmd::Unban { account, dir } => ("account_unban", account, dir),
+        AccountCmd::Remove { account, dir } => ("account_remove", account, dir),
+    };
+    let data_dir = dir.get()?;
+    let id = parse_account(account)?;
+    let r = admin(
+        data_dir,
+        serde_json::json!({"cmd": cmd, "account": id.to_string()}),
+    )?;
+    match action {
+        AccountCmd::Ban { .. } => {
+            println!(
+                "Banned the account ({} device(s)); closed {} open connection(s).",
+                r["devices"], r["closed"]
+            );
+            println!(
+                "Undo with: sotto-relay account unban {account} --data-dir {}",
+                data_dir.display()
+            );
+        }
+        AccountCmd::Unban { .. } => {
+            if r["was_banned"] == true {
+                println!("Unbanned the account; it can connect again.");
+            } else {
+                println!("That account was not banned; nothing changed.");
+            }
+        }
+        AccountCmd::Remove { .. } => println!(
+            "Removed the account: {} device(s), {} undelivered message(s), {} prekey(s); \
+             closed {} open connection(s).",
+            r["devices"], r["envelopes"], r["pre_keys"], r["closed"]
+        ),
+    }
+    Ok(())
+}
+
+fn check_config(data_dir: &Path) -> anyhow::Result<()> {
+    let config = sotto_relay::load_config(data_dir)?;
+    println!(
+        "# config.toml in {} is valid. Effective settings:",
+        data_dir.display()
+    );
+    for var in sotto_relay::config::env_overrides(|k| std::env::var(k).ok()) {
+        println!("# (overridden by the environment: {var})");
+    }
+    print!("{}", config.to_toml());
+    Ok(())
+}
+
+fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<()> {
+    // The running relay writes the file, so it needs a path that does not
+    // depend on our working directory.
+    let to = std::path::absolute(to).context("cannot resolve the --to path")?;
+    let r = admin(data_dir, serde_json::json!({"cmd": "backup", "to": to}))?;
+    println!(
+        "Wrote {} ({} bytes, {} database entries). It contains the relay's private keys: keep it safe.",
+        to.display(),
+        r["bytes"],
+        r["entries"]
+    );
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -194,15 +545,9 @@ fn invite(data_dir: &Path, uses: u32, expires: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn invite_online(mut stream: UnixStream, uses: u32, expires: Duration) -> anyhow::Result<String> {
+fn invite_online(stream: UnixStream, uses: u32, expires: Duration) -> anyhow::Result<String> {
     let req = serde_json::json!({"cmd": "invite", "uses": uses, "expires_secs": expires.as_secs()});
-    writeln!(stream, "{req}").context("cannot talk to the running relay")?;
-    let mut line = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut line)
-        .context("no answer from the running relay")?;
-    let reply: serde_json::Value =
-        serde_json::from_str(&line).context("the running relay sent a bad answer")?;
+    let reply = ask(stream, &req)?;
     if reply["ok"] != true {
         bail!(
             "the relay refused: {}",
@@ -213,4 +558,54 @@ fn invite_online(mut stream: UnixStream, uses: u32, expires: Duration) -> anyhow
         .as_str()
         .map(str::to_string)
         .context("the running relay's answer has no link")
+}
+
+/// Sends one request line to the running relay's admin socket and reads its answer.
+fn ask(mut stream: UnixStream, req: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    writeln!(stream, "{req}").context("cannot talk to the running relay")?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .context("no answer from the running relay")?;
+    serde_json::from_str(&line).context("the running relay sent a bad answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent_and_bare_invite_still_parses() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["sotto-relay", "invite", "--data-dir", "d", "--uses", "3"])
+            .expect("bare invite");
+        let Command::Invite { action, dir, new } = cli.command else {
+            panic!("expected invite");
+        };
+        assert!(action.is_none());
+        assert_eq!(dir.data_dir.as_deref(), Some(Path::new("d")));
+        assert_eq!(new.uses, 3);
+        let cli =
+            Cli::try_parse_from(["sotto-relay", "invite", "revoke", "ab12", "--data-dir", "d"])
+                .expect("revoke");
+        assert!(matches!(
+            cli.command,
+            Command::Invite {
+                action: Some(InviteCmd::Revoke { .. }),
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["sotto-relay", "invite", "--uses", "2", "list"]).is_err());
+    }
+
+    #[test]
+    fn accounts_are_named_by_contact_code_or_uuid() {
+        let id = uuid::Uuid::new_v4();
+        let code = sotto_wire::code::ContactCode::from_account_id(id).to_string();
+        assert_eq!(parse_account(&code).expect("code"), id);
+        assert_eq!(parse_account(&id.to_string()).expect("uuid"), id);
+        assert!(parse_account("not-a-code").is_err());
+    }
 }

@@ -28,6 +28,9 @@ pub const CLOSE_MISBEHAVING: u32 = 1;
 /// Application close code: the relay is at its connection limit.
 pub const CLOSE_BUSY: u32 = 2;
 
+/// Application close code: the operator banned or removed the account.
+pub const CLOSE_BANNED: u32 = 3;
+
 /// Bad frames a connection may send before it is closed.
 const MAX_BAD_FRAMES: u32 = 16;
 /// How long a peer may take to send its request on an open stream.
@@ -66,6 +69,22 @@ impl Shared {
     /// Connections currently open.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Closes every live connection of `account` (all devices) with `reason`.
+    /// Returns how many were closed.
+    pub fn close_account(&self, account: uuid::Uuid, reason: &[u8]) -> usize {
+        let conns: Vec<quinn::Connection> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.iter()
+                .filter(|(k, _)| k.account == account)
+                .flat_map(|(_, l)| l.iter().map(|(_, c)| c.clone()))
+                .collect()
+        };
+        for conn in &conns {
+            conn.close(CLOSE_BANNED.into(), reason);
+        }
+        conns.len()
     }
 
     fn register_live(&self, key: DeviceKey, id: u64, conn: &quinn::Connection) {
@@ -603,5 +622,76 @@ mod tests {
             reason,
             quinn::ConnectionError::ApplicationClosed(_)
         ));
+    }
+
+    /// Sends one line to the admin socket and parses the answer.
+    async fn admin_line(dir: &std::path::Path, req: serde_json::Value) -> serde_json::Value {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let sock = crate::DataDir::new(dir).admin_socket();
+        let mut stream = tokio::net::UnixStream::connect(sock)
+            .await
+            .expect("admin socket");
+        stream
+            .write_all(format!("{req}\n").as_bytes())
+            .await
+            .expect("write");
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .await
+            .expect("read");
+        serde_json::from_str(&line).expect("json answer")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ban_over_the_admin_socket_closes_live_connections_and_backup_works() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("relay");
+        crate::init(&dir, Some("127.0.0.1:0".parse().expect("addr")), None).expect("init");
+        let running = crate::start(&dir).await.expect("start");
+        let token = crate::make_invite(
+            &running.shared.relay,
+            &running.shared.links,
+            1,
+            Duration::from_secs(60),
+        )
+        .expect("invite")
+        .token;
+        let bob = connect(running.local_addr).await;
+        let bob_id = register(&bob, token).await;
+        let account = uuid::Uuid::from_slice(&bob_id).expect("uuid").to_string();
+
+        let backup = tmp.path().join("live.backup");
+        let r = admin_line(&dir, serde_json::json!({"cmd": "backup", "to": backup})).await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert!(backup.exists());
+
+        let r = admin_line(
+            &dir,
+            serde_json::json!({"cmd": "account_ban", "account": account}),
+        )
+        .await;
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["closed"], 1);
+        let reason = tokio::time::timeout(Duration::from_secs(5), bob.closed())
+            .await
+            .expect("closed in time");
+        assert!(matches!(
+            reason,
+            quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == CLOSE_BANNED.into()
+        ));
+        let r = admin_line(&dir, serde_json::json!({"cmd": "stats"})).await;
+        assert_eq!(r["accounts"], 1);
+        running.shutdown().await;
+
+        // The live backup restores into a relay that still knows bob.
+        let restored = tmp.path().join("restored");
+        crate::backup::restore(&backup, &restored).expect("restore");
+        let r = crate::admin::execute_offline(&restored, &serde_json::json!({"cmd": "stats"}))
+            .expect("offline");
+        assert_eq!(
+            (r["accounts"].as_u64(), r["connections"].as_u64()),
+            (Some(1), Some(0))
+        );
     }
 }

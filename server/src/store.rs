@@ -14,11 +14,15 @@
 //! - `kyber`: account ++ device ++ id(4) -> [`SignedPreKey`] (protobuf)
 //! - `mailbox`: account ++ device ++ seq(8) -> received_at_ms u64 ++ envelope
 //! - `usage`: account ++ device -> envelope count u64 ++ bytes u64
+//! - `banned`: account(16) -> banned_at_ms u64 (set by the operator)
+//! - `meta`: also `seq_base` -> u64, added to mailbox seqs after a restore
+//!   (sled's id generator is not part of an export, and seqs must keep growing)
 //!
 //! sled is pre-1.0 with no on-disk format promise, so the schema version is
 //! checked at open and the rest of the relay only sees the traits.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use prost::Message;
 use sled::Transactional;
@@ -26,10 +30,13 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sotto_wire::relay::{Envelope, OneTimePreKey, SignedPreKey};
 use uuid::Uuid;
 
+use crate::commit::GroupCommit;
+
 /// The schema version this build writes and understands.
 pub const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
+const SEQ_BASE_KEY: &[u8] = b"seq_base";
 
 /// Storage errors. Their text stays in the relay's log; peers only see INTERNAL.
 #[derive(Debug, thiserror::Error)]
@@ -123,12 +130,38 @@ pub struct Quota {
     pub max_bytes: u64,
 }
 
+/// One stored invite, as the operator sees it: never the token itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InviteInfo {
+    /// SHA-256 of the token (what the store keys on).
+    pub token_hash: [u8; 32],
+    /// Registrations it still allows.
+    pub uses_left: u32,
+    /// When it stops working.
+    pub expires_at_ms: u64,
+}
+
+/// What [`Store::remove_account`] deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Removed {
+    /// Device records.
+    pub devices: usize,
+    /// Queued envelopes.
+    pub envelopes: usize,
+    /// One-time prekeys (EC and Kyber).
+    pub pre_keys: usize,
+}
+
 /// Invite tokens, stored only as hashes.
 pub trait InviteStore {
     /// Records an invite (by the SHA-256 of its token).
     fn add_invite(&self, token_hash: [u8; 32], uses: u32, expires_at_ms: u64) -> StoreResult<()>;
     /// Uses an invite once, atomically. False when unknown, spent or expired.
     fn consume_invite(&self, token_hash: [u8; 32], now_ms: u64) -> StoreResult<bool>;
+    /// Every stored invite, including spent or expired ones not yet dropped.
+    fn invites(&self) -> StoreResult<Vec<InviteInfo>>;
+    /// Deletes an invite. False when it did not exist.
+    fn remove_invite(&self, token_hash: [u8; 32]) -> StoreResult<bool>;
 }
 
 /// Accounts and their long-lived public keys.
@@ -139,6 +172,14 @@ pub trait AccountStore {
     fn account(&self, key: DeviceKey) -> StoreResult<Option<AccountRecord>>;
     /// Number of registered devices.
     fn account_count(&self) -> usize;
+    /// Number of distinct accounts (a person's devices count once).
+    fn distinct_accounts(&self) -> StoreResult<usize>;
+    /// Device numbers registered under `account`, in order.
+    fn devices_of(&self, account: Uuid) -> StoreResult<Vec<u32>>;
+    /// Bans or unbans `account`. Returns false when it was already in that state.
+    fn set_banned(&self, account: Uuid, banned: bool, now_ms: u64) -> StoreResult<bool>;
+    /// Whether the operator banned `account`.
+    fn is_banned(&self, account: Uuid) -> StoreResult<bool>;
 }
 
 /// One-time prekeys: added in batches, each handed out at most once.
@@ -181,18 +222,26 @@ pub trait MailboxStore {
 pub trait Store: InviteStore + AccountStore + PreKeyDirectory + MailboxStore + Send + Sync {
     /// Makes every write so far durable (blocking).
     fn flush(&self) -> StoreResult<()>;
+    /// Deletes every device record, one-time prekey, queued envelope and ban
+    /// entry of `account`.
+    fn remove_account(&self, account: Uuid) -> StoreResult<Removed>;
 }
 
 /// The sled-backed store.
 #[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
+    commit: Arc<GroupCommit>,
     invites: sled::Tree,
     accounts: sled::Tree,
     prekeys: sled::Tree,
     kyber: sled::Tree,
     mailbox: sled::Tree,
     usage: sled::Tree,
+    banned: sled::Tree,
+    meta: sled::Tree,
+    /// Added to sled's generated ids for mailbox seqs; see the module docs.
+    seq_base: u64,
 }
 
 impl SledStore {
@@ -226,7 +275,19 @@ impl SledStore {
                 }
             }
         }
+        let seq_base = match meta.get(SEQ_BASE_KEY)? {
+            None => 0,
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| StoreError::Corrupt("meta"))?,
+            ),
+        };
         Ok(Self {
+            banned: db.open_tree("banned")?,
+            meta,
+            seq_base,
+            commit: Arc::new(GroupCommit::start(db.clone()).map_err(sled::Error::Io)?),
             invites: db.open_tree("invites")?,
             accounts: db.open_tree("accounts")?,
             prekeys: db.open_tree("prekeys")?,
@@ -237,10 +298,55 @@ impl SledStore {
         })
     }
 
-    /// Makes every write so far durable without blocking the runtime.
+    /// Makes every write so far durable without blocking the runtime, sharing
+    /// one flush with every concurrent caller (see [`crate::commit`]).
     pub async fn flush_async(&self) -> StoreResult<()> {
-        self.db.flush_async().await?;
+        self.commit
+            .flush()
+            .await
+            .map_err(|e| StoreError::Db(sled::Error::Io(std::io::Error::other(e))))
+    }
+
+    /// The underlying database, for backups.
+    pub(crate) fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
+    /// The next mailbox seq this store would hand out (consumes one id).
+    pub(crate) fn next_seq(&self) -> StoreResult<u64> {
+        Ok(self.seq_base.saturating_add(self.db.generate_id()?))
+    }
+
+    /// Makes future mailbox seqs start above `floor` (after a restore).
+    pub(crate) fn set_seq_base(&self, floor: u64) -> StoreResult<()> {
+        self.meta.insert(SEQ_BASE_KEY, &floor.to_be_bytes())?;
         Ok(())
+    }
+
+    /// Makes a freshly restored database consistent: future mailbox seqs
+    /// start above both `next_seq` and every restored seq, and the usage
+    /// counters are recomputed from the mailboxes. Reopen the store afterwards.
+    pub(crate) fn after_restore(&self, next_seq: u64) -> StoreResult<()> {
+        let mut floor = next_seq;
+        let mut usage: std::collections::BTreeMap<Vec<u8>, (u64, u64)> = Default::default();
+        for entry in self.mailbox.iter() {
+            let (k, v) = entry?;
+            let device = k.get(..20).ok_or(StoreError::Corrupt("mailbox"))?;
+            let seq = k
+                .get(20..28)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(StoreError::Corrupt("mailbox"))?;
+            floor = floor.max(seq.saturating_add(1));
+            let u = usage.entry(device.to_vec()).or_default();
+            u.0 += 1;
+            u.1 += v.len().saturating_sub(8) as u64;
+        }
+        self.usage.clear()?;
+        for (device, (count, bytes)) in usage {
+            self.usage.insert(device, &encode_usage(count, bytes)[..])?;
+        }
+        self.set_seq_base(floor)
     }
 
     /// Takes the first entry under `prefix`, racing other takers with compare-and-swap.
@@ -259,6 +365,13 @@ impl SledStore {
                 return Ok(Some((k, v)));
             }
         }
+    }
+
+    fn device_from_key(k: &[u8]) -> StoreResult<u32> {
+        k.get(16..20)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+            .ok_or(StoreError::Corrupt("accounts"))
     }
 
     fn id_from_key(k: &[u8]) -> u32 {
@@ -361,6 +474,32 @@ impl InviteStore for SledStore {
             }
         }
     }
+
+    fn invites(&self) -> StoreResult<Vec<InviteInfo>> {
+        let mut out = Vec::new();
+        for entry in self.invites.iter() {
+            let (k, v) = entry?;
+            let token_hash: [u8; 32] = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("invites"))?;
+            if v.len() != 12 {
+                return Err(StoreError::Corrupt("invites"));
+            }
+            let mut exp = [0u8; 8];
+            exp.copy_from_slice(&v[4..]);
+            out.push(InviteInfo {
+                token_hash,
+                uses_left: u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+                expires_at_ms: u64::from_be_bytes(exp),
+            });
+        }
+        Ok(out)
+    }
+
+    fn remove_invite(&self, token_hash: [u8; 32]) -> StoreResult<bool> {
+        Ok(self.invites.remove(token_hash)?.is_some())
+    }
 }
 
 impl AccountStore for SledStore {
@@ -380,6 +519,48 @@ impl AccountStore for SledStore {
 
     fn account_count(&self) -> usize {
         self.accounts.len()
+    }
+
+    fn distinct_accounts(&self) -> StoreResult<usize> {
+        // Keys are account ++ device in order, so one account's devices are adjacent.
+        let mut n = 0;
+        let mut last: Option<sled::IVec> = None;
+        for k in self.accounts.iter().keys() {
+            let k = k?;
+            let account = k.get(..16).ok_or(StoreError::Corrupt("accounts"))?;
+            if last.as_deref() != Some(account) {
+                n += 1;
+                last = Some(account.into());
+            }
+        }
+        Ok(n)
+    }
+
+    fn devices_of(&self, account: Uuid) -> StoreResult<Vec<u32>> {
+        let mut out = Vec::new();
+        for k in self.accounts.scan_prefix(account.as_bytes()).keys() {
+            out.push(Self::device_from_key(&k?)?);
+        }
+        Ok(out)
+    }
+
+    fn set_banned(&self, account: Uuid, banned: bool, now_ms: u64) -> StoreResult<bool> {
+        let old = if banned {
+            self.banned
+                .compare_and_swap(
+                    account.as_bytes(),
+                    None::<&[u8]>,
+                    Some(&now_ms.to_be_bytes()),
+                )?
+                .is_ok()
+        } else {
+            self.banned.remove(account.as_bytes())?.is_some()
+        };
+        Ok(old)
+    }
+
+    fn is_banned(&self, account: Uuid) -> StoreResult<bool> {
+        Ok(self.banned.contains_key(account.as_bytes())?)
     }
 }
 
@@ -456,7 +637,7 @@ impl MailboxStore for SledStore {
         quota: Quota,
     ) -> StoreResult<Enqueued> {
         // sled ids are monotonic across restarts, so seqs only ever grow per mailbox.
-        let seq = self.db.generate_id()?;
+        let seq = self.seq_base.saturating_add(self.db.generate_id()?);
         let mb_key = key.with_suffix(&seq.to_be_bytes());
         let usage_key = key.bytes();
         let mut value = Vec::with_capacity(8 + envelope.len());
@@ -551,6 +732,33 @@ impl Store for SledStore {
         self.db.flush()?;
         Ok(())
     }
+
+    fn remove_account(&self, account: Uuid) -> StoreResult<Removed> {
+        let mut removed = Removed::default();
+        for device in self.devices_of(account)? {
+            let key = DeviceKey { account, device };
+            let mut envelopes = Vec::new();
+            for k in self.mailbox.scan_prefix(key.bytes()).keys() {
+                envelopes.push(k?);
+            }
+            for k in envelopes {
+                if self.remove_envelope(&k)? {
+                    removed.envelopes += 1;
+                }
+            }
+            let (ec, kyber) = self.pre_key_counts(key)?;
+            removed.pre_keys += ec as usize + kyber as usize;
+            self.clear_pre_keys(key)?;
+            self.usage.remove(key.bytes())?;
+            // The record goes last: until then the account still exists, so a
+            // crash half-way leaves something `remove` can be run on again.
+            if self.accounts.remove(key.bytes())?.is_some() {
+                removed.devices += 1;
+            }
+        }
+        self.banned.remove(account.as_bytes())?;
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]
@@ -606,6 +814,62 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].envelope, b"defg");
         assert_eq!(left[0].received_at_ms, 6);
+    }
+
+    #[test]
+    fn bans_and_removal_touch_only_the_named_account() {
+        let s = SledStore::temporary().expect("db");
+        let (a, b) = (dev(1), dev(2));
+        let a2 = DeviceKey { device: 2, ..a };
+        for k in [a, a2, b] {
+            s.put_account(k, &AccountRecord::default()).expect("put");
+            s.add_pre_keys(
+                k,
+                &[OneTimePreKey {
+                    id: 1,
+                    public_key: vec![1],
+                }],
+            )
+            .expect("prekeys");
+            s.enqueue(k, 1, b"x", BIG).expect("enqueue");
+        }
+        assert_eq!(s.distinct_accounts().expect("count"), 2);
+        assert_eq!(s.account_count(), 3);
+        assert_eq!(s.devices_of(a.account).expect("devices"), vec![1, 2]);
+        assert!(s.set_banned(a.account, true, 5).expect("ban"));
+        assert!(!s.set_banned(a.account, true, 6).expect("already banned"));
+        assert!(s.is_banned(a.account).expect("banned"));
+        assert!(!s.is_banned(b.account).expect("not banned"));
+        let removed = s.remove_account(a.account).expect("remove");
+        assert_eq!(
+            removed,
+            Removed {
+                devices: 2,
+                envelopes: 2,
+                pre_keys: 2
+            }
+        );
+        assert!(!s.is_banned(a.account).expect("ban entry gone"));
+        assert_eq!(s.distinct_accounts().expect("count"), 1);
+        assert_eq!(s.queued_count(), 1);
+        assert!(s.usage.get(a.bytes()).expect("usage").is_none());
+        assert_eq!(s.pre_key_counts(b).expect("counts"), (1, 0));
+        assert_eq!(s.envelopes(b, 10).expect("mail").0.len(), 1);
+    }
+
+    #[test]
+    fn invites_can_be_listed_and_removed() {
+        let s = SledStore::temporary().expect("db");
+        s.add_invite([1; 32], 2, 1000).expect("add");
+        s.add_invite([2; 32], 1, 2000).expect("add");
+        let all = s.invites().expect("list");
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].token_hash, [1; 32]);
+        assert_eq!((all[0].uses_left, all[0].expires_at_ms), (2, 1000));
+        assert!(s.remove_invite([1; 32]).expect("remove"));
+        assert!(!s.remove_invite([1; 32]).expect("gone"));
+        assert!(!s.consume_invite([1; 32], 0).expect("revoked"));
+        assert!(s.consume_invite([2; 32], 0).expect("other still works"));
     }
 
     #[test]
