@@ -340,19 +340,7 @@ fn run(ctx: &Ctx<'_>, req: &Value) -> std::result::Result<Value, String> {
 /// Runs `req` on the stopped relay in `data_dir`, opening its database
 /// directly (sled admits one process, so this fails while the relay runs).
 pub fn execute_offline(data_dir: &Path, req: &Value) -> Result<Value> {
-    let config = crate::load_config(data_dir)?;
-    let dir = crate::DataDir::new(data_dir);
-    let keys = crate::load_keys(&dir)?;
-    let store = crate::store::SledStore::open(&dir.db())?;
-    let links = LinkInfo {
-        relay: config
-            .public_addr
-            .clone()
-            .unwrap_or_else(|| config.listen.to_string()),
-        spki_pin: keys.pin,
-        trust_root: keys.trust_root,
-    };
-    let relay = Relay::new(store, config, keys.signer);
+    let (relay, links) = crate::open_offline(data_dir)?;
     Ok(execute(
         &Ctx {
             relay: &relay,

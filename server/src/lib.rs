@@ -321,11 +321,16 @@ fn load_keys(dir: &DataDir) -> Result<Keys> {
 /// Makes an invite by opening the database directly (the relay must not be running:
 /// sled admits one process, so this fails with a lock error if it is).
 pub fn offline_invite(data_dir: &Path, uses: u32, ttl: Duration) -> Result<InviteLink> {
+    let (relay, info) = open_offline(data_dir)?;
+    make_invite(&relay, &info, uses, ttl)
+}
+
+/// Opens a stopped relay's database and link material, for offline commands.
+pub(crate) fn open_offline(data_dir: &Path) -> Result<(core::Relay, LinkInfo)> {
     let config = load_config(data_dir)?;
     let dir = DataDir::new(data_dir);
     let keys = load_keys(&dir)?;
     let store = SledStore::open(&dir.db())?;
-    let relay = core::Relay::new(store, config.clone(), keys.signer);
     let info = LinkInfo {
         relay: config
             .public_addr
@@ -334,7 +339,7 @@ pub fn offline_invite(data_dir: &Path, uses: u32, ttl: Duration) -> Result<Invit
         spki_pin: keys.pin,
         trust_root: keys.trust_root,
     };
-    make_invite(&relay, &info, uses, ttl)
+    Ok((core::Relay::new(store, config, keys.signer), info))
 }
 
 /// Makes an invite on `relay` and wraps it in a link.
