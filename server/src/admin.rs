@@ -7,7 +7,7 @@
 //! - `{"cmd":"invite","uses":N,"expires_secs":S}` -> `{"ok":true,"link":"sotto://..."}`
 //! - `{"cmd":"invite_list"}` -> `{"ok":true,"invites":[{"id","uses_left","expires_at_ms"}]}`
 //! - `{"cmd":"invite_revoke","id":HEX}` -> `{"ok":true,"id":HEX}`
-//! - `{"cmd":"stats"}` -> `{"ok":true,"accounts","devices","queued_envelopes","connections"}`
+//! - `{"cmd":"stats"}` -> `{"ok":true,"accounts","devices","queued_envelopes","groups","connections"}`
 //! - `{"cmd":"account_ban"|"account_unban"|"account_remove","account":UUID}`
 //! - `{"cmd":"backup","to":ABSOLUTE_PATH}` -> `{"ok":true,"bytes","trees","entries"}`
 //!
@@ -215,6 +215,7 @@ fn run(ctx: &Ctx<'_>, req: &Value) -> std::result::Result<Value, String> {
                 "accounts": s.accounts,
                 "devices": s.devices,
                 "queued_envelopes": s.queued_envelopes,
+                "groups": s.groups,
                 "connections": ctx.live.map_or(0, Shared::connections),
             }))
         }
@@ -396,6 +397,7 @@ mod tests {
         let r = handle_command(&s, r#"{"cmd":"stats"}"#);
         assert_eq!(r["ok"], true);
         assert_eq!(r["accounts"], 0);
+        assert_eq!(r["groups"], 0);
         assert_eq!(r["connections"], 0);
         assert_eq!(handle_command(&s, "nope")["ok"], false);
         assert_eq!(handle_command(&s, r#"{"cmd":"rm -rf"}"#)["ok"], false);

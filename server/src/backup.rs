@@ -322,8 +322,8 @@ mod tests {
     use uuid::Uuid;
 
     use crate::store::{
-        AccountRecord, AccountStore, DeviceKey, Enqueued, InviteStore, MailboxStore,
-        PreKeyDirectory, Quota,
+        AccountRecord, AccountStore, DeviceKey, Enqueued, EnqueuedMany, GroupCreated, GroupRecord,
+        GroupStore, InviteStore, JoinRequestAdded, MailboxStore, PreKeyDirectory, Quota,
     };
 
     const BIG: Quota = Quota {
@@ -370,6 +370,22 @@ mod tests {
             store.add_invite([3; 32], 2, u64::MAX).expect("invite");
             stored(store.enqueue(bob, 10, b"first", BIG).expect("enqueue"));
             last_seq = stored(store.enqueue(bob, 11, b"second", BIG).expect("enqueue"));
+            assert_eq!(
+                store.create_group(&GROUP_ID, &group(), 10).expect("group"),
+                GroupCreated::Created
+            );
+            assert!(matches!(
+                store
+                    .add_join_request(&GROUP_ID, 12, b"let me in", 10)
+                    .expect("join request"),
+                JoinRequestAdded::Added(_)
+            ));
+            assert!(matches!(
+                store
+                    .enqueue_many(&[(bob, b"expiring")], 13, Some(1000), BIG)
+                    .expect("enqueue"),
+                EnqueuedMany::Stored(_)
+            ));
             let r = write_backup(&dir, &store, &file).expect("backup");
             assert_eq!(r.bytes, fs::metadata(&file).expect("file").len());
             // An existing file is never overwritten.
@@ -398,23 +414,46 @@ mod tests {
         );
         assert_eq!(store.pre_key_counts(bob).expect("counts"), (1, 0));
         assert!(store.consume_invite([3; 32], 0).expect("invite"));
-        let (mail, more) = store.envelopes(bob, 10).expect("mail");
+        let (mail, more) = store.envelopes(bob, 10, 0).expect("mail");
         assert!(!more);
         let bodies: Vec<&[u8]> = mail.iter().map(|e| e.envelope.as_slice()).collect();
-        assert_eq!(bodies, vec![b"first".as_slice(), b"second"]);
-        // New mail gets a higher seq instead of overwriting restored mail, and
-        // the quota counters match the restored mailbox.
+        assert_eq!(bodies, vec![b"first".as_slice(), b"second", b"expiring"]);
+        assert_eq!(store.group(&GROUP_ID).expect("group"), Some(group()));
+        assert_eq!(store.group_count().expect("count"), 1);
+        let requests = store.join_requests(&GROUP_ID, 1 << 20).expect("requests");
+        assert_eq!(requests.len(), 1);
+        assert_eq!(requests[0].request, b"let me in");
+        // New mail and join requests get higher ids instead of overwriting
+        // restored ones, and the quota counters match the restored mailbox.
         let tight = Quota {
-            max_envelopes: 3,
+            max_envelopes: 4,
             max_bytes: 1 << 20,
         };
         let seq = stored(store.enqueue(bob, 12, b"third", tight).expect("enqueue"));
         assert!(seq > last_seq);
+        assert!(matches!(
+            store.add_join_request(&GROUP_ID, 14, b"me too", 10).expect("add"),
+            JoinRequestAdded::Added(id) if id > requests[0].id
+        ));
         assert_eq!(
             store.enqueue(bob, 13, b"fourth", tight).expect("enqueue"),
             Enqueued::MailboxFull
         );
+        assert_eq!(store.queued_count(), 4);
+        // The restored copy keeps its own expiry.
+        assert_eq!(store.sweep_expired(0, 1000).expect("sweep"), 1);
         assert_eq!(store.queued_count(), 3);
+    }
+
+    const GROUP_ID: [u8; 16] = [0x47; 16];
+
+    fn group() -> GroupRecord {
+        GroupRecord {
+            version: 1,
+            auth_key: vec![5; 33],
+            link_key: vec![6; 33],
+            blob: b"sealed group state".to_vec(),
+        }
     }
 
     #[test]

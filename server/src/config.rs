@@ -59,6 +59,14 @@ pub struct Config {
     pub sender_certificate_ttl: Duration,
     /// Most simultaneous client connections.
     pub max_connections: usize,
+    /// Cap on one group's stored state (its encrypted blob).
+    pub max_group_state_bytes: usize,
+    /// Most groups the relay stores.
+    pub max_groups: u64,
+    /// Cap on one join request.
+    pub max_join_request_bytes: usize,
+    /// Most pending join requests per group.
+    pub max_join_requests_per_group: u64,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -82,6 +90,10 @@ impl Default for Config {
             prekey_low_water: 20,
             sender_certificate_ttl: Duration::from_secs(86_400),
             max_connections: 1000,
+            max_group_state_bytes: 264 * 1024,
+            max_groups: 100_000,
+            max_join_request_bytes: 8 * 1024,
+            max_join_requests_per_group: 64,
             log_format: LogFormat::Human,
         }
     }
@@ -102,6 +114,10 @@ pub struct RawConfig {
     prekey_low_water: Option<u32>,
     sender_certificate_ttl: Option<String>,
     max_connections: Option<u64>,
+    max_group_state_bytes: Option<u64>,
+    max_groups: Option<u64>,
+    max_join_request_bytes: Option<u64>,
+    max_join_requests_per_group: Option<u64>,
     log_format: Option<String>,
 }
 
@@ -117,6 +133,10 @@ const KEYS: &[&str] = &[
     "prekey_low_water",
     "sender_certificate_ttl",
     "max_connections",
+    "max_group_state_bytes",
+    "max_groups",
+    "max_join_request_bytes",
+    "max_join_requests_per_group",
     "log_format",
 ];
 
@@ -158,6 +178,12 @@ impl RawConfig {
                 }
                 "sender_certificate_ttl" => self.sender_certificate_ttl = Some(value),
                 "max_connections" => self.max_connections = Some(num(&value)?),
+                "max_group_state_bytes" => self.max_group_state_bytes = Some(num(&value)?),
+                "max_groups" => self.max_groups = Some(num(&value)?),
+                "max_join_request_bytes" => self.max_join_request_bytes = Some(num(&value)?),
+                "max_join_requests_per_group" => {
+                    self.max_join_requests_per_group = Some(num(&value)?)
+                }
                 "log_format" => self.log_format = Some(value),
                 _ => {}
             }
@@ -216,6 +242,29 @@ impl RawConfig {
                 why: "must be smaller than max_frame_bytes".into(),
             });
         }
+        // Both travel inside one request frame, with signatures and keys beside them.
+        let max_group_state_bytes = positive(
+            "max_group_state_bytes",
+            self.max_group_state_bytes,
+            d.max_group_state_bytes as u64,
+        )?;
+        if max_group_state_bytes >= max_frame_bytes {
+            return Err(ConfigError::Invalid {
+                key: "max_group_state_bytes",
+                why: "must be smaller than max_frame_bytes".into(),
+            });
+        }
+        let max_join_request_bytes = positive(
+            "max_join_request_bytes",
+            self.max_join_request_bytes,
+            d.max_join_request_bytes as u64,
+        )?;
+        if max_join_request_bytes >= max_frame_bytes {
+            return Err(ConfigError::Invalid {
+                key: "max_join_request_bytes",
+                why: "must be smaller than max_frame_bytes".into(),
+            });
+        }
         let log_format = match self.log_format.as_deref().map(str::trim) {
             None | Some("human") => LogFormat::Human,
             Some("json") => LogFormat::Json,
@@ -263,6 +312,14 @@ impl RawConfig {
                     d.max_connections as u64,
                 )?,
             )?,
+            max_group_state_bytes: to_usize("max_group_state_bytes", max_group_state_bytes)?,
+            max_groups: positive("max_groups", self.max_groups, d.max_groups)?,
+            max_join_request_bytes: to_usize("max_join_request_bytes", max_join_request_bytes)?,
+            max_join_requests_per_group: positive(
+                "max_join_requests_per_group",
+                self.max_join_requests_per_group,
+                d.max_join_requests_per_group,
+            )?,
             log_format,
         })
     }
@@ -292,7 +349,9 @@ impl Config {
             "listen = \"{}\"\n{public}max_frame_bytes = {}\nmax_envelope_bytes = {}\n\
              mailbox_max_envelopes = {}\nmailbox_max_bytes = {}\nenvelope_ttl = \"{}\"\n\
              sweep_interval = \"{}\"\nprekey_low_water = {}\nsender_certificate_ttl = \"{}\"\n\
-             max_connections = {}\nlog_format = \"{log}\"\n",
+             max_connections = {}\nmax_group_state_bytes = {}\nmax_groups = {}\n\
+             max_join_request_bytes = {}\nmax_join_requests_per_group = {}\n\
+             log_format = \"{log}\"\n",
             self.listen,
             self.max_frame_bytes,
             self.max_envelope_bytes,
@@ -303,6 +362,10 @@ impl Config {
             self.prekey_low_water,
             format_duration(self.sender_certificate_ttl),
             self.max_connections,
+            self.max_group_state_bytes,
+            self.max_groups,
+            self.max_join_request_bytes,
+            self.max_join_requests_per_group,
         )
     }
 }
@@ -416,6 +479,16 @@ sender_certificate_ttl = "{cert_ttl}"
 # Most simultaneous client connections.
 max_connections = {max_conn}
 
+# Groups: the largest stored group state (encrypted, padded) in bytes, and the
+# most groups this relay keeps.
+max_group_state_bytes = {group_bytes}
+max_groups = {groups}
+
+# Join requests through a group's join link: largest one in bytes, and the most
+# waiting per group until an admin handles them.
+max_join_request_bytes = {join_bytes}
+max_join_requests_per_group = {join_pending}
+
 # Log format on stderr: "human" or "json".
 log_format = "human"
 "#,
@@ -428,6 +501,10 @@ log_format = "human"
         low = d.prekey_low_water,
         cert_ttl = format_duration(d.sender_certificate_ttl),
         max_conn = d.max_connections,
+        group_bytes = d.max_group_state_bytes,
+        groups = d.max_groups,
+        join_bytes = d.max_join_request_bytes,
+        join_pending = d.max_join_requests_per_group,
     )
 }
 

@@ -7,15 +7,25 @@
 //!
 //! The core never blocks on durability itself: an [`Outcome`] with
 //! `durable = true` tells the shell to flush the store before it writes the
-//! response, and `push` names an envelope to hand to the recipient's live
+//! response, and `push` names the envelopes to hand to their recipients' live
 //! connections after that.
+//!
+//! Group requests (`Group*`) are the exception to "authenticate first": they
+//! are handled on any connection, authorised only by a signature from the
+//! group's own key, and never look at who the connection is. That keeps the
+//! relay from learning which accounts belong to which group.
+
+use std::collections::HashSet;
 
 use libsignal_protocol::{
-    DeviceId, IdentityKey, PrivateKey, PublicKey, SenderCertificate, ServerCertificate, Timestamp,
+    DeviceId, IdentityKey, PrivateKey, PublicKey, SealedSenderV2SentMessage, SenderCertificate,
+    ServerCertificate, ServiceId, Timestamp,
 };
 use rand::{CryptoRng, Rng};
 use sha2::{Digest, Sha256};
-use sotto_wire::auth::{NONCE_LEN, Purpose, transcript};
+use sotto_wire::auth::{
+    GroupPurpose, NONCE_LEN, Purpose, group_body, group_transcript, transcript,
+};
 use sotto_wire::relay::{
     self, Envelope, ErrorCode, OneTimePreKey, Request, Response, SignedPreKey, request, response,
 };
@@ -23,7 +33,8 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::store::{
-    AccountRecord, DeviceKey, Enqueued, Quota, Removed, SledStore, Store, StoreError,
+    AccountRecord, DeviceKey, Enqueued, EnqueuedMany, GROUP_ID_LEN, GroupCreated, GroupRecord,
+    JoinRequestAdded, Quota, Removed, SledStore, Store, StoreError,
 };
 
 /// Most one-time keys of each kind a device may have stored, so one account
@@ -40,6 +51,20 @@ const BANNED_MESSAGE: &str =
 
 /// Length of a fresh invite token.
 pub const INVITE_TOKEN_LEN: usize = 24;
+
+/// Most device copies one `SendMulti` may fan out to. All copies are written
+/// in one transaction held in memory, so one request must not be able to make
+/// it arbitrarily large; a group bigger than this is out of scope for a relay
+/// on a small VPS.
+pub const MAX_MULTI_DEVICES: usize = 1000;
+
+/// Budget for the join requests in one `GroupRequests` response, below the
+/// client's response frame cap; the rest come on the next fetch after the
+/// admin deletes the ones it handled.
+const GROUP_REQUESTS_BUDGET: usize = sotto_wire::DEFAULT_MAX_FRAME_BYTES - 16 * 1024;
+
+/// What a group request signed by the wrong key is told.
+const NOT_GROUP_KEY: &str = "not signed by the group's current key";
 
 /// The relay's sealed-sender signing material.
 pub struct Signer {
@@ -88,8 +113,8 @@ pub struct Outcome {
     pub response: Response,
     /// The store must be flushed before `response` is sent.
     pub durable: bool,
-    /// After the flush, push this envelope to the device's live connections.
-    pub push: Option<(DeviceKey, Envelope)>,
+    /// After the flush, push each envelope to its device's live connections.
+    pub push: Vec<(DeviceKey, Envelope)>,
 }
 
 impl Outcome {
@@ -104,11 +129,17 @@ impl Outcome {
 
 /// Builds an error response.
 pub fn error_response(code: ErrorCode, message: &str) -> Response {
+    error_response_naming(code, message, Vec::new())
+}
+
+/// Builds an error response that names the accounts it is about (`SendMulti`).
+fn error_response_naming(code: ErrorCode, message: &str, accounts: Vec<Vec<u8>>) -> Response {
     Response {
         version: sotto_wire::PROTOCOL_VERSION,
         kind: Some(response::Kind::Error(relay::Error {
             code: code as i32,
             message: message.to_string(),
+            accounts,
         })),
     }
 }
@@ -116,6 +147,8 @@ pub fn error_response(code: ErrorCode, message: &str) -> Response {
 /// Why a request failed: a peer-visible code or an internal store failure.
 enum Fail {
     Peer(ErrorCode, &'static str),
+    /// A peer-visible code about some recipients, whose account ids are listed.
+    Recipients(ErrorCode, &'static str, Vec<Uuid>),
     Store(StoreError),
 }
 
@@ -125,14 +158,14 @@ impl From<StoreError> for Fail {
     }
 }
 
-type Handled = Result<(response::Kind, bool, Option<(DeviceKey, Envelope)>), Fail>;
+type Handled = Result<(response::Kind, bool, Vec<(DeviceKey, Envelope)>), Fail>;
 
 fn reply(kind: response::Kind) -> Handled {
-    Ok((kind, false, None))
+    Ok((kind, false, Vec::new()))
 }
 
 fn durable(kind: response::Kind) -> Handled {
-    Ok((kind, true, None))
+    Ok((kind, true, Vec::new()))
 }
 
 /// Counters for the admin `stats` command.
@@ -144,6 +177,8 @@ pub struct Stats {
     pub devices: usize,
     /// Envelopes waiting in mailboxes.
     pub queued_envelopes: usize,
+    /// Groups stored (a count only: the relay knows nothing else about them).
+    pub groups: u64,
 }
 
 /// The relay's protocol logic over a [`Store`].
@@ -189,10 +224,11 @@ impl<S: Store> Relay<S> {
         Ok(token)
     }
 
-    /// Deletes envelopes older than the configured TTL. Returns how many.
+    /// Deletes envelopes older than the configured TTL, and those sent with
+    /// their own lifetime (`SendMulti.ttl_ms`) once it has passed. Returns how many.
     pub fn sweep(&self, now_ms: u64) -> Result<usize, StoreError> {
         let ttl = u64::try_from(self.config.envelope_ttl.as_millis()).unwrap_or(u64::MAX);
-        self.store.sweep_expired(now_ms.saturating_sub(ttl))
+        self.store.sweep_expired(now_ms.saturating_sub(ttl), now_ms)
     }
 
     /// Account and mailbox counters.
@@ -201,6 +237,7 @@ impl<S: Store> Relay<S> {
             accounts: self.store.distinct_accounts()?,
             devices: self.store.account_count(),
             queued_envelopes: self.store.queued_count(),
+            groups: self.store.group_count()?,
         })
     }
 
@@ -261,7 +298,16 @@ impl<S: Store> Relay<S> {
             Err(Fail::Peer(code, msg)) => Outcome {
                 response: error_response(code, msg),
                 durable: false,
-                push: None,
+                push: Vec::new(),
+            },
+            Err(Fail::Recipients(code, msg, accounts)) => Outcome {
+                response: error_response_naming(
+                    code,
+                    msg,
+                    accounts.iter().map(|a| a.as_bytes().to_vec()).collect(),
+                ),
+                durable: false,
+                push: Vec::new(),
             },
             Err(Fail::Store(e)) => {
                 // Database details stay in our log; the peer learns only that we failed.
@@ -269,7 +315,7 @@ impl<S: Store> Relay<S> {
                 Outcome {
                     response: error_response(ErrorCode::Internal, "relay storage error; try later"),
                     durable: false,
-                    push: None,
+                    push: Vec::new(),
                 }
             }
         }
@@ -294,6 +340,14 @@ impl<S: Store> Relay<S> {
             }
             K::Register(r) => self.register(conn, r, now_ms),
             K::Authenticate(a) => self.authenticate(conn, a),
+            // Group requests are authorised by the group's keys alone and get
+            // only the TLS exporter, never `conn.auth`: the relay must not be
+            // able to tie a group to the account of the connection asking.
+            K::GroupWrite(w) => self.group_write(&conn.exporter, w),
+            K::GroupRead(r) => self.group_read(&conn.exporter, r),
+            K::GroupJoinRequest(j) => self.group_join_request(&conn.exporter, j, now_ms),
+            K::GroupFetchRequests(f) => self.group_fetch_requests(&conn.exporter, f),
+            K::GroupDeleteRequests(d) => self.group_delete_requests(&conn.exporter, d),
             other => {
                 let Some(me) = conn.auth else {
                     return Err(Fail::Peer(
@@ -329,12 +383,13 @@ impl<S: Store> Relay<S> {
                     }
                     K::SenderCertificate(_) => self.sender_certificate(me, now_ms, rng),
                     K::Send(s) => self.send(s, now_ms),
+                    K::SendMulti(s) => self.send_multi(s, now_ms),
                     K::Fetch(f) => {
                         let limit = match f.limit as usize {
                             0 => FETCH_DEFAULT,
                             n => n.min(FETCH_MAX),
                         };
-                        let (envelopes, more) = self.store.envelopes(me, limit)?;
+                        let (envelopes, more) = self.store.envelopes(me, limit, now_ms)?;
                         reply(response::Kind::Envelopes(relay::Envelopes {
                             envelopes,
                             more,
@@ -345,7 +400,14 @@ impl<S: Store> Relay<S> {
                         durable(response::Kind::Done(relay::Done {}))
                     }
                     K::ResetIdentity(r) => self.reset_identity(conn, me, r),
-                    K::Challenge(_) | K::Register(_) | K::Authenticate(_) => {
+                    K::Challenge(_)
+                    | K::Register(_)
+                    | K::Authenticate(_)
+                    | K::GroupWrite(_)
+                    | K::GroupRead(_)
+                    | K::GroupJoinRequest(_)
+                    | K::GroupFetchRequests(_)
+                    | K::GroupDeleteRequests(_) => {
                         // Handled above; kept so the match stays exhaustive.
                         Err(Fail::Peer(ErrorCode::Malformed, "unexpected request"))
                     }
@@ -572,15 +634,154 @@ impl<S: Store> Relay<S> {
             Enqueued::Stored(seq) => Ok((
                 response::Kind::Sent(relay::Sent { seq }),
                 true,
-                Some((
+                vec![(
                     to,
                     Envelope {
                         seq,
                         received_at_ms: now_ms,
                         envelope: s.envelope,
                     },
-                )),
+                )],
             )),
+        }
+    }
+
+    /// Fans a sealed-sender v2 message out into one ordinary sealed-sender
+    /// envelope per recipient device, all or nothing.
+    fn send_multi(&self, s: relay::SendMulti, now_ms: u64) -> Handled {
+        // libsignal's parser checks the structure without panicking on any input.
+        let sent = SealedSenderV2SentMessage::parse(&s.envelope).map_err(|_| {
+            Fail::Peer(
+                ErrorCode::Malformed,
+                "not a multi-recipient sealed-sender message",
+            )
+        })?;
+        if sent.recipients.is_empty() {
+            return Err(Fail::Peer(ErrorCode::Malformed, "no recipients"));
+        }
+        let mut unknown = Vec::new();
+        let mut stale = Vec::new();
+        let mut seen = HashSet::new();
+        // Per recipient: its devices and the one envelope they all receive.
+        let mut targets = Vec::with_capacity(sent.recipients.len());
+        for (service_id, recipient) in &sent.recipients {
+            let ServiceId::Aci(aci) = service_id else {
+                return Err(Fail::Peer(
+                    ErrorCode::Malformed,
+                    "recipients must be account ids",
+                ));
+            };
+            let account = Uuid::from(*aci);
+            if recipient.devices.is_empty() {
+                return Err(Fail::Peer(
+                    ErrorCode::Malformed,
+                    "a recipient has no devices",
+                ));
+            }
+            let mut keys = Vec::with_capacity(recipient.devices.len());
+            for &(device, registration_id) in &recipient.devices {
+                let key = DeviceKey {
+                    account,
+                    device: u32::from(device),
+                };
+                // libsignal merges a repeated recipient into one device list,
+                // so a duplicate shows up as a repeated device.
+                if !seen.insert(key) {
+                    return Err(Fail::Peer(
+                        ErrorCode::Malformed,
+                        "a recipient device is listed twice",
+                    ));
+                }
+                if seen.len() > MAX_MULTI_DEVICES {
+                    return Err(Fail::Peer(
+                        ErrorCode::TooLarge,
+                        "too many recipients in one message",
+                    ));
+                }
+                match self.store.account(key)? {
+                    None => unknown.push(account),
+                    // The sender's session is for another registration: it
+                    // must refetch keys, or the copy would not open.
+                    Some(rec) if rec.registration_id != u32::from(registration_id) => {
+                        stale.push(account)
+                    }
+                    Some(_) => keys.push(key),
+                }
+            }
+            targets.push((keys, recipient));
+        }
+        if !unknown.is_empty() {
+            unknown.dedup();
+            return Err(Fail::Recipients(
+                ErrorCode::UnknownRecipient,
+                "some recipients are not on this relay",
+                unknown,
+            ));
+        }
+        if !stale.is_empty() {
+            stale.dedup();
+            return Err(Fail::Recipients(
+                ErrorCode::StaleDevice,
+                "some recipients re-registered; fetch their keys again",
+                stale,
+            ));
+        }
+        let mut bodies = Vec::with_capacity(targets.len());
+        for (keys, recipient) in targets {
+            // An ordinary sealed-sender (v2 received) message: the recipient
+            // opens it exactly like a copy sent with `Send`.
+            let body = sent
+                .received_message_parts_for_recipient(recipient)
+                .as_ref()
+                .concat();
+            if body.len() > self.config.max_envelope_bytes {
+                return Err(Fail::Peer(ErrorCode::TooLarge, "envelope is too large"));
+            }
+            bodies.push((keys, body));
+        }
+        let copies: Vec<(DeviceKey, &[u8])> = bodies
+            .iter()
+            .flat_map(|(keys, body)| keys.iter().map(move |k| (*k, body.as_slice())))
+            .collect();
+        let quota = Quota {
+            max_envelopes: self.config.mailbox_max_envelopes,
+            max_bytes: self.config.mailbox_max_bytes,
+        };
+        let expires = (s.ttl_ms != 0).then(|| now_ms.saturating_add(s.ttl_ms));
+        // As with Send, only recipients, time and ciphertext are stored.
+        match self.store.enqueue_many(&copies, now_ms, expires, quota)? {
+            EnqueuedMany::MailboxFull(full) => {
+                let mut accounts: Vec<Uuid> = full.iter().map(|k| k.account).collect();
+                accounts.dedup();
+                Err(Fail::Recipients(
+                    ErrorCode::MailboxFull,
+                    "some recipients' mailboxes are full; nothing was sent; try again later",
+                    accounts,
+                ))
+            }
+            EnqueuedMany::Stored(seqs) => {
+                let push = copies
+                    .iter()
+                    .zip(seqs)
+                    .map(|((key, body), seq)| {
+                        (
+                            *key,
+                            Envelope {
+                                seq,
+                                received_at_ms: now_ms,
+                                envelope: body.to_vec(),
+                            },
+                        )
+                    })
+                    .collect();
+                Ok((
+                    response::Kind::SentMulti(relay::SentMulti {
+                        recipients: u32::try_from(copies.len()).unwrap_or(u32::MAX),
+                    }),
+                    true,
+                    push,
+                ))
+            }
         }
     }
 
@@ -610,6 +811,225 @@ impl<S: Store> Relay<S> {
         self.install(me, r.identity_key, r.registration_id, keys)?;
         durable(response::Kind::Done(relay::Done {}))
     }
+}
+
+/// Group requests. Each takes the connection's TLS exporter and nothing else
+/// about the connection (see the module docs).
+impl<S: Store> Relay<S> {
+    fn group_write(&self, exporter: &[u8], w: relay::GroupWrite) -> Handled {
+        if w.blob.is_empty() {
+            return Err(Fail::Peer(ErrorCode::Malformed, "empty group state"));
+        }
+        if w.blob.len() > self.config.max_group_state_bytes {
+            return Err(Fail::Peer(ErrorCode::TooLarge, "group state is too large"));
+        }
+        // A key that does not decode could never sign again: storing it would
+        // lock every member out of the group (or its link) for good.
+        if PublicKey::deserialize(&w.auth_key).is_err() {
+            return Err(Fail::Peer(ErrorCode::Malformed, "auth key does not decode"));
+        }
+        if !w.link_key.is_empty() && PublicKey::deserialize(&w.link_key).is_err() {
+            return Err(Fail::Peer(ErrorCode::Malformed, "link key does not decode"));
+        }
+        let message = group_transcript(
+            GroupPurpose::Write,
+            exporter,
+            &w.group_id,
+            &group_body(&[
+                &w.expected_version.to_be_bytes(),
+                &w.blob,
+                &w.auth_key,
+                &w.link_key,
+            ]),
+        );
+        let version = w.expected_version.checked_add(1).ok_or(Fail::Peer(
+            ErrorCode::Conflict,
+            "the group changed; fetch it and retry",
+        ))?;
+        let record = GroupRecord {
+            version,
+            auth_key: w.auth_key,
+            link_key: w.link_key,
+            blob: w.blob,
+        };
+        if w.expected_version == 0 {
+            if w.group_id.len() != GROUP_ID_LEN {
+                return Err(Fail::Peer(
+                    ErrorCode::Malformed,
+                    "a group id is 16 random bytes",
+                ));
+            }
+            // The creator proves it holds the key it installs, so nobody can
+            // create a group that its own members could not then use.
+            if !verifies(&record.auth_key, &message, &w.signature) {
+                return Err(Fail::Peer(
+                    ErrorCode::Forbidden,
+                    "not signed by the group's new auth key",
+                ));
+            }
+            return match self
+                .store
+                .create_group(&w.group_id, &record, self.config.max_groups)?
+            {
+                GroupCreated::Created => {
+                    durable(response::Kind::GroupWritten(relay::GroupWritten {
+                        version,
+                    }))
+                }
+                GroupCreated::Exists => Err(Fail::Peer(
+                    ErrorCode::Conflict,
+                    "a group with this id exists; pick a new random id",
+                )),
+                GroupCreated::QuotaReached => Err(Fail::Peer(
+                    ErrorCode::Quota,
+                    "this relay holds as many groups as its operator allows",
+                )),
+            };
+        }
+        let current = self.group_by_id(&w.group_id)?;
+        // Only the current auth key may write, and the write may replace it:
+        // after a removal the remaining members rotate it, and the removed
+        // member's old key stops working from that version on.
+        if !verifies(&current.auth_key, &message, &w.signature) {
+            return Err(Fail::Peer(ErrorCode::Forbidden, NOT_GROUP_KEY));
+        }
+        let changed = Fail::Peer(ErrorCode::Conflict, "the group changed; fetch it and retry");
+        if current.version != w.expected_version {
+            return Err(changed);
+        }
+        // Compare-and-swap against the record just checked: of two writers
+        // from the same version exactly one wins; the other fetches and retries.
+        if !self.store.replace_group(&w.group_id, &current, &record)? {
+            return Err(changed);
+        }
+        durable(response::Kind::GroupWritten(relay::GroupWritten {
+            version,
+        }))
+    }
+
+    fn group_read(&self, exporter: &[u8], r: relay::GroupRead) -> Handled {
+        let group = self.authorised_group(
+            exporter,
+            &r.group_id,
+            GroupPurpose::Read,
+            &group_body(&[]),
+            &r.signature,
+        )?;
+        reply(response::Kind::GroupState(relay::GroupState {
+            version: group.version,
+            blob: group.blob,
+        }))
+    }
+
+    fn group_join_request(
+        &self,
+        exporter: &[u8],
+        j: relay::GroupJoinRequest,
+        now_ms: u64,
+    ) -> Handled {
+        if j.request.is_empty() {
+            return Err(Fail::Peer(ErrorCode::Malformed, "empty join request"));
+        }
+        if j.request.len() > self.config.max_join_request_bytes {
+            return Err(Fail::Peer(ErrorCode::TooLarge, "join request is too large"));
+        }
+        let group = self.group_by_id(&j.group_id)?;
+        // Only holders of a current join link may queue requests; removing
+        // the link (an empty link key) closes the door.
+        if group.link_key.is_empty() {
+            return Err(Fail::Peer(
+                ErrorCode::Forbidden,
+                "this group has no join link",
+            ));
+        }
+        let message = group_transcript(
+            GroupPurpose::Join,
+            exporter,
+            &j.group_id,
+            &group_body(&[&j.request]),
+        );
+        if !verifies(&group.link_key, &message, &j.signature) {
+            return Err(Fail::Peer(
+                ErrorCode::Forbidden,
+                "not signed by the group's current link key",
+            ));
+        }
+        match self.store.add_join_request(
+            &j.group_id,
+            now_ms,
+            &j.request,
+            self.config.max_join_requests_per_group,
+        )? {
+            JoinRequestAdded::Added(_) => durable(response::Kind::Done(relay::Done {})),
+            JoinRequestAdded::QuotaReached => Err(Fail::Peer(
+                ErrorCode::Quota,
+                "this group has too many pending join requests; ask an admin to look at them",
+            )),
+        }
+    }
+
+    fn group_fetch_requests(&self, exporter: &[u8], f: relay::GroupFetchRequests) -> Handled {
+        self.authorised_group(
+            exporter,
+            &f.group_id,
+            GroupPurpose::FetchRequests,
+            &group_body(&[]),
+            &f.signature,
+        )?;
+        let requests = self
+            .store
+            .join_requests(&f.group_id, GROUP_REQUESTS_BUDGET)?;
+        reply(response::Kind::GroupRequests(relay::GroupRequests {
+            requests,
+        }))
+    }
+
+    fn group_delete_requests(&self, exporter: &[u8], d: relay::GroupDeleteRequests) -> Handled {
+        let ids: Vec<u8> = d.ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+        self.authorised_group(
+            exporter,
+            &d.group_id,
+            GroupPurpose::DeleteRequests,
+            &group_body(&[&ids]),
+            &d.signature,
+        )?;
+        self.store.delete_join_requests(&d.group_id, &d.ids)?;
+        durable(response::Kind::Done(relay::Done {}))
+    }
+
+    /// The group stored under `group_id`, or UNKNOWN_GROUP.
+    fn group_by_id(&self, group_id: &[u8]) -> Result<GroupRecord, Fail> {
+        let unknown = Fail::Peer(ErrorCode::UnknownGroup, "no such group on this relay");
+        if group_id.len() != GROUP_ID_LEN {
+            return Err(unknown);
+        }
+        self.store.group(group_id)?.ok_or(unknown)
+    }
+
+    /// Loads the group and checks `signature` over the `purpose` transcript
+    /// under its current auth key (FORBIDDEN if it does not verify).
+    fn authorised_group(
+        &self,
+        exporter: &[u8],
+        group_id: &[u8],
+        purpose: GroupPurpose,
+        body: &[u8],
+        signature: &[u8],
+    ) -> Result<GroupRecord, Fail> {
+        let group = self.group_by_id(group_id)?;
+        // Bound to this TLS session by the exporter, so a signature captured
+        // elsewhere (say, by a removed member) cannot be replayed here.
+        let message = group_transcript(purpose, exporter, group_id, body);
+        if !verifies(&group.auth_key, &message, signature) {
+            return Err(Fail::Peer(ErrorCode::Forbidden, NOT_GROUP_KEY));
+        }
+        Ok(group)
+    }
+}
+
+/// Whether `signature` over `message` verifies under the serialized public key `key`.
+fn verifies(key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    PublicKey::deserialize(key).is_ok_and(|k| k.verify_signature(message, signature))
 }
 
 impl<S: Store> Relay<S> {
@@ -724,10 +1144,19 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use libsignal_protocol::{IdentityKeyPair, KeyPair};
+    use std::sync::Barrier;
+    use std::time::SystemTime;
+
+    use libsignal_protocol::{
+        CiphertextMessageType, ContentHint, GenericSignedPreKey, IdentityKeyPair,
+        InMemSignalProtocolStore, KeyPair, KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle,
+        PreKeyRecord, PreKeyStore, ProtocolAddress, SessionStore, SignedPreKeyRecord,
+        SignedPreKeyStore, UnidentifiedSenderMessageContent, kem, process_prekey_bundle,
+        sealed_sender_decrypt_to_usmc, sealed_sender_multi_recipient_encrypt,
+    };
 
     use super::*;
-    use crate::store::PreKeyDirectory;
+    use crate::store::{GroupStore, MailboxStore, PreKeyDirectory};
 
     const NOW: u64 = 1_700_000_000_000;
 
@@ -1129,7 +1558,8 @@ mod tests {
         );
         assert_eq!(out.error_code(), None);
         assert!(out.durable);
-        let (to, env) = out.push.expect("push to bob");
+        assert_eq!(out.push.len(), 1);
+        let (to, env) = &out.push[0];
         assert_eq!(to.account.as_bytes().as_slice(), bob.account.as_slice());
         assert_eq!(env.envelope, b"sealed");
     }
@@ -1435,5 +1865,985 @@ mod tests {
             relay.remove_account(bob_id).expect("again"),
             Removed::default()
         );
+    }
+
+    // ---- groups ----
+
+    /// Signs a group request's transcript on the connection whose exporter is `exporter`.
+    fn group_sig(
+        exporter: &[u8],
+        key: &PrivateKey,
+        purpose: GroupPurpose,
+        group_id: &[u8],
+        body: &[u8],
+    ) -> Vec<u8> {
+        key.calculate_signature(
+            &group_transcript(purpose, exporter, group_id, body),
+            &mut rand::rng(),
+        )
+        .expect("sign")
+        .to_vec()
+    }
+
+    /// A `GroupWrite` signed by `signer`, installing `auth` and `link` (None: no link).
+    fn group_write_req(
+        exporter: &[u8],
+        group_id: &[u8],
+        expected_version: u64,
+        blob: &[u8],
+        signer: &KeyPair,
+        auth: &KeyPair,
+        link: Option<&KeyPair>,
+    ) -> request::Kind {
+        let auth_key = auth.public_key.serialize().to_vec();
+        let link_key = link
+            .map(|k| k.public_key.serialize().to_vec())
+            .unwrap_or_default();
+        let body = group_body(&[&expected_version.to_be_bytes(), blob, &auth_key, &link_key]);
+        request::Kind::GroupWrite(relay::GroupWrite {
+            group_id: group_id.to_vec(),
+            expected_version,
+            blob: blob.to_vec(),
+            signature: group_sig(
+                exporter,
+                &signer.private_key,
+                GroupPurpose::Write,
+                group_id,
+                &body,
+            ),
+            auth_key,
+            link_key,
+        })
+    }
+
+    impl Client {
+        #[allow(clippy::too_many_arguments)]
+        fn write_group(
+            &mut self,
+            relay: &Relay,
+            group_id: &[u8],
+            expected_version: u64,
+            blob: &[u8],
+            signer: &KeyPair,
+            auth: &KeyPair,
+            link: Option<&KeyPair>,
+        ) -> Outcome {
+            let msg = group_write_req(
+                &self.conn.exporter,
+                group_id,
+                expected_version,
+                blob,
+                signer,
+                auth,
+                link,
+            );
+            self.call(relay, msg)
+        }
+
+        fn read_group(&mut self, relay: &Relay, group_id: &[u8], signer: &KeyPair) -> Outcome {
+            let signature = group_sig(
+                &self.conn.exporter,
+                &signer.private_key,
+                GroupPurpose::Read,
+                group_id,
+                &group_body(&[]),
+            );
+            self.call(
+                relay,
+                request::Kind::GroupRead(relay::GroupRead {
+                    group_id: group_id.to_vec(),
+                    signature,
+                }),
+            )
+        }
+
+        fn join_group(
+            &mut self,
+            relay: &Relay,
+            group_id: &[u8],
+            request: &[u8],
+            signer: &KeyPair,
+        ) -> Outcome {
+            let signature = group_sig(
+                &self.conn.exporter,
+                &signer.private_key,
+                GroupPurpose::Join,
+                group_id,
+                &group_body(&[request]),
+            );
+            self.call(
+                relay,
+                request::Kind::GroupJoinRequest(relay::GroupJoinRequest {
+                    group_id: group_id.to_vec(),
+                    request: request.to_vec(),
+                    signature,
+                }),
+            )
+        }
+
+        fn fetch_requests(&mut self, relay: &Relay, group_id: &[u8], signer: &KeyPair) -> Outcome {
+            let signature = group_sig(
+                &self.conn.exporter,
+                &signer.private_key,
+                GroupPurpose::FetchRequests,
+                group_id,
+                &group_body(&[]),
+            );
+            self.call(
+                relay,
+                request::Kind::GroupFetchRequests(relay::GroupFetchRequests {
+                    group_id: group_id.to_vec(),
+                    signature,
+                }),
+            )
+        }
+
+        fn delete_requests(
+            &mut self,
+            relay: &Relay,
+            group_id: &[u8],
+            ids: &[u64],
+            signer: &KeyPair,
+        ) -> Outcome {
+            let joined: Vec<u8> = ids.iter().flat_map(|i| i.to_be_bytes()).collect();
+            let signature = group_sig(
+                &self.conn.exporter,
+                &signer.private_key,
+                GroupPurpose::DeleteRequests,
+                group_id,
+                &group_body(&[&joined]),
+            );
+            self.call(
+                relay,
+                request::Kind::GroupDeleteRequests(relay::GroupDeleteRequests {
+                    group_id: group_id.to_vec(),
+                    ids: ids.to_vec(),
+                    signature,
+                }),
+            )
+        }
+    }
+
+    fn keypair() -> KeyPair {
+        KeyPair::generate(&mut rand::rng())
+    }
+
+    fn written(out: &Outcome) -> u64 {
+        match &out.response.kind {
+            Some(response::Kind::GroupWritten(w)) => w.version,
+            other => panic!("expected group written, got {other:?}"),
+        }
+    }
+
+    fn state(out: &Outcome) -> (u64, Vec<u8>) {
+        match &out.response.kind {
+            Some(response::Kind::GroupState(s)) => (s.version, s.blob.clone()),
+            other => panic!("expected group state, got {other:?}"),
+        }
+    }
+
+    fn requests(out: &Outcome) -> Vec<relay::GroupRequest> {
+        match &out.response.kind {
+            Some(response::Kind::GroupRequests(r)) => r.requests.clone(),
+            other => panic!("expected group requests, got {other:?}"),
+        }
+    }
+
+    const GROUP: [u8; 16] = [0x61; 16];
+
+    #[test]
+    fn groups_are_created_read_and_replaced_by_compare_and_swap() {
+        let relay = relay();
+        // Never authenticated: group requests need only the group's key.
+        let mut c = Client::new(4);
+        let auth = keypair();
+        let stranger = keypair();
+
+        let out = c.write_group(&relay, &GROUP, 0, b"v1", &auth, &auth, None);
+        assert!(out.durable);
+        assert_eq!(written(&out), 1);
+        assert!(c.conn.authenticated().is_none());
+        assert_eq!(
+            state(&c.read_group(&relay, &GROUP, &auth)),
+            (1, b"v1".to_vec())
+        );
+
+        // Creating again, or writing from a version that is no longer current: CONFLICT.
+        let out = c.write_group(&relay, &GROUP, 0, b"again", &auth, &auth, None);
+        assert_eq!(out.error_code(), Some(ErrorCode::Conflict));
+        let out = c.write_group(&relay, &GROUP, 1, b"v2", &auth, &auth, None);
+        assert_eq!(written(&out), 2);
+        let out = c.write_group(&relay, &GROUP, 1, b"stale", &auth, &auth, None);
+        assert_eq!(out.error_code(), Some(ErrorCode::Conflict));
+        match &out.response.kind {
+            Some(response::Kind::Error(e)) => {
+                assert_eq!(e.message, "the group changed; fetch it and retry")
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert_eq!(
+            state(&c.read_group(&relay, &GROUP, &auth)),
+            (2, b"v2".to_vec())
+        );
+
+        // The wrong key can neither read nor write, even at the right version.
+        let out = c.read_group(&relay, &GROUP, &stranger);
+        assert_eq!(out.error_code(), Some(ErrorCode::Forbidden));
+        let out = c.write_group(&relay, &GROUP, 2, b"mine", &stranger, &stranger, None);
+        assert_eq!(out.error_code(), Some(ErrorCode::Forbidden));
+        // A signature made for another connection's exporter does not verify here.
+        let mut other = Client::new(5);
+        let msg = group_write_req(&[9; 32], &GROUP, 2, b"replayed", &auth, &auth, None);
+        assert_eq!(
+            other.call(&relay, msg).error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            state(&c.read_group(&relay, &GROUP, &auth)),
+            (2, b"v2".to_vec())
+        );
+
+        // Unknown groups, bad ids, bad sizes and undecodable keys.
+        let out = c.read_group(&relay, &[0x62; 16], &auth);
+        assert_eq!(out.error_code(), Some(ErrorCode::UnknownGroup));
+        let out = c.write_group(&relay, &[0x62; 16], 4, b"x", &auth, &auth, None);
+        assert_eq!(out.error_code(), Some(ErrorCode::UnknownGroup));
+        let out = c.write_group(&relay, &[0x62; 15], 0, b"x", &auth, &auth, None);
+        assert_eq!(out.error_code(), Some(ErrorCode::Malformed));
+        let out = c.write_group(&relay, &[0x62; 16], 0, b"", &auth, &auth, None);
+        assert_eq!(out.error_code(), Some(ErrorCode::Malformed));
+        let big = vec![1; relay.config().max_group_state_bytes + 1];
+        let out = c.write_group(&relay, &[0x62; 16], 0, &big, &auth, &auth, None);
+        assert_eq!(out.error_code(), Some(ErrorCode::TooLarge));
+        let max = vec![1; relay.config().max_group_state_bytes];
+        let out = c.write_group(&relay, &[0x62; 16], 0, &max, &auth, &auth, None);
+        assert_eq!(written(&out), 1);
+        let mut msg = group_write_req(&c.conn.exporter, &[0x63; 16], 0, b"x", &auth, &auth, None);
+        if let request::Kind::GroupWrite(w) = &mut msg {
+            w.auth_key = vec![0x09; 33];
+        }
+        assert_eq!(c.call(&relay, msg).error_code(), Some(ErrorCode::Malformed));
+        // Creation must be signed by the key it installs.
+        let out = c.write_group(&relay, &[0x63; 16], 0, b"x", &stranger, &auth, None);
+        assert_eq!(out.error_code(), Some(ErrorCode::Forbidden));
+        assert_eq!(relay.stats().expect("stats").groups, 2);
+    }
+
+    #[test]
+    fn rotating_the_auth_key_locks_out_the_old_one() {
+        let relay = relay();
+        let mut c = Client::new(4);
+        let (old, new) = (keypair(), keypair());
+        assert_eq!(
+            written(&c.write_group(&relay, &GROUP, 0, b"v1", &old, &old, None)),
+            1
+        );
+        // A member is removed: the others write, signed by the old key, installing a new one.
+        let out = c.write_group(&relay, &GROUP, 1, b"v2", &old, &new, None);
+        assert_eq!(written(&out), 2);
+        assert_eq!(
+            c.read_group(&relay, &GROUP, &old).error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            c.write_group(&relay, &GROUP, 2, b"evil", &old, &old, None)
+                .error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            c.fetch_requests(&relay, &GROUP, &old).error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            state(&c.read_group(&relay, &GROUP, &new)),
+            (2, b"v2".to_vec())
+        );
+    }
+
+    #[test]
+    fn join_requests_need_the_link_key_and_are_managed_with_the_auth_key() {
+        let relay = relay_with(Config {
+            max_join_requests_per_group: 3,
+            max_join_request_bytes: 100,
+            ..Config::default()
+        });
+        let mut admin = Client::new(4);
+        let mut joiner = Client::new(5);
+        let (auth, link, stranger) = (keypair(), keypair(), keypair());
+        let other_group = [0x70; 16];
+        assert_eq!(
+            written(&admin.write_group(&relay, &GROUP, 0, b"v1", &auth, &auth, None)),
+            1
+        );
+        assert_eq!(
+            written(&admin.write_group(&relay, &other_group, 0, b"o", &auth, &auth, Some(&link))),
+            1
+        );
+        // No link yet: nobody may ask to join.
+        assert_eq!(
+            joiner
+                .join_group(&relay, &GROUP, b"hello", &link)
+                .error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            written(&admin.write_group(&relay, &GROUP, 1, b"v2", &auth, &auth, Some(&link))),
+            2
+        );
+        assert_eq!(
+            joiner
+                .join_group(&relay, &GROUP, b"hello", &stranger)
+                .error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            joiner
+                .join_group(&relay, &[0x71; 16], b"hello", &link)
+                .error_code(),
+            Some(ErrorCode::UnknownGroup)
+        );
+        assert_eq!(
+            joiner.join_group(&relay, &GROUP, b"", &link).error_code(),
+            Some(ErrorCode::Malformed)
+        );
+        assert_eq!(
+            joiner
+                .join_group(&relay, &GROUP, &[1; 101], &link)
+                .error_code(),
+            Some(ErrorCode::TooLarge)
+        );
+        for body in [b"first".as_slice(), b"second", b"third"] {
+            let out = joiner.join_group(&relay, &GROUP, body, &link);
+            assert_eq!(out.error_code(), None);
+            assert!(out.durable);
+        }
+        assert_eq!(
+            joiner
+                .join_group(&relay, &GROUP, b"fourth", &link)
+                .error_code(),
+            Some(ErrorCode::Quota)
+        );
+        // Another group's quota and requests are its own.
+        assert_eq!(
+            joiner
+                .join_group(&relay, &other_group, b"elsewhere", &link)
+                .error_code(),
+            None
+        );
+
+        // The link key cannot read the queue; the auth key can, oldest first.
+        assert_eq!(
+            joiner.fetch_requests(&relay, &GROUP, &link).error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        let pending = requests(&admin.fetch_requests(&relay, &GROUP, &auth));
+        assert_eq!(
+            pending
+                .iter()
+                .map(|r| r.request.as_slice())
+                .collect::<Vec<_>>(),
+            vec![b"first".as_slice(), b"second", b"third"]
+        );
+        assert!(pending.windows(2).all(|w| w[0].id < w[1].id));
+        assert!(pending.iter().all(|r| r.received_at_ms == NOW));
+
+        // Deleting needs the auth key and touches only this group.
+        let other_ids: Vec<u64> = requests(&admin.fetch_requests(&relay, &other_group, &auth))
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        let ids = [pending[0].id, pending[2].id, other_ids[0]];
+        assert_eq!(
+            joiner
+                .delete_requests(&relay, &GROUP, &ids, &link)
+                .error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+        let out = admin.delete_requests(&relay, &GROUP, &ids, &auth);
+        assert_eq!(out.error_code(), None);
+        assert!(out.durable);
+        let left = requests(&admin.fetch_requests(&relay, &GROUP, &auth));
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].request, b"second");
+        assert_eq!(
+            requests(&admin.fetch_requests(&relay, &other_group, &auth)).len(),
+            1
+        );
+        // Room again after the delete.
+        assert_eq!(
+            joiner
+                .join_group(&relay, &GROUP, b"again", &link)
+                .error_code(),
+            None
+        );
+
+        // Removing the link closes the door.
+        assert_eq!(
+            written(&admin.write_group(&relay, &GROUP, 2, b"v3", &auth, &auth, None)),
+            3
+        );
+        assert_eq!(
+            joiner
+                .join_group(&relay, &GROUP, b"late", &link)
+                .error_code(),
+            Some(ErrorCode::Forbidden)
+        );
+    }
+
+    #[test]
+    fn group_count_is_limited() {
+        let relay = relay_with(Config {
+            max_groups: 2,
+            ..Config::default()
+        });
+        let mut c = Client::new(4);
+        let auth = keypair();
+        for id in [[1u8; 16], [2; 16]] {
+            assert_eq!(
+                written(&c.write_group(&relay, &id, 0, b"g", &auth, &auth, None)),
+                1
+            );
+        }
+        assert_eq!(
+            c.write_group(&relay, &[3; 16], 0, b"g", &auth, &auth, None)
+                .error_code(),
+            Some(ErrorCode::Quota)
+        );
+        // Updates are not creations.
+        assert_eq!(
+            written(&c.write_group(&relay, &[1; 16], 1, b"g2", &auth, &auth, None)),
+            2
+        );
+        assert_eq!(relay.stats().expect("stats").groups, 2);
+    }
+
+    #[test]
+    fn concurrent_group_writes_have_exactly_one_winner() {
+        let relay = Arc::new(relay());
+        let exporter = [4u8; 32];
+        let auth = keypair();
+        let mut conn = ConnState::new(exporter);
+        let out = relay.handle(
+            &mut conn,
+            req(group_write_req(
+                &exporter, &GROUP, 0, b"v1", &auth, &auth, None,
+            )),
+            NOW,
+            &mut rand::rng(),
+        );
+        assert_eq!(written(&out), 1);
+        const WRITERS: usize = 8;
+        let barrier = Arc::new(Barrier::new(WRITERS));
+        let handles: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let relay = Arc::clone(&relay);
+                let barrier = Arc::clone(&barrier);
+                // Signed before the race starts, so the writes really overlap.
+                let msg = group_write_req(&exporter, &GROUP, 1, &[i as u8 + 1], &auth, &auth, None);
+                std::thread::spawn(move || {
+                    let mut conn = ConnState::new(exporter);
+                    barrier.wait();
+                    relay.handle(&mut conn, req(msg), NOW, &mut rand::rng())
+                })
+            })
+            .collect();
+        let outcomes: Vec<Outcome> = handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect();
+        let winners: Vec<usize> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.error_code().is_none())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(winners.len(), 1, "exactly one writer wins");
+        assert!(
+            outcomes
+                .iter()
+                .filter(|o| o.error_code().is_some())
+                .all(|o| o.error_code() == Some(ErrorCode::Conflict))
+        );
+        assert_eq!(written(&outcomes[winners[0]]), 2);
+        let mut conn = ConnState::new(exporter);
+        let signature = group_sig(
+            &exporter,
+            &auth.private_key,
+            GroupPurpose::Read,
+            &GROUP,
+            &group_body(&[]),
+        );
+        let out = relay.handle(
+            &mut conn,
+            req(request::Kind::GroupRead(relay::GroupRead {
+                group_id: GROUP.to_vec(),
+                signature,
+            })),
+            NOW,
+            &mut rand::rng(),
+        );
+        assert_eq!(state(&out), (2, vec![winners[0] as u8 + 1]));
+    }
+
+    #[test]
+    fn group_requests_do_not_tie_groups_to_the_connection_account() {
+        let relay = relay();
+        let mut alice = registered(&relay, 0);
+        let before = alice.conn.authenticated();
+        assert!(before.is_some());
+        let (auth, link) = (keypair(), keypair());
+        assert_eq!(
+            written(&alice.write_group(&relay, &GROUP, 0, b"blob", &auth, &auth, Some(&link))),
+            1
+        );
+        assert_eq!(
+            alice.join_group(&relay, &GROUP, b"req", &link).error_code(),
+            None
+        );
+        assert_eq!(alice.conn.authenticated(), before);
+        // Nothing stored for the group mentions alice's account id.
+        let store = relay.store();
+        assert!(store.group(&GROUP).expect("group").is_some());
+        for name in ["groups", "group_requests"] {
+            let tree = store.db().open_tree(name).expect("tree");
+            for entry in tree.iter() {
+                let (k, v) = entry.expect("entry");
+                for bytes in [k.as_ref(), v.as_ref()] {
+                    assert!(
+                        !bytes.windows(16).any(|w| w == alice.account.as_slice()),
+                        "account id in tree {name}"
+                    );
+                }
+            }
+        }
+    }
+
+    // ---- SendMulti ----
+
+    /// A libsignal identity with in-memory stores, registered on the relay
+    /// (unless made with `registered: false`).
+    struct Person {
+        client: Client,
+        store: InMemSignalProtocolStore,
+        account: Uuid,
+        address: ProtocolAddress,
+    }
+
+    fn person(relay: &Relay, registered: bool) -> Person {
+        let identity = IdentityKeyPair::generate(&mut rand::rng());
+        let mut client = Client::new(7);
+        client.identity = identity;
+        let account = if registered {
+            let token = invite(relay, 1, NOW + 1000);
+            assert_eq!(client.register(relay, &token, 0).error_code(), None);
+            Uuid::from_slice(&client.account).expect("uuid")
+        } else {
+            Uuid::new_v4()
+        };
+        Person {
+            store: InMemSignalProtocolStore::new(identity, client.registration_id).expect("store"),
+            client,
+            account,
+            address: ProtocolAddress::new(
+                account.to_string(),
+                DeviceId::new(1).expect("device id"),
+            ),
+        }
+    }
+
+    /// Makes prekeys in `p`'s store and returns the bundle a sender would
+    /// fetch, claiming `registration_id`.
+    async fn bundle_of(p: &mut Person, registration_id: u32) -> PreKeyBundle {
+        let mut rng = rand::rng();
+        let identity = p.client.identity;
+        let pre = KeyPair::generate(&mut rng);
+        p.store
+            .save_pre_key(1.into(), &PreKeyRecord::new(1.into(), &pre))
+            .await
+            .expect("prekey");
+        let signed = KeyPair::generate(&mut rng);
+        let signature = identity
+            .private_key()
+            .calculate_signature(&signed.public_key.serialize(), &mut rng)
+            .expect("sign");
+        p.store
+            .save_signed_pre_key(
+                2.into(),
+                &SignedPreKeyRecord::new(
+                    2.into(),
+                    Timestamp::from_epoch_millis(NOW),
+                    &signed,
+                    &signature,
+                ),
+            )
+            .await
+            .expect("signed prekey");
+        let kyber =
+            KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, 3.into(), identity.private_key())
+                .expect("kyber");
+        p.store
+            .save_kyber_pre_key(3.into(), &kyber)
+            .await
+            .expect("kyber prekey");
+        PreKeyBundle::new(
+            registration_id,
+            DeviceId::new(1).expect("device id"),
+            Some((1.into(), pre.public_key)),
+            2.into(),
+            signed.public_key,
+            signature.to_vec(),
+            3.into(),
+            kyber.public_key().expect("kyber public"),
+            kyber.signature().expect("kyber signature"),
+            *identity.identity_key(),
+        )
+        .expect("bundle")
+    }
+
+    /// Builds `sender`'s session with `to`, as if `to` had `registration_id`.
+    async fn session_with(sender: &mut Person, to: &mut Person, registration_id: u32) {
+        let bundle = bundle_of(to, registration_id).await;
+        process_prekey_bundle(
+            &to.address,
+            &mut sender.store.session_store,
+            &mut sender.store.identity_store,
+            &bundle,
+            SystemTime::now(),
+            &mut rand::rng(),
+        )
+        .await
+        .expect("session");
+    }
+
+    /// A multi-recipient sealed-sender message from `sender` carrying `text`,
+    /// under a sender certificate the relay issued.
+    async fn multi(
+        sender: &mut Person,
+        relay: &Relay,
+        to: &[&ProtocolAddress],
+        text: &[u8],
+    ) -> Vec<u8> {
+        let out = sender.client.call(
+            relay,
+            request::Kind::SenderCertificate(relay::SenderCertificateRequest {}),
+        );
+        let Some(response::Kind::SenderCertificate(sc)) = out.response.kind else {
+            panic!("expected a certificate");
+        };
+        let cert = SenderCertificate::deserialize(&sc.certificate).expect("certificate");
+        let usmc = UnidentifiedSenderMessageContent::new(
+            CiphertextMessageType::SenderKey,
+            cert,
+            text.to_vec(),
+            ContentHint::Default,
+            Some(GROUP.to_vec()),
+        )
+        .expect("usmc");
+        let mut sessions = Vec::new();
+        for addr in to {
+            sessions.push(
+                sender
+                    .store
+                    .load_session(addr)
+                    .await
+                    .expect("load")
+                    .expect("session"),
+            );
+        }
+        let sessions: Vec<_> = sessions.iter().collect();
+        sealed_sender_multi_recipient_encrypt(
+            to,
+            &sessions,
+            Vec::<ServiceId>::new(),
+            &usmc,
+            &sender.store.identity_store,
+            &mut rand::rng(),
+        )
+        .await
+        .expect("encrypt")
+    }
+
+    fn send_multi(c: &mut Client, relay: &Relay, envelope: &[u8], ttl_ms: u64) -> Outcome {
+        c.call(
+            relay,
+            request::Kind::SendMulti(relay::SendMulti {
+                envelope: envelope.to_vec(),
+                ttl_ms,
+            }),
+        )
+    }
+
+    fn error_accounts(out: &Outcome) -> Vec<Uuid> {
+        match &out.response.kind {
+            Some(response::Kind::Error(e)) => e
+                .accounts
+                .iter()
+                .map(|a| Uuid::from_slice(a).expect("account id"))
+                .collect(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn send_multi_fans_out_sealed_sender_copies_that_recipients_open() {
+        let relay = relay();
+        let mut alice = person(&relay, true);
+        let mut people = [
+            person(&relay, true),
+            person(&relay, true),
+            person(&relay, true),
+        ];
+        for p in &mut people {
+            let reg = p.client.registration_id;
+            session_with(&mut alice, p, reg).await;
+        }
+        let to: Vec<&ProtocolAddress> = people.iter().map(|p| &p.address).collect();
+        let envelope = multi(&mut alice, &relay, &to, b"hello, group").await;
+
+        // Only authenticated connections may send.
+        let mut anonymous = Client::new(8);
+        assert_eq!(
+            send_multi(&mut anonymous, &relay, &envelope, 0).error_code(),
+            Some(ErrorCode::Unauthenticated)
+        );
+
+        let out = send_multi(&mut alice.client, &relay, &envelope, 0);
+        match &out.response.kind {
+            Some(response::Kind::SentMulti(s)) => assert_eq!(s.recipients, 3),
+            other => panic!("expected sent multi, got {other:?}"),
+        }
+        assert!(out.durable);
+        assert_eq!(out.push.len(), 3);
+        for p in &mut people {
+            let mail = fetch(&mut p.client, &relay, 0);
+            assert_eq!(mail.envelopes.len(), 1);
+            let copy = &mail.envelopes[0];
+            let pushed: Vec<_> = out
+                .push
+                .iter()
+                .filter(|(k, _)| k.account == p.account)
+                .collect();
+            assert_eq!(pushed.len(), 1);
+            assert_eq!(&pushed[0].1, copy);
+            let usmc = sealed_sender_decrypt_to_usmc(&copy.envelope, &p.store.identity_store)
+                .await
+                .expect("recipient opens its copy");
+            assert_eq!(usmc.contents().expect("contents"), b"hello, group");
+            assert_eq!(usmc.group_id().expect("group id"), Some(GROUP.as_slice()));
+            assert_eq!(
+                usmc.sender().expect("sender").sender_uuid().expect("uuid"),
+                alice.account.to_string()
+            );
+        }
+        // Nothing was stored about the sender: alice's own mailbox is empty.
+        assert!(fetch(&mut alice.client, &relay, 0).envelopes.is_empty());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn send_multi_names_stale_and_unknown_recipients_and_stores_nothing() {
+        let relay = relay();
+        let mut alice = person(&relay, true);
+        let mut bob = person(&relay, true);
+        let mut carol = person(&relay, true);
+        let mut dave = person(&relay, false); // never registered on this relay
+        session_with(&mut alice, &mut bob, 1111).await; // an old registration of bob
+        let reg = carol.client.registration_id;
+        session_with(&mut alice, &mut carol, reg).await;
+        session_with(&mut alice, &mut dave, 77).await;
+
+        let envelope = multi(&mut alice, &relay, &[&bob.address, &carol.address], b"x").await;
+        let out = send_multi(&mut alice.client, &relay, &envelope, 0);
+        assert_eq!(out.error_code(), Some(ErrorCode::StaleDevice));
+        assert_eq!(error_accounts(&out), vec![bob.account]);
+
+        let all = [&bob.address, &carol.address, &dave.address];
+        let envelope = multi(&mut alice, &relay, &all, b"x").await;
+        let out = send_multi(&mut alice.client, &relay, &envelope, 0);
+        // Unknown recipients are reported first: the sender must drop them anyway.
+        assert_eq!(out.error_code(), Some(ErrorCode::UnknownRecipient));
+        assert_eq!(error_accounts(&out), vec![dave.account]);
+        assert!(out.push.is_empty());
+        assert!(fetch(&mut carol.client, &relay, 0).envelopes.is_empty());
+        assert_eq!(relay.stats().expect("stats").queued_envelopes, 0);
+
+        // A truncated or altered real message is malformed, never a panic.
+        for cut in [0, 1, 2, 10, 17, 20, 60, 80] {
+            let out = send_multi(&mut alice.client, &relay, &envelope[..cut], 0);
+            assert_eq!(out.error_code(), Some(ErrorCode::Malformed), "cut at {cut}");
+        }
+        let mut bad_version = envelope.clone();
+        bad_version[0] = 0x11;
+        assert_eq!(
+            send_multi(&mut alice.client, &relay, &bad_version, 0).error_code(),
+            Some(ErrorCode::Malformed)
+        );
+    }
+
+    /// A fixed-width service id and its (device, registration id) list.
+    type RawRecipient<'a> = ([u8; 17], &'a [(u8, u16)]);
+
+    /// A hand-made sealed-sender v2 SentMessage: each recipient as a
+    /// fixed-width service id and its (device, registration id) list.
+    fn raw_multi(recipients: &[RawRecipient<'_>]) -> Vec<u8> {
+        let mut out = vec![0x23, recipients.len() as u8];
+        for (id, devices) in recipients {
+            out.extend_from_slice(id);
+            for (i, (device, reg)) in devices.iter().enumerate() {
+                out.push(*device);
+                let more = if i + 1 < devices.len() { 0x8000 } else { 0 };
+                out.extend_from_slice(&(reg | more).to_be_bytes());
+            }
+            if devices.is_empty() {
+                out.push(0);
+            } else {
+                out.extend_from_slice(&[7; 48]);
+            }
+        }
+        out.extend_from_slice(&[9; 32]);
+        out.extend_from_slice(b"shared ciphertext");
+        out
+    }
+
+    fn aci(account: &[u8]) -> [u8; 17] {
+        let mut id = [0u8; 17];
+        id[1..].copy_from_slice(account);
+        id
+    }
+
+    #[test]
+    fn send_multi_refuses_garbage_duplicates_and_non_accounts() {
+        let relay = relay();
+        let bob = registered(&relay, 0);
+        let mut alice = registered(&relay, 0);
+        let reg = bob.registration_id as u16;
+        let mut garbage = vec![0x23];
+        garbage.extend_from_slice(&[0xff; 40]);
+        for envelope in [vec![], vec![0x23], garbage, b"not sealed at all".to_vec()] {
+            assert_eq!(
+                send_multi(&mut alice, &relay, &envelope, 0).error_code(),
+                Some(ErrorCode::Malformed)
+            );
+        }
+        let cases: [&[RawRecipient<'_>]; 4] = [
+            // The same recipient twice (libsignal merges it into a repeated device).
+            &[
+                (aci(&bob.account), &[(1, reg)]),
+                (aci(&bob.account), &[(1, reg)]),
+            ],
+            &[(aci(&bob.account), &[(1, reg), (1, reg)])],
+            // A recipient with no devices.
+            &[(aci(&bob.account), &[])],
+            // A phone-number identity is not an account on this relay.
+            &[
+                (aci(&bob.account), &[(1, reg)]),
+                (
+                    {
+                        let mut pni = aci(&bob.account);
+                        pni[0] = 1;
+                        pni
+                    },
+                    &[(1, reg)],
+                ),
+            ],
+        ];
+        for case in cases {
+            let out = send_multi(&mut alice, &relay, &raw_multi(case), 0);
+            assert_eq!(out.error_code(), Some(ErrorCode::Malformed), "{case:?}");
+        }
+        assert!(
+            relay
+                .store()
+                .envelopes(
+                    DeviceKey {
+                        account: Uuid::from_slice(&bob.account).expect("uuid"),
+                        device: 1
+                    },
+                    10,
+                    0
+                )
+                .expect("mail")
+                .0
+                .is_empty()
+        );
+        // A well-formed one goes through.
+        let out = send_multi(
+            &mut alice,
+            &relay,
+            &raw_multi(&[(aci(&bob.account), &[(1, reg)])]),
+            0,
+        );
+        assert_eq!(out.error_code(), None);
+    }
+
+    #[test]
+    fn send_multi_is_all_or_nothing_and_size_checked() {
+        let relay = relay_with(Config {
+            mailbox_max_envelopes: 1,
+            max_envelope_bytes: 200,
+            ..Config::default()
+        });
+        let mut bob = registered(&relay, 0);
+        let mut carol = registered(&relay, 0);
+        let mut alice = registered(&relay, 0);
+        let (b, c) = (bob.registration_id as u16, carol.registration_id as u16);
+        // Carol's mailbox is full.
+        assert_eq!(
+            send(&mut alice, &relay, &carol.account, 0, b"m").error_code(),
+            None
+        );
+        let both = raw_multi(&[
+            (aci(&bob.account), &[(1, b)]),
+            (aci(&carol.account), &[(1, c)]),
+        ]);
+        let out = send_multi(&mut alice, &relay, &both, 0);
+        assert_eq!(out.error_code(), Some(ErrorCode::MailboxFull));
+        assert_eq!(
+            error_accounts(&out),
+            vec![Uuid::from_slice(&carol.account).expect("uuid")]
+        );
+        assert!(
+            fetch(&mut bob, &relay, 0).envelopes.is_empty(),
+            "bob got nothing"
+        );
+        // Once carol acks, both copies go out.
+        let seq = fetch(&mut carol, &relay, 0).envelopes[0].seq;
+        carol.call(&relay, request::Kind::Ack(relay::Ack { seqs: vec![seq] }));
+        assert_eq!(send_multi(&mut alice, &relay, &both, 0).error_code(), None);
+        assert_eq!(fetch(&mut bob, &relay, 0).envelopes.len(), 1);
+        assert_eq!(fetch(&mut carol, &relay, 0).envelopes.len(), 1);
+
+        let mut big = raw_multi(&[(aci(&bob.account), &[(1, b)])]);
+        big.extend_from_slice(&[0; 200]);
+        assert_eq!(
+            send_multi(&mut alice, &relay, &big, 0).error_code(),
+            Some(ErrorCode::TooLarge)
+        );
+    }
+
+    #[test]
+    fn send_multi_copies_expire_after_their_ttl() {
+        let relay = relay();
+        let mut bob = registered(&relay, 0);
+        let mut carol = registered(&relay, 0);
+        let mut alice = registered(&relay, 0);
+        let (b, c) = (bob.registration_id as u16, carol.registration_id as u16);
+        let both = raw_multi(&[
+            (aci(&bob.account), &[(1, b)]),
+            (aci(&carol.account), &[(1, c)]),
+        ]);
+        assert_eq!(
+            send_multi(&mut alice, &relay, &both, 60_000).error_code(),
+            None
+        );
+        // Without a ttl the copies live as long as any envelope.
+        assert_eq!(send_multi(&mut alice, &relay, &both, 0).error_code(), None);
+        // Bob acknowledges his expiring copy; carol does not.
+        let first = fetch(&mut bob, &relay, 0).envelopes[0].seq;
+        bob.call(&relay, request::Kind::Ack(relay::Ack { seqs: vec![first] }));
+        assert_eq!(relay.sweep(NOW + 59_999).expect("sweep"), 0);
+        assert_eq!(relay.sweep(NOW + 60_000).expect("sweep"), 1);
+        assert_eq!(fetch(&mut carol, &relay, 0).envelopes.len(), 1);
+        assert_eq!(fetch(&mut bob, &relay, 0).envelopes.len(), 1);
+        assert_eq!(relay.stats().expect("stats").queued_envelopes, 2);
     }
 }

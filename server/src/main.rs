@@ -70,7 +70,7 @@ enum Command {
         #[command(flatten)]
         new: NewInvite,
     },
-    /// Show counts: accounts, devices, queued messages, disk use, open connections.
+    /// Show counts: accounts, devices, queued messages, groups, disk use, open connections.
     ///
     /// Never shows message content or who talks to whom (the relay does not know).
     Stats {
@@ -365,6 +365,7 @@ fn stats(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             "accounts": r["accounts"],
             "devices": r["devices"],
             "queued_envelopes": r["queued_envelopes"],
+            "groups": r["groups"],
             "disk_bytes": disk,
             "connections": r["connections"],
         });
@@ -373,6 +374,7 @@ fn stats(data_dir: &Path, json: bool) -> anyhow::Result<()> {
         println!("accounts:          {}", r["accounts"]);
         println!("devices:           {}", r["devices"]);
         println!("queued messages:   {}", r["queued_envelopes"]);
+        println!("groups:            {}", r["groups"]);
         println!("disk use (bytes):  {disk}");
         println!("open connections:  {}", r["connections"]);
     }

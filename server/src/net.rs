@@ -290,11 +290,11 @@ async fn handle_stream(
         if let Err(e) = shared.relay.store().flush_async().await {
             tracing::error!(error = %e, "flush failed; answering INTERNAL");
             response = error_response(ErrorCode::Internal, "relay storage error; try later");
-            push = None;
+            push.clear();
         }
     }
     respond(&mut send, &response).await;
-    if let Some((to, envelope)) = push {
+    for (to, envelope) in push {
         push_to(shared, to, envelope);
     }
 }
@@ -622,6 +622,84 @@ mod tests {
             reason,
             quinn::ConnectionError::ApplicationClosed(_)
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_requests_work_on_unauthenticated_connections() {
+        use sotto_wire::auth::{GroupPurpose, group_body, group_transcript};
+
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("relay");
+        crate::init(&dir, Some("127.0.0.1:0".parse().expect("addr")), None).expect("init");
+        let running = crate::start(&dir).await.expect("start");
+        let conn = connect(running.local_addr).await;
+        let mut exporter = [0u8; EXPORTER_LEN];
+        conn.export_keying_material(&mut exporter, EXPORTER_LABEL, b"")
+            .expect("exporter");
+        let auth = KeyPair::generate(&mut rand::rng());
+        let auth_key = auth.public_key.serialize().to_vec();
+        let group_id = vec![0x42; 16];
+        let sign = |purpose, body: &[u8]| {
+            auth.private_key
+                .calculate_signature(
+                    &group_transcript(purpose, &exporter, &group_id, body),
+                    &mut rand::rng(),
+                )
+                .expect("sign")
+                .to_vec()
+        };
+        let body = group_body(&[&0u64.to_be_bytes(), b"state", &auth_key, b""]);
+        let out = call(
+            &conn,
+            request::Kind::GroupWrite(relay::GroupWrite {
+                group_id: group_id.clone(),
+                expected_version: 0,
+                blob: b"state".to_vec(),
+                auth_key: auth_key.clone(),
+                link_key: vec![],
+                signature: sign(GroupPurpose::Write, &body),
+            }),
+        )
+        .await;
+        assert!(
+            matches!(
+                out,
+                response::Kind::GroupWritten(relay::GroupWritten { version: 1 })
+            ),
+            "{out:?}"
+        );
+        let out = call(
+            &conn,
+            request::Kind::GroupRead(relay::GroupRead {
+                group_id: group_id.clone(),
+                signature: sign(GroupPurpose::Read, &group_body(&[])),
+            }),
+        )
+        .await;
+        let response::Kind::GroupState(state) = out else {
+            panic!("expected group state, got {out:?}");
+        };
+        assert_eq!(
+            (state.version, state.blob.as_slice()),
+            (1, b"state".as_slice())
+        );
+        // The same signature on another connection is refused.
+        let other = connect(running.local_addr).await;
+        let out = call(
+            &other,
+            request::Kind::GroupRead(relay::GroupRead {
+                group_id: group_id.clone(),
+                signature: sign(GroupPurpose::Read, &group_body(&[])),
+            }),
+        )
+        .await;
+        let response::Kind::Error(err) = out else {
+            panic!("expected an error, got {out:?}");
+        };
+        assert_eq!(err.code(), ErrorCode::Forbidden);
+        let admin = crate::admin::handle_command(&running.shared, r#"{"cmd":"stats"}"#);
+        assert_eq!(admin["groups"], 1);
+        running.shutdown().await;
     }
 
     /// Sends one line to the admin socket and parses the answer.

@@ -15,19 +15,27 @@
 //! - `mailbox`: account ++ device ++ seq(8) -> received_at_ms u64 ++ envelope
 //! - `usage`: account ++ device -> envelope count u64 ++ bytes u64
 //! - `banned`: account(16) -> banned_at_ms u64 (set by the operator)
-//! - `meta`: also `seq_base` -> u64, added to mailbox seqs after a restore
-//!   (sled's id generator is not part of an export, and seqs must keep growing)
+//! - `envelope_expiry`: mailbox key -> expires_at_ms u64, only for envelopes
+//!   sent with their own lifetime (`SendMulti.ttl_ms`); kept apart so the
+//!   mailbox value format of older data directories is unchanged
+//! - `groups`: group_id(16) -> version u64 ++ u8 len ++ auth key ++ u8 len ++
+//!   link key ++ blob (see [`GroupRecord`]); nothing ties a group to an account
+//! - `group_requests`: group_id ++ id(8) -> received_at_ms u64 ++ request
+//! - `meta`: also `seq_base` -> u64, added to mailbox seqs and join-request ids
+//!   after a restore (sled's id generator is not part of an export, and they
+//!   must keep growing), and `group_count` -> u64, kept in step with `groups`
 //!
 //! sled is pre-1.0 with no on-disk format promise, so the schema version is
 //! checked at open and the rest of the relay only sees the traits.
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prost::Message;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
-use sotto_wire::relay::{Envelope, OneTimePreKey, SignedPreKey};
+use sotto_wire::relay::{Envelope, GroupRequest, OneTimePreKey, SignedPreKey};
 use uuid::Uuid;
 
 use crate::commit::GroupCommit;
@@ -37,6 +45,10 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const SEQ_BASE_KEY: &[u8] = b"seq_base";
+const GROUP_COUNT_KEY: &[u8] = b"group_count";
+
+/// Length of a group id (random bytes chosen by the creator).
+pub const GROUP_ID_LEN: usize = 16;
 
 /// Storage errors. Their text stays in the relay's log; peers only see INTERNAL.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +59,9 @@ pub enum StoreError {
     /// A stored record does not decode; the database was damaged or written by other code.
     #[error("corrupt record in tree `{0}`")]
     Corrupt(&'static str),
+    /// A value does not fit the record format of a tree (a key longer than 255 bytes).
+    #[error("a value does not fit the record format of tree `{0}`")]
+    Unencodable(&'static str),
     /// The database was written by a newer relay.
     #[error(
         "the database has schema version {found} but this relay understands up to {supported}; \
@@ -119,6 +134,91 @@ pub enum Enqueued {
     Stored(u64),
     /// The mailbox is over its envelope or byte quota; nothing was stored.
     MailboxFull,
+}
+
+/// Result of storing one envelope for each of several devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnqueuedMany {
+    /// Stored under these sequence numbers, in the order given (not yet flushed).
+    Stored(Vec<u64>),
+    /// These mailboxes are over quota; nothing at all was stored.
+    MailboxFull(Vec<DeviceKey>),
+}
+
+/// One group as the relay keeps it: an opaque blob the relay cannot read, its
+/// version, and the public keys that authorise requests about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    /// Bumped by one on every write; 1 after creation.
+    pub version: u64,
+    /// Serialized public key whose signatures authorise reads and writes.
+    pub auth_key: Vec<u8>,
+    /// Serialized public key whose signatures authorise join requests; empty: no link.
+    pub link_key: Vec<u8>,
+    /// The group state, encrypted by the members.
+    pub blob: Vec<u8>,
+}
+
+impl GroupRecord {
+    fn encode(&self) -> StoreResult<Vec<u8>> {
+        let auth =
+            u8::try_from(self.auth_key.len()).map_err(|_| StoreError::Unencodable("groups"))?;
+        let link =
+            u8::try_from(self.link_key.len()).map_err(|_| StoreError::Unencodable("groups"))?;
+        let mut out =
+            Vec::with_capacity(8 + 2 + self.auth_key.len() + self.link_key.len() + self.blob.len());
+        out.extend_from_slice(&self.version.to_be_bytes());
+        out.push(auth);
+        out.extend_from_slice(&self.auth_key);
+        out.push(link);
+        out.extend_from_slice(&self.link_key);
+        out.extend_from_slice(&self.blob);
+        Ok(out)
+    }
+
+    fn decode(v: &[u8]) -> StoreResult<Self> {
+        let corrupt = || StoreError::Corrupt("groups");
+        let version = v
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .ok_or_else(corrupt)?;
+        let mut rest = &v[8..];
+        let mut field = || -> StoreResult<Vec<u8>> {
+            let (&len, tail) = rest.split_first().ok_or_else(corrupt)?;
+            let value = tail.get(..len as usize).ok_or_else(corrupt)?;
+            rest = &tail[len as usize..];
+            Ok(value.to_vec())
+        };
+        let auth_key = field()?;
+        let link_key = field()?;
+        Ok(Self {
+            version,
+            auth_key,
+            link_key,
+            blob: rest.to_vec(),
+        })
+    }
+}
+
+/// Result of creating a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupCreated {
+    /// Stored (not yet flushed).
+    Created,
+    /// A group with that id exists; nothing changed.
+    Exists,
+    /// The relay holds its maximum number of groups; nothing changed.
+    QuotaReached,
+}
+
+/// Result of adding a join request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinRequestAdded {
+    /// Stored under this id (not yet flushed).
+    Added(u64),
+    /// The group has its maximum number of pending requests; nothing was stored.
+    QuotaReached,
 }
 
 /// Per-mailbox quota.
@@ -208,18 +308,80 @@ pub trait MailboxStore {
         envelope: &[u8],
         quota: Quota,
     ) -> StoreResult<Enqueued>;
+    /// Stores `copies` (one envelope per device) all or nothing, in one
+    /// transaction: if any mailbox lacks room, nothing is stored and the full
+    /// mailboxes are returned. With `expires_at_ms`, each copy is also dropped
+    /// by [`MailboxStore::sweep_expired`] once that time has passed.
+    fn enqueue_many(
+        &self,
+        copies: &[(DeviceKey, &[u8])],
+        received_at_ms: u64,
+        expires_at_ms: Option<u64>,
+        quota: Quota,
+    ) -> StoreResult<EnqueuedMany>;
     /// The oldest `limit` envelopes in seq order, and whether more remain.
-    fn envelopes(&self, key: DeviceKey, limit: usize) -> StoreResult<(Vec<Envelope>, bool)>;
+    /// Copies whose own expiry is at or before `now_ms` are left out (the
+    /// sweep deletes them): a disappearing message is never delivered late.
+    fn envelopes(
+        &self,
+        key: DeviceKey,
+        limit: usize,
+        now_ms: u64,
+    ) -> StoreResult<(Vec<Envelope>, bool)>;
     /// Deletes the given envelopes of this mailbox (unknown seqs are ignored). Returns how many.
     fn ack(&self, key: DeviceKey, seqs: &[u64]) -> StoreResult<usize>;
-    /// Deletes every envelope received before `cutoff_ms`. Returns how many.
-    fn sweep_expired(&self, cutoff_ms: u64) -> StoreResult<usize>;
+    /// Deletes every envelope received before `cutoff_ms`, and every envelope
+    /// whose own expiry (see [`MailboxStore::enqueue_many`]) is at or before
+    /// `now_ms`. Returns how many.
+    fn sweep_expired(&self, cutoff_ms: u64, now_ms: u64) -> StoreResult<usize>;
     /// Envelopes queued across all mailboxes.
     fn queued_count(&self) -> usize;
 }
 
+/// Groups: opaque state under a random id, and pending join requests.
+///
+/// Nothing here names an account: groups are authorised by their own keys.
+pub trait GroupStore {
+    /// The group's current record, if it exists.
+    fn group(&self, group_id: &[u8]) -> StoreResult<Option<GroupRecord>>;
+    /// Creates a group if no group has this id and fewer than `max_groups` exist.
+    fn create_group(
+        &self,
+        group_id: &[u8],
+        record: &GroupRecord,
+        max_groups: u64,
+    ) -> StoreResult<GroupCreated>;
+    /// Replaces the group's record with `new` if it is still exactly
+    /// `current`, atomically (compare-and-swap). False when it changed or
+    /// vanished: of two writers racing from the same record, one wins.
+    fn replace_group(
+        &self,
+        group_id: &[u8],
+        current: &GroupRecord,
+        new: &GroupRecord,
+    ) -> StoreResult<bool>;
+    /// Number of groups.
+    fn group_count(&self) -> StoreResult<u64>;
+    /// Stores a join request under a new, increasing id, unless the group
+    /// already has `max_pending` requests.
+    fn add_join_request(
+        &self,
+        group_id: &[u8],
+        received_at_ms: u64,
+        request: &[u8],
+        max_pending: u64,
+    ) -> StoreResult<JoinRequestAdded>;
+    /// The group's pending join requests, oldest first, stopping before the
+    /// encoded total would pass `max_bytes`.
+    fn join_requests(&self, group_id: &[u8], max_bytes: usize) -> StoreResult<Vec<GroupRequest>>;
+    /// Deletes the given join requests of this group (unknown ids are ignored). Returns how many.
+    fn delete_join_requests(&self, group_id: &[u8], ids: &[u64]) -> StoreResult<usize>;
+}
+
 /// Everything the relay core needs from storage.
-pub trait Store: InviteStore + AccountStore + PreKeyDirectory + MailboxStore + Send + Sync {
+pub trait Store:
+    InviteStore + AccountStore + PreKeyDirectory + MailboxStore + GroupStore + Send + Sync
+{
     /// Makes every write so far durable (blocking).
     fn flush(&self) -> StoreResult<()>;
     /// Deletes every device record, one-time prekey, queued envelope and ban
@@ -239,9 +401,15 @@ pub struct SledStore {
     mailbox: sled::Tree,
     usage: sled::Tree,
     banned: sled::Tree,
+    expiry: sled::Tree,
+    groups: sled::Tree,
+    group_requests: sled::Tree,
     meta: sled::Tree,
     /// Added to sled's generated ids for mailbox seqs; see the module docs.
     seq_base: u64,
+    /// Serialises join-request inserts so the per-group count check and the
+    /// insert cannot interleave (sled transactions cannot scan a prefix).
+    join_lock: Arc<Mutex<()>>,
 }
 
 impl SledStore {
@@ -285,6 +453,10 @@ impl SledStore {
         };
         Ok(Self {
             banned: db.open_tree("banned")?,
+            expiry: db.open_tree("envelope_expiry")?,
+            groups: db.open_tree("groups")?,
+            group_requests: db.open_tree("group_requests")?,
+            join_lock: Arc::new(Mutex::new(())),
             meta,
             seq_base,
             commit: Arc::new(GroupCommit::start(db.clone()).map_err(sled::Error::Io)?),
@@ -346,6 +518,23 @@ impl SledStore {
         for (device, (count, bytes)) in usage {
             self.usage.insert(device, &encode_usage(count, bytes)[..])?;
         }
+        // Join-request ids come from the same generator as seqs.
+        for k in self.group_requests.iter().keys() {
+            let k = k?;
+            let id = k
+                .get(GROUP_ID_LEN..GROUP_ID_LEN + 8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(StoreError::Corrupt("group_requests"))?;
+            floor = floor.max(id.saturating_add(1));
+        }
+        // The trees were read at slightly different times; count the groups themselves.
+        let groups = self
+            .groups
+            .iter()
+            .keys()
+            .try_fold(0u64, |n, k| k.map(|_| n + 1))?;
+        self.meta.insert(GROUP_COUNT_KEY, &groups.to_be_bytes())?;
         self.set_seq_base(floor)
     }
 
@@ -381,12 +570,14 @@ impl SledStore {
             .unwrap_or(0)
     }
 
-    /// Removes one mailbox entry and updates its usage counter, atomically.
+    /// Removes one mailbox entry and its expiry entry, and updates its usage
+    /// counter, atomically.
     fn remove_envelope(&self, mailbox_key: &[u8]) -> StoreResult<bool> {
         let usage_key = mailbox_key
             .get(..20)
             .ok_or(StoreError::Corrupt("mailbox"))?;
-        let res = (&self.mailbox, &self.usage).transaction(|(mb, us)| {
+        let res = (&self.mailbox, &self.usage, &self.expiry).transaction(|(mb, us, ex)| {
+            ex.remove(mailbox_key)?;
             let Some(old) = mb.remove(mailbox_key)? else {
                 return Ok(false);
             };
@@ -662,10 +853,85 @@ impl MailboxStore for SledStore {
         }
     }
 
-    fn envelopes(&self, key: DeviceKey, limit: usize) -> StoreResult<(Vec<Envelope>, bool)> {
+    fn enqueue_many(
+        &self,
+        copies: &[(DeviceKey, &[u8])],
+        received_at_ms: u64,
+        expires_at_ms: Option<u64>,
+        quota: Quota,
+    ) -> StoreResult<EnqueuedMany> {
+        let mut seqs = Vec::with_capacity(copies.len());
+        let mut entries = Vec::with_capacity(copies.len());
+        for (key, envelope) in copies {
+            let seq = self.seq_base.saturating_add(self.db.generate_id()?);
+            let mut value = Vec::with_capacity(8 + envelope.len());
+            value.extend_from_slice(&received_at_ms.to_be_bytes());
+            value.extend_from_slice(envelope);
+            seqs.push(seq);
+            entries.push((*key, key.with_suffix(&seq.to_be_bytes()), value));
+        }
+        let res = (&self.mailbox, &self.usage, &self.expiry).transaction(|(mb, us, ex)| {
+            // Usage as it will be after this transaction, per device, so two
+            // copies for one mailbox are both counted against its quota.
+            let mut usage: HashMap<[u8; 20], (u64, u64)> = HashMap::new();
+            let mut full = Vec::new();
+            for (key, mb_key, value) in &entries {
+                let usage_key = key.bytes();
+                let (count, total) = match usage.get(&usage_key) {
+                    Some(u) => *u,
+                    None => decode_usage(us.get(usage_key)?.as_deref()),
+                };
+                let len = value.len().saturating_sub(8) as u64;
+                if count.saturating_add(1) > quota.max_envelopes
+                    || total.saturating_add(len) > quota.max_bytes
+                {
+                    if !full.contains(key) {
+                        full.push(*key);
+                    }
+                    continue;
+                }
+                usage.insert(usage_key, (count + 1, total + len));
+                mb.insert(mb_key.as_slice(), value.as_slice())?;
+                if let Some(expires) = expires_at_ms {
+                    ex.insert(mb_key.as_slice(), &expires.to_be_bytes())?;
+                }
+            }
+            if !full.is_empty() {
+                // All or nothing: aborting discards the inserts above.
+                return Err(ConflictableTransactionError::Abort(full));
+            }
+            for (usage_key, (count, total)) in &usage {
+                us.insert(&usage_key[..], &encode_usage(*count, *total)[..])?;
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(EnqueuedMany::Stored(seqs)),
+            Err(TransactionError::Abort(full)) => Ok(EnqueuedMany::MailboxFull(full)),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    fn envelopes(
+        &self,
+        key: DeviceKey,
+        limit: usize,
+        now_ms: u64,
+    ) -> StoreResult<(Vec<Envelope>, bool)> {
         let mut out = Vec::new();
+        let any_expiry = !self.expiry.is_empty();
         for entry in self.mailbox.scan_prefix(key.bytes()) {
             let (k, v) = entry?;
+            if any_expiry
+                && let Some(at) = self.expiry.get(&k)?
+                && at
+                    .as_ref()
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .is_ok_and(|at| at <= now_ms)
+            {
+                continue;
+            }
             if out.len() == limit {
                 return Ok((out, true));
             }
@@ -700,8 +966,9 @@ impl MailboxStore for SledStore {
         Ok(n)
     }
 
-    fn sweep_expired(&self, cutoff_ms: u64) -> StoreResult<usize> {
-        let mut expired = Vec::new();
+    fn sweep_expired(&self, cutoff_ms: u64, now_ms: u64) -> StoreResult<usize> {
+        // A set, so an envelope both too old and past its own expiry counts once.
+        let mut expired = BTreeSet::new();
         for entry in self.mailbox.iter() {
             let (k, v) = entry?;
             let received = v
@@ -710,7 +977,20 @@ impl MailboxStore for SledStore {
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
             if received < cutoff_ms {
-                expired.push(k);
+                expired.insert(k);
+            }
+        }
+        for entry in self.expiry.iter() {
+            let (k, v) = entry?;
+            let expires = v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("envelope_expiry"))?;
+            // Entries whose envelope is already gone are dropped here too
+            // (remove_envelope clears the expiry entry either way).
+            if expires <= now_ms {
+                expired.insert(k);
             }
         }
         let mut n = 0;
@@ -724,6 +1004,145 @@ impl MailboxStore for SledStore {
 
     fn queued_count(&self) -> usize {
         self.mailbox.len()
+    }
+}
+
+impl GroupStore for SledStore {
+    fn group(&self, group_id: &[u8]) -> StoreResult<Option<GroupRecord>> {
+        match self.groups.get(group_id)? {
+            None => Ok(None),
+            Some(v) => GroupRecord::decode(&v).map(Some),
+        }
+    }
+
+    fn create_group(
+        &self,
+        group_id: &[u8],
+        record: &GroupRecord,
+        max_groups: u64,
+    ) -> StoreResult<GroupCreated> {
+        let value = record.encode()?;
+        // One transaction over the group and the counter: the id check, the
+        // quota check and both writes happen together or not at all.
+        let res = (&self.groups, &self.meta).transaction(|(groups, meta)| {
+            if groups.get(group_id)?.is_some() {
+                return Err(ConflictableTransactionError::Abort(GroupCreated::Exists));
+            }
+            let count = meta
+                .get(GROUP_COUNT_KEY)?
+                .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            if count >= max_groups {
+                return Err(ConflictableTransactionError::Abort(
+                    GroupCreated::QuotaReached,
+                ));
+            }
+            groups.insert(group_id, value.as_slice())?;
+            meta.insert(GROUP_COUNT_KEY, &(count + 1).to_be_bytes())?;
+            Ok(())
+        });
+        match res {
+            Ok(()) => Ok(GroupCreated::Created),
+            Err(TransactionError::Abort(why)) => Ok(why),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+
+    fn replace_group(
+        &self,
+        group_id: &[u8],
+        current: &GroupRecord,
+        new: &GroupRecord,
+    ) -> StoreResult<bool> {
+        // Compare-and-swap on the whole record the caller checked (its auth
+        // key and version): a write signed for one state can never land on
+        // another, and two writers from the same state cannot both win.
+        Ok(self
+            .groups
+            .compare_and_swap(group_id, Some(current.encode()?), Some(new.encode()?))?
+            .is_ok())
+    }
+
+    fn group_count(&self) -> StoreResult<u64> {
+        match self.meta.get(GROUP_COUNT_KEY)? {
+            None => Ok(0),
+            Some(v) => v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError::Corrupt("meta")),
+        }
+    }
+
+    fn add_join_request(
+        &self,
+        group_id: &[u8],
+        received_at_ms: u64,
+        request: &[u8],
+        max_pending: u64,
+    ) -> StoreResult<JoinRequestAdded> {
+        let _guard = self.join_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pending = 0u64;
+        for k in self.group_requests.scan_prefix(group_id).keys() {
+            k?;
+            pending += 1;
+        }
+        if pending >= max_pending {
+            return Ok(JoinRequestAdded::QuotaReached);
+        }
+        // Same generator as mailbox seqs: increasing, also across a restore.
+        let id = self.next_seq()?;
+        let mut key = group_id.to_vec();
+        key.extend_from_slice(&id.to_be_bytes());
+        let mut value = Vec::with_capacity(8 + request.len());
+        value.extend_from_slice(&received_at_ms.to_be_bytes());
+        value.extend_from_slice(request);
+        self.group_requests.insert(key, value)?;
+        Ok(JoinRequestAdded::Added(id))
+    }
+
+    fn join_requests(&self, group_id: &[u8], max_bytes: usize) -> StoreResult<Vec<GroupRequest>> {
+        let corrupt = || StoreError::Corrupt("group_requests");
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        for entry in self.group_requests.scan_prefix(group_id) {
+            let (k, v) = entry?;
+            let id = k
+                .get(group_id.len()..)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(corrupt)?;
+            let received_at_ms = v
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or_else(corrupt)?;
+            // Generous per-entry framing overhead (tags, lengths, two varints).
+            total = total.saturating_add(v.len() + 32);
+            if total > max_bytes {
+                break;
+            }
+            out.push(GroupRequest {
+                id,
+                received_at_ms,
+                request: v[8..].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn delete_join_requests(&self, group_id: &[u8], ids: &[u64]) -> StoreResult<usize> {
+        let mut n = 0;
+        for id in ids {
+            // The key starts with the group id, so a request signed for one
+            // group cannot delete another group's requests.
+            let mut key = group_id.to_vec();
+            key.extend_from_slice(&id.to_be_bytes());
+            if self.group_requests.remove(key)?.is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -809,7 +1228,7 @@ mod tests {
             decode_usage(s.usage.get(a.bytes()).expect("get").as_deref()),
             (1, 4)
         );
-        let (left, more) = s.envelopes(a, 10).expect("fetch");
+        let (left, more) = s.envelopes(a, 10, 0).expect("fetch");
         assert!(!more);
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].envelope, b"defg");
@@ -854,7 +1273,7 @@ mod tests {
         assert_eq!(s.queued_count(), 1);
         assert!(s.usage.get(a.bytes()).expect("usage").is_none());
         assert_eq!(s.pre_key_counts(b).expect("counts"), (1, 0));
-        assert_eq!(s.envelopes(b, 10).expect("mail").0.len(), 1);
+        assert_eq!(s.envelopes(b, 10, 0).expect("mail").0.len(), 1);
     }
 
     #[test]
@@ -870,6 +1289,216 @@ mod tests {
         assert!(!s.remove_invite([1; 32]).expect("gone"));
         assert!(!s.consume_invite([1; 32], 0).expect("revoked"));
         assert!(s.consume_invite([2; 32], 0).expect("other still works"));
+    }
+
+    fn group(version: u64, blob: &[u8]) -> GroupRecord {
+        GroupRecord {
+            version,
+            auth_key: vec![5; 33],
+            link_key: vec![],
+            blob: blob.to_vec(),
+        }
+    }
+
+    #[test]
+    fn group_records_round_trip_and_truncation_is_corrupt() {
+        let r = GroupRecord {
+            version: 7,
+            auth_key: vec![1; 33],
+            link_key: vec![2; 33],
+            blob: b"opaque".to_vec(),
+        };
+        let bytes = r.encode().expect("encode");
+        assert_eq!(GroupRecord::decode(&bytes).expect("decode"), r);
+        assert_eq!(
+            GroupRecord::decode(&group(1, b"").encode().expect("encode")).expect("decode"),
+            group(1, b"")
+        );
+        for cut in [0, 7, 8, 20, 42] {
+            assert!(matches!(
+                GroupRecord::decode(&bytes[..cut]),
+                Err(StoreError::Corrupt("groups"))
+            ));
+        }
+        let long = GroupRecord {
+            auth_key: vec![1; 256],
+            ..r
+        };
+        assert!(matches!(long.encode(), Err(StoreError::Unencodable(_))));
+    }
+
+    #[test]
+    fn groups_are_counted_and_replaced_only_from_the_current_record() {
+        let s = SledStore::temporary().expect("db");
+        let id = [4u8; GROUP_ID_LEN];
+        assert_eq!(
+            s.create_group(&id, &group(1, b"a"), 2).expect("create"),
+            GroupCreated::Created
+        );
+        assert_eq!(
+            s.create_group(&id, &group(1, b"b"), 2).expect("create"),
+            GroupCreated::Exists
+        );
+        assert_eq!(
+            s.create_group(&[5; 16], &group(1, b"c"), 2)
+                .expect("create"),
+            GroupCreated::Created
+        );
+        assert_eq!(
+            s.create_group(&[6; 16], &group(1, b"d"), 2)
+                .expect("create"),
+            GroupCreated::QuotaReached
+        );
+        assert_eq!(s.group_count().expect("count"), 2);
+        assert!(
+            !s.replace_group(&id, &group(1, b"not current"), &group(2, b"x"))
+                .expect("replace")
+        );
+        assert!(
+            s.replace_group(&id, &group(1, b"a"), &group(2, b"x"))
+                .expect("replace")
+        );
+        assert_eq!(s.group(&id).expect("get"), Some(group(2, b"x")));
+        assert!(
+            !s.replace_group(&[9; 16], &group(1, b"a"), &group(2, b"x"))
+                .expect("unknown")
+        );
+        assert_eq!(s.group_count().expect("count"), 2);
+    }
+
+    #[test]
+    fn concurrent_group_replacements_have_one_winner() {
+        let s = SledStore::temporary().expect("db");
+        let id = [4u8; GROUP_ID_LEN];
+        s.create_group(&id, &group(1, b"v1"), 10).expect("create");
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let wins: usize = (0..8u8)
+            .map(|i| {
+                let s = s.clone();
+                let barrier = Arc::clone(&barrier);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    s.replace_group(&id, &group(1, b"v1"), &group(2, &[i]))
+                        .expect("replace")
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| usize::from(h.join().expect("thread")))
+            .sum();
+        assert_eq!(wins, 1);
+        assert_eq!(s.group(&id).expect("get").map(|g| g.version), Some(2));
+    }
+
+    #[test]
+    fn join_requests_are_capped_ordered_and_deleted_per_group() {
+        let s = SledStore::temporary().expect("db");
+        let (g, h) = ([1u8; 16], [2u8; 16]);
+        let mut ids = Vec::new();
+        for (i, body) in [b"one".as_slice(), b"two", b"three"].iter().enumerate() {
+            match s.add_join_request(&g, i as u64, body, 3).expect("add") {
+                JoinRequestAdded::Added(id) => ids.push(id),
+                JoinRequestAdded::QuotaReached => panic!("room for three"),
+            }
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(
+            s.add_join_request(&g, 9, b"four", 3).expect("add"),
+            JoinRequestAdded::QuotaReached
+        );
+        assert!(matches!(
+            s.add_join_request(&h, 9, b"other", 3).expect("add"),
+            JoinRequestAdded::Added(_)
+        ));
+        let all = s.join_requests(&g, 1 << 20).expect("list");
+        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), ids);
+        assert_eq!(all[1].received_at_ms, 1);
+        assert_eq!(all[2].request, b"three");
+        // The byte budget stops the list early, oldest first.
+        assert_eq!(s.join_requests(&g, 90).expect("list").len(), 2);
+        // Another group's ids do not delete anything here, and vice versa.
+        let other = s.join_requests(&h, 1 << 20).expect("list")[0].id;
+        assert_eq!(
+            s.delete_join_requests(&g, &[other, ids[0], 12345])
+                .expect("delete"),
+            1
+        );
+        assert_eq!(s.join_requests(&h, 1 << 20).expect("list").len(), 1);
+        assert_eq!(s.join_requests(&g, 1 << 20).expect("list").len(), 2);
+    }
+
+    #[test]
+    fn enqueue_many_is_all_or_nothing() {
+        let s = SledStore::temporary().expect("db");
+        let (a, b) = (dev(1), dev(2));
+        let tight = Quota {
+            max_envelopes: 2,
+            max_bytes: 1 << 20,
+        };
+        s.enqueue(b, 1, b"x", tight).expect("enqueue");
+        let EnqueuedMany::Stored(seqs) = s
+            .enqueue_many(&[(a, b"m1"), (b, b"m1")], 5, None, tight)
+            .expect("enqueue")
+        else {
+            panic!("room in both");
+        };
+        assert_eq!(seqs.len(), 2);
+        assert_eq!(
+            s.enqueue_many(&[(a, b"m2"), (b, b"m2")], 6, None, tight)
+                .expect("enqueue"),
+            EnqueuedMany::MailboxFull(vec![b])
+        );
+        assert_eq!(s.envelopes(a, 10, 0).expect("mail").0.len(), 1);
+        assert_eq!(
+            decode_usage(s.usage.get(a.bytes()).expect("get").as_deref()),
+            (1, 2)
+        );
+        // Two copies for one mailbox both count against its quota.
+        assert_eq!(
+            s.enqueue_many(&[(a, b"m3"), (a, b"m4")], 6, None, tight)
+                .expect("enqueue"),
+            EnqueuedMany::MailboxFull(vec![a])
+        );
+        assert_eq!(s.queued_count(), 3);
+    }
+
+    #[test]
+    fn envelope_expiry_is_swept_and_cleared_with_its_envelope() {
+        let s = SledStore::temporary().expect("db");
+        let (a, b) = (dev(1), dev(2));
+        s.put_account(b, &AccountRecord::default()).expect("put");
+        let EnqueuedMany::Stored(seqs) = s
+            .enqueue_many(&[(a, b"e1"), (b, b"e1")], 100, Some(1000), BIG)
+            .expect("enqueue")
+        else {
+            panic!("room");
+        };
+        s.enqueue_many(&[(a, b"e2")], 100, Some(2000), BIG)
+            .expect("enqueue");
+        s.enqueue(a, 100, b"plain", BIG).expect("enqueue");
+        assert_eq!(s.expiry.len(), 3);
+        // Acknowledging removes the expiry entry with the envelope.
+        assert_eq!(s.ack(a, &[seqs[0]]).expect("ack"), 1);
+        assert_eq!(s.expiry.len(), 2);
+        // Not yet expired, and the global cutoff is older than everything.
+        assert_eq!(s.sweep_expired(50, 999).expect("sweep"), 0);
+        assert_eq!(s.sweep_expired(50, 1000).expect("sweep"), 1);
+        assert!(s.envelopes(b, 10, 0).expect("mail").0.is_empty());
+        assert_eq!(s.expiry.len(), 1);
+        // Removing an account removes its expiry entries.
+        let a_rec = AccountRecord::default();
+        s.put_account(a, &a_rec).expect("put");
+        assert_eq!(s.remove_account(a.account).expect("remove").envelopes, 2);
+        assert_eq!(s.expiry.len(), 0);
+        // The global cutoff and a copy's own expiry count an envelope once.
+        let EnqueuedMany::Stored(_) = s
+            .enqueue_many(&[(b, b"e3")], 100, Some(1000), BIG)
+            .expect("enqueue")
+        else {
+            panic!("room");
+        };
+        assert_eq!(s.sweep_expired(200, 5000).expect("sweep"), 1);
+        assert_eq!((s.queued_count(), s.expiry.len()), (0, 0));
     }
 
     #[test]

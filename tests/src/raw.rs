@@ -211,6 +211,7 @@ mod tests {
             kind: Some(response::Kind::Error(sotto_wire::relay::Error {
                 code: ErrorCode::Malformed as i32,
                 message: "bad".into(),
+                accounts: vec![],
             })),
         };
         let decoded = decode_response(&sotto_wire::frame::encode(&err));
