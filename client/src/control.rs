@@ -27,10 +27,13 @@ pub const SOCKET: &str = "control.sock";
 pub struct Request {
     /// The profile's passphrase; the listener refuses the command without it.
     pub passphrase: String,
-    /// Contact name to send to.
+    /// Contact name (or group title or id prefix) to send to.
     pub name: String,
     /// The message text.
     pub text: String,
+    /// True when `name` is a group, not a contact.
+    #[serde(default)]
+    pub group: bool,
 }
 
 /// The listener's answer, as a JSON line.
@@ -90,6 +93,7 @@ async fn answer(stream: UnixStream, commands: mpsc::Sender<EngineCommand>) -> st
                 passphrase: request.passphrase,
                 name: request.name,
                 text: request.text,
+                group: request.group,
                 reply: tx,
             };
             if commands.send(command).await.is_err() {

@@ -23,7 +23,7 @@ use libsignal_protocol::{
     KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
     PublicKey, SenderCertificate, SessionStore, SessionUsabilityRequirements, SignalProtocolError,
     SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem, process_prekey_bundle,
-    sealed_sender_decrypt, sealed_sender_encrypt,
+    sealed_sender_encrypt,
 };
 use prost::Message as _;
 use rand::Rng;
@@ -41,6 +41,9 @@ use crate::store::{
     Store, StoreError,
 };
 use crate::transport::{Connection, TransportError};
+
+mod groups;
+pub use groups::{GroupInfo, MemberInfo};
 
 /// One-time keys of each kind uploaded at registration and at each top-up.
 pub const ONE_TIME_KEYS: u32 = 100;
@@ -119,6 +122,8 @@ pub struct ShownMessage {
     pub sent_at_ms: u64,
     /// Delivery state: "pending", "sent", "received" or "failed".
     pub status: &'static str,
+    /// For group messages: the group's hex id and title.
+    pub group: Option<(String, String)>,
 }
 
 /// Relay-side one-time prekey counts.
@@ -148,6 +153,8 @@ pub enum Notice {
     ToppedUp(u32),
     /// `listen` cannot reach the relay and keeps retrying.
     Offline(String),
+    /// Something about a group the user should know (membership, refused changes).
+    Group(String),
 }
 
 /// A request handed to a running [`Engine::listen`] by another process
@@ -161,6 +168,8 @@ pub enum EngineCommand {
         name: String,
         /// Message text.
         text: String,
+        /// True when `name` is a group (title or id prefix).
+        group: bool,
         /// Gets the message id, or a user-facing error.
         reply: tokio::sync::oneshot::Sender<std::result::Result<String, String>>,
     },
@@ -173,6 +182,10 @@ pub struct Engine {
     identity: IdentityKeyPair,
     trust_root: PublicKey,
     conn: Option<Connection>,
+    /// Unauthenticated connection for group state requests (see `groups`).
+    anon: Option<Connection>,
+    /// Notices gathered outside `sync`/`listen`, for the caller to show.
+    notices: Vec<Notice>,
 }
 
 /// Where the store lives inside a profile directory.
@@ -230,6 +243,8 @@ impl Engine {
             identity,
             trust_root,
             conn: None,
+            anon: None,
+            notices: Vec::new(),
         };
         let keys = engine.generate_keys(ONE_TIME_KEYS, true).await?;
         let conn = Connection::connect(&link.relay, link.spki_pin).await?;
@@ -285,7 +300,14 @@ impl Engine {
             identity,
             trust_root,
             conn: None,
+            anon: None,
+            notices: Vec::new(),
         })
+    }
+
+    /// Notices gathered by the last calls (group membership changes, refused changes).
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
     }
 
     /// My contact code, to give to others.
@@ -443,6 +465,7 @@ impl Engine {
             received_at_ms: sent_at_ms,
             status: MessageStatus::Pending,
             group: None,
+            expires_at_ms: None,
         };
         self.store.insert_message(&record)?;
         self.store.outbox_push(&OutboxEntry {
@@ -450,6 +473,7 @@ impl Engine {
             recipient: contact.account_id,
             content: body.encode_to_vec(),
             created_at_ms: sent_at_ms,
+            group: None,
         })?;
         // Durable before anything leaves: a crash from here on resends it.
         self.store.flush().await?;
@@ -504,6 +528,14 @@ impl Engine {
     }
 
     async fn deliver(&mut self, entry: &OutboxEntry) -> Result<()> {
+        match entry.group {
+            Some(group) => self.deliver_group(entry, group).await,
+            None => self.deliver_direct(entry).await,
+        }
+    }
+
+    /// Sends one 1:1 entry, sealed sender v1.
+    async fn deliver_direct(&mut self, entry: &OutboxEntry) -> Result<()> {
         let peer_name = self.peer_name(entry.recipient, "")?;
         let address = address_of(entry.recipient)?;
         // Two tries: the second after the relay says our session is for an old registration.
@@ -700,6 +732,16 @@ impl Engine {
                 reason: format!("outbox not fully sent: {e}"),
             });
         }
+        if let Err(e) = self.group_housekeeping().await {
+            if is_offline(&e) {
+                return Err(e);
+            }
+            self.notices
+                .push(Notice::Group(format!("group upkeep failed: {e}")));
+        }
+        for notice in self.take_notices() {
+            on_notice(&notice);
+        }
         let counts = self.top_up().await?;
         if counts.topped_up {
             on_notice(&Notice::ToppedUp(ONE_TIME_KEYS));
@@ -795,9 +837,15 @@ impl Engine {
                 passphrase,
                 name,
                 text,
+                group,
                 reply,
             } => {
                 let result = match self.store.check_passphrase(&passphrase) {
+                    Ok(true) if group => self
+                        .group_send(&name, &text)
+                        .await
+                        .map(|m| m.id)
+                        .map_err(|e| e.to_string()),
                     Ok(true) => self
                         .send_text(&name, &text)
                         .await
@@ -829,12 +877,16 @@ impl Engine {
                 Err(e) => {
                     // Nothing written, nothing acknowledged: the relay redelivers.
                     self.store.abort_staged();
+                    self.notices.clear();
                     return Err(e);
                 }
             }
             seqs.push(envelope.seq);
         }
         self.store.commit_staged()?;
+        for notice in self.take_notices() {
+            on_notice(&notice);
+        }
         // Store, then acknowledge: nothing is deleted on the relay before it is on our disk.
         self.store.flush().await?;
         for message in &shown {
@@ -851,34 +903,14 @@ impl Engine {
         Ok(shown.len())
     }
 
-    /// Decrypts one envelope. `Ok(None)` for duplicates and for envelopes that can never be read.
+    /// Decrypts one envelope. `Ok(None)` for duplicates, control messages and
+    /// envelopes that can never be read.
     async fn open_envelope(
         &mut self,
         envelope: &relay::Envelope,
         on_notice: &mut dyn FnMut(&Notice),
     ) -> Result<Option<MessageRecord>> {
-        let mut identities = self.store.clone();
-        let mut sessions = self.store.clone();
-        let mut pre_keys = self.store.clone();
-        let signed = self.store.clone();
-        let mut kyber = self.store.clone();
-        // Sender certificates are checked at the time the relay received the
-        // envelope, so a message that waited days in the mailbox still opens.
-        let decrypted = sealed_sender_decrypt(
-            &envelope.envelope,
-            &self.trust_root,
-            Timestamp::from_epoch_millis(envelope.received_at_ms),
-            None,
-            self.account.account_id.to_string(),
-            device_id()?,
-            &mut identities,
-            &mut sessions,
-            &mut pre_keys,
-            &signed,
-            &mut kyber,
-        )
-        .await;
-        let decrypted = match decrypted {
+        let (sender, plain) = match self.unseal(envelope).await {
             Ok(d) => d,
             Err(SignalProtocolError::DuplicatedMessage(..)) => return Ok(None),
             Err(e @ SignalProtocolError::ApplicationCallbackError(..)) => return Err(e.into()),
@@ -890,14 +922,7 @@ impl Engine {
                 return Ok(None);
             }
         };
-        let Ok(sender) = Uuid::parse_str(&decrypted.sender_uuid) else {
-            on_notice(&Notice::Undecryptable {
-                seq: envelope.seq,
-                reason: "sender certificate names no account".into(),
-            });
-            return Ok(None);
-        };
-        let content = match Content::decode(decrypted.message.as_slice()) {
+        let content = match Content::decode(plain.as_slice()) {
             Ok(c) => c,
             Err(_) => {
                 on_notice(&Notice::Undecryptable {
@@ -919,8 +944,9 @@ impl Engine {
         let Ok(id) = <[u8; 16]>::try_from(content.id.as_slice()) else {
             return Ok(None);
         };
-        let text = match content.body {
-            Some(content::content::Body::Text(t)) => t.body,
+        let text = match &content.body {
+            Some(content::content::Body::Text(t)) => t.body.clone(),
+            Some(other) => return self.receive_group_content(sender, &content, other).await,
             // A newer client's message kind we cannot show: drop it rather than fail the batch.
             None => return Ok(None),
         };
@@ -934,6 +960,7 @@ impl Engine {
             received_at_ms: now_ms(),
             status: MessageStatus::Received,
             group: None,
+            expires_at_ms: None,
         };
         // The receiver drops duplicates by (sender, id): a resend after a lost ack shows once.
         Ok(self.store.insert_message(&record)?.then_some(record))
@@ -1078,6 +1105,9 @@ impl Engine {
         if let Some(conn) = self.conn.take() {
             conn.close().await;
         }
+        if let Some(conn) = self.anon.take() {
+            conn.close().await;
+        }
     }
 
     fn contact(&self, name: &str) -> Result<Contact> {
@@ -1103,6 +1133,14 @@ impl Engine {
             (false, Some(c)) => c.name,
             (false, None) => m.sender_name.clone(),
         };
+        let group = m.group.as_deref().map(|gid| {
+            let title = <[u8; 16]>::try_from(gid)
+                .ok()
+                .and_then(|id| self.store.group(id).ok().flatten())
+                .map(|g| g.state.title)
+                .unwrap_or_default();
+            (hex(gid), title)
+        });
         ShownMessage {
             id: hex(&m.id),
             from,
@@ -1117,6 +1155,7 @@ impl Engine {
                 MessageStatus::Received => "received",
                 MessageStatus::Failed => "failed",
             },
+            group,
         }
     }
 

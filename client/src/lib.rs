@@ -14,5 +14,6 @@
 
 pub mod control;
 pub mod engine;
+pub mod group;
 pub mod store;
 pub mod transport;

@@ -95,6 +95,168 @@ enum Command {
     /// Manage this profile's identity key
     #[command(subcommand)]
     Identity(IdentityCommand),
+    /// Group chats: create, add, send, moderate (see `sotto group --help`)
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// List my groups and my join requests still waiting
+    Groups {
+        /// One JSON object per group
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// GROUP is a group's title or the start of its id (see `sotto groups`).
+/// WHO is your contact name for a member, their display name, or their contact code.
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group; you become its owner
+    Create {
+        /// The title members see (encrypted: the relay never sees it)
+        title: String,
+    },
+    /// Add contacts to a group (admins)
+    Add {
+        /// Group title or id prefix
+        group: String,
+        /// Contact names
+        #[arg(required = true)]
+        contacts: Vec<String>,
+    },
+    /// Remove a member (admins); the group key changes so they read nothing after
+    Remove {
+        /// Group title or id prefix
+        group: String,
+        /// The member
+        who: String,
+    },
+    /// Leave a group
+    Leave {
+        /// Group title or id prefix
+        group: String,
+    },
+    /// Post a message to a group; exits 0 once the relay holds it for every member
+    Send {
+        /// Group title or id prefix
+        group: String,
+        /// The message
+        text: String,
+    },
+    /// List members with their roles (owner, admin, member)
+    Members {
+        /// Group title or id prefix
+        group: String,
+        /// One JSON object per member
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a member an admin (admins)
+    Promote {
+        /// Group title or id prefix
+        group: String,
+        /// The member
+        who: String,
+    },
+    /// Make an admin a plain member again (admins)
+    Demote {
+        /// Group title or id prefix
+        group: String,
+        /// The member
+        who: String,
+    },
+    /// Show or change settings (admins change them)
+    Settings {
+        /// Group title or id prefix
+        group: String,
+        /// Only admins may post
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        announcements_only: Option<bool>,
+        /// Link joins wait for an admin's approval
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        approval: Option<bool>,
+        /// Delete messages this long after sending, e.g. 7d, 12h, 30m, or off
+        #[arg(long, value_name = "DURATION|off", value_parser = duration_or_off)]
+        disappearing: Option<u64>,
+    },
+    /// Print the group's join link (admins); --reset makes the old link useless
+    Link {
+        /// Group title or id prefix
+        group: String,
+        /// Replace the link
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Ask to join a group through its link
+    Join {
+        /// The link (sotto://group?...) from an admin
+        link: String,
+    },
+    /// List join requests waiting for approval (admins fetch new ones first)
+    Requests {
+        /// Group title or id prefix
+        group: String,
+        /// One JSON object per request
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a requester in (admins)
+    Approve {
+        /// Group title or id prefix
+        group: String,
+        /// The requester's display name or contact code
+        who: String,
+    },
+    /// Turn a request down (admins)
+    Deny {
+        /// Group title or id prefix
+        group: String,
+        /// The requester's display name or contact code
+        who: String,
+    },
+    /// Remove a message for everyone (its author, or an admin for anyone's)
+    Delete {
+        /// Group title or id prefix
+        group: String,
+        /// The message id (or its first characters) from `history --json`
+        message_id: String,
+    },
+    /// Show every moderation action: who did what, when
+    Log {
+        /// Group title or id prefix
+        group: String,
+        /// One JSON object per entry
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn on_off(s: &str) -> std::result::Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err("expected on or off".into()),
+    }
+}
+
+/// "7d", "12h", "30m", "45s" or "off" (0) to milliseconds.
+fn duration_or_off(s: &str) -> std::result::Result<u64, String> {
+    if s == "off" {
+        return Ok(0);
+    }
+    let bad = || format!("expected a duration like 7d, 12h, 30m or 45s, or off; got {s:?}");
+    let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(secs * 1000) {
+        Some(ms) if ms > 0 => Ok(ms),
+        _ => Err(bad()),
+    }
 }
 
 #[derive(Subcommand)]
@@ -201,13 +363,16 @@ async fn run(cli: Cli) -> Result<()> {
 /// The store is held by another process: if it is `sotto listen` and this is
 /// a send, hand the send to it; otherwise say what holds the profile.
 async fn via_listener(home: &Path, passphrase: String, command: Command) -> Result<()> {
-    let Command::Send { name, text } = command else {
-        return Err(StoreError::Locked.into());
+    let (name, text, group) = match command {
+        Command::Send { name, text } => (name, text, false),
+        Command::Group(GroupCommand::Send { group, text }) => (group, text, true),
+        _ => return Err(StoreError::Locked.into()),
     };
     let request = control::Request {
         passphrase,
         name,
         text,
+        group,
     };
     let reply = control::forward(home, &request)
         .await
@@ -327,10 +492,51 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
         }
         Command::History { name, json } => {
             let mut printer = Printer { json };
-            for message in engine.history(&name)? {
+            // A contact's conversation, else a group's.
+            let messages = match engine.history(&name) {
+                Err(EngineError::UnknownContact(_)) => engine.group_history(&name).map_err(|_| {
+                    anyhow::anyhow!(
+                        "no contact or group called {name:?}: see `sotto contact list` and `sotto groups`"
+                    )
+                })?,
+                other => other?,
+            };
+            for message in messages {
                 printer.message(&message);
             }
         }
+        Command::Groups { json } => {
+            for g in engine.groups()? {
+                let role = g.role.map(|r| r.as_str());
+                if json {
+                    let line = json!({
+                        "id": g.id,
+                        "title": g.title,
+                        "role": role,
+                        "members": g.members,
+                        "pending_requests": g.pending,
+                        "waiting_to_join": g.waiting,
+                        "announcements_only": g.settings.announcements_only,
+                        "approval": g.settings.approval,
+                        "disappearing_ms": g.settings.disappearing_ms,
+                    });
+                    writeln!(out, "{line}")?;
+                } else if g.waiting {
+                    writeln!(
+                        out,
+                        "{}  (join request sent; waiting for an admin)",
+                        &g.id[..8]
+                    )?;
+                } else {
+                    let status = match role {
+                        Some(r) => format!("{} members, you are {r}", g.members),
+                        None => "you are no longer a member".into(),
+                    };
+                    writeln!(out, "{}  {}  ({status})", &g.id[..8], g.title)?;
+                }
+            }
+        }
+        Command::Group(group) => group_command(engine, &mut out, group).await?,
         Command::Keys { json, no_top_up } => {
             let counts = if no_top_up {
                 engine.counts().await?
@@ -387,7 +593,8 @@ impl Printer {
                 "text": m.text,
                 "sent_at": m.sent_at_ms,
                 "status": m.status,
-                "group": null,
+                "group": m.group.as_ref().map(|(id, _)| id),
+                "group_title": m.group.as_ref().map(|(_, title)| title),
             })
             .to_string()
         } else {
@@ -398,8 +605,12 @@ impl Printer {
             };
             // "~" marks a name the sender chose, as Signal does for profile names.
             let tilde = if m.from_contact { "" } else { "~" };
+            let place = match &m.group {
+                Some((_, title)) => format!("[{title}] "),
+                None => String::new(),
+            };
             format!(
-                "[{}] {tilde}{}: {}{mark}",
+                "[{}] {place}{tilde}{}: {}{mark}",
                 clock(m.sent_at_ms),
                 m.from,
                 m.text
@@ -422,7 +633,177 @@ fn notice(n: &Notice) {
         }
         Notice::ToppedUp(n) => tracing::info!("uploaded {n} new one-time keys"),
         Notice::Offline(reason) => eprintln!("{reason}; retrying until the relay is back"),
+        Notice::Group(what) => eprintln!("{what}"),
     }
+}
+
+async fn group_command(
+    engine: &mut Engine,
+    out: &mut impl Write,
+    command: GroupCommand,
+) -> Result<()> {
+    let result = group_command_inner(engine, out, command).await;
+    for n in engine.take_notices() {
+        notice(&n);
+    }
+    result
+}
+
+async fn group_command_inner(
+    engine: &mut Engine,
+    out: &mut impl Write,
+    command: GroupCommand,
+) -> Result<()> {
+    match command {
+        GroupCommand::Create { title } => {
+            let g = engine.group_create(&title).await?;
+            writeln!(
+                out,
+                "Created {:?} ({}). You are its owner.",
+                g.title,
+                &g.id[..8]
+            )?;
+            writeln!(
+                out,
+                "Add members with `sotto group add {:?} CONTACT...` or share `sotto group link`.",
+                g.title
+            )?;
+        }
+        GroupCommand::Add { group, contacts } => {
+            let state = engine.group_add(&group, &contacts).await?;
+            writeln!(
+                out,
+                "{:?} now has {} members.",
+                state.title,
+                state.members.len()
+            )?;
+        }
+        GroupCommand::Remove { group, who } => {
+            let state = engine.group_remove(&group, &who).await?;
+            writeln!(
+                out,
+                "Removed {who} from {:?}; the group key was replaced, so they cannot read anything new.",
+                state.title
+            )?;
+        }
+        GroupCommand::Leave { group } => {
+            engine.group_leave(&group).await?;
+            writeln!(out, "You left {group:?}.")?;
+        }
+        GroupCommand::Send { group, text } => {
+            let message = engine.group_send(&group, &text).await?;
+            writeln!(out, "sent {}", message.id)?;
+        }
+        GroupCommand::Members { group, json } => {
+            for m in engine.group_members(&group).await? {
+                if json {
+                    let line = json!({
+                        "name": m.name,
+                        "code": m.code,
+                        "role": m.role.as_str(),
+                        "me": m.me,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    let me = if m.me { " (you)" } else { "" };
+                    writeln!(out, "{}{me}  {}  {}", m.name, m.role.as_str(), m.code)?;
+                }
+            }
+        }
+        GroupCommand::Promote { group, who } => {
+            engine.group_set_role(&group, &who, true).await?;
+            writeln!(out, "{who} is now an admin of {group:?}.")?;
+        }
+        GroupCommand::Demote { group, who } => {
+            engine.group_set_role(&group, &who, false).await?;
+            writeln!(out, "{who} is now a member (not an admin) of {group:?}.")?;
+        }
+        GroupCommand::Settings {
+            group,
+            announcements_only,
+            approval,
+            disappearing,
+        } => {
+            let s = engine
+                .group_settings(&group, announcements_only, approval, disappearing)
+                .await?;
+            let on = |b: bool| if b { "on" } else { "off" };
+            writeln!(out, "announcements-only: {}", on(s.announcements_only))?;
+            writeln!(out, "approval: {}", on(s.approval))?;
+            writeln!(
+                out,
+                "disappearing: {}",
+                match s.disappearing_ms {
+                    0 => "off".to_string(),
+                    ms => sotto_client::group::human_duration(ms),
+                }
+            )?;
+        }
+        GroupCommand::Link { group, reset } => {
+            let link = engine.group_link(&group, reset).await?;
+            if reset {
+                writeln!(out, "The old link no longer works. The new one:")?;
+            }
+            writeln!(out, "{link}")?;
+        }
+        GroupCommand::Join { link } => {
+            engine.group_join(&link).await?;
+            writeln!(
+                out,
+                "Asked to join. An admin's app lets you in (or asks an admin to approve) when it                  next syncs; `sotto sync` will say when you are in."
+            )?;
+        }
+        GroupCommand::Requests { group, json } => {
+            for p in engine.group_requests(&group).await? {
+                let code = sotto_wire::code::ContactCode::from_account_id(p.account).to_string();
+                if json {
+                    let line = json!({
+                        "name": p.name,
+                        "code": code,
+                        "requested_at": p.requested_at_ms,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "~{}  {}  asked {}",
+                        p.name,
+                        code,
+                        clock(p.requested_at_ms)
+                    )?;
+                }
+            }
+        }
+        GroupCommand::Approve { group, who } => {
+            engine.group_resolve(&group, &who, true).await?;
+            writeln!(out, "Approved {who}; they are now a member of {group:?}.")?;
+        }
+        GroupCommand::Deny { group, who } => {
+            engine.group_resolve(&group, &who, false).await?;
+            writeln!(out, "Denied {who}'s request to join {group:?}.")?;
+        }
+        GroupCommand::Delete { group, message_id } => {
+            engine.group_delete(&group, &message_id).await?;
+            writeln!(out, "Deleted the message for everyone in {group:?}.")?;
+        }
+        GroupCommand::Log { group, json } => {
+            for e in engine.group_log(&group).await? {
+                let by = sotto_wire::code::ContactCode::from_account_id(e.by).to_string();
+                if json {
+                    let line = json!({
+                        "at": e.at_ms,
+                        "by": e.by_name,
+                        "by_code": by,
+                        "action": e.action,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(out, "[{}] {}: {}", clock(e.at_ms), e.by_name, e.action)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// UTC "YYYY-MM-DD HH:MM" without pulling in a date crate.

@@ -45,6 +45,8 @@ pub enum TransportError {
         code: ErrorCode,
         /// The relay's short explanation.
         message: String,
+        /// For group sends: the recipients (account ids) the refusal is about.
+        accounts: Vec<Vec<u8>>,
     },
     /// The relay answered with a response of the wrong kind.
     #[error("unexpected answer from the relay")]
@@ -143,6 +145,7 @@ impl Connection {
             Some(response::Kind::Error(e)) => Err(TransportError::Refused {
                 code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorUnspecified),
                 message: e.message,
+                accounts: e.accounts,
             }),
             Some(kind) => Ok(kind),
             None => Err(TransportError::Unexpected),

@@ -219,6 +219,9 @@ pub struct MessageRecord {
     pub status: MessageStatus,
     /// Group id, for group messages.
     pub group: Option<Vec<u8>>,
+    /// When the group's disappearing timer deletes it (ms since the epoch).
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl fmt::Debug for MessageRecord {
@@ -247,6 +250,10 @@ pub struct OutboxEntry {
     pub content: Vec<u8>,
     /// When it was queued (ms since the epoch).
     pub created_at_ms: u64,
+    /// For a group message: the group, and `recipient` is unused (the
+    /// engine sends to the members current at delivery time).
+    #[serde(default)]
+    pub group: Option<[u8; 16]>,
 }
 
 impl fmt::Debug for OutboxEntry {
@@ -261,6 +268,41 @@ impl fmt::Debug for OutboxEntry {
     }
 }
 
+/// A group as this profile holds it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalGroup {
+    /// Group id.
+    pub id: [u8; 16],
+    /// Current group key (secret: state encryption, relay auth, distribution id).
+    pub key: [u8; 32],
+    /// Latest state we validated.
+    pub state: crate::group::GroupState,
+    /// Members who have our sender key for the current key's distribution id.
+    pub sender_key_sent_to: Vec<Uuid>,
+    /// False once we left or were removed: kept for history, never sent to.
+    pub active: bool,
+}
+
+impl fmt::Debug for LocalGroup {
+    // Titles, names and keys stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalGroup")
+            .field("version", &self.state.version)
+            .field("members", &self.state.members.len())
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A join request we filed through a group link and that is not answered yet.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingJoin {
+    /// Group id.
+    pub id: [u8; 16],
+    /// When we asked.
+    pub requested_at_ms: u64,
+}
+
 /// Current on-disk format.
 const FORMAT_VERSION: u32 = 1;
 /// Constant sealed under the key to check the passphrase.
@@ -273,8 +315,12 @@ const META_VERIFIER: &[u8] = b"verifier";
 const TREE_ACCOUNT: &str = "account";
 const TREE_IDS: &str = "ids";
 const TREE_CONTACTS: &str = "contacts";
+/// Account id -> contact name, so finding a contact by account is one lookup.
+const TREE_CONTACT_IDS: &str = "contact_ids";
 const TREE_MESSAGES: &str = "messages";
 const TREE_OUTBOX: &str = "outbox";
+const TREE_GROUPS: &str = "groups";
+const TREE_JOINS: &str = "joins";
 pub(crate) const TREE_IDENTITIES: &str = "identities";
 pub(crate) const TREE_SESSIONS: &str = "sessions";
 pub(crate) const TREE_PREKEYS: &str = "prekeys";
@@ -395,7 +441,14 @@ impl Store {
             Some(plain) if plain.as_slice() == VERIFIER_PLAINTEXT => {}
             _ => return Err(StoreError::WrongPassphrase),
         }
-        Ok(Store::from_parts(db, keys))
+        let store = Store::from_parts(db, keys);
+        if store.tree(TREE_CONTACT_IDS)?.is_empty() {
+            // Profiles made before the index existed: build it once.
+            for c in store.contacts()? {
+                store.put_raw(TREE_CONTACT_IDS, c.account_id.as_bytes(), c.name.as_bytes())?;
+            }
+        }
+        Ok(store)
     }
 
     /// Whether `dir` looks like it holds a store (without opening or locking it).
@@ -536,7 +589,8 @@ impl Store {
 
     /// Saves a contact under its exact name (replacing one of the same name).
     pub fn put_contact(&self, c: &Contact) -> Result<()> {
-        self.put_json(TREE_CONTACTS, c.name.as_bytes(), c)
+        self.put_json(TREE_CONTACTS, c.name.as_bytes(), c)?;
+        self.put_raw(TREE_CONTACT_IDS, c.account_id.as_bytes(), c.name.as_bytes())
     }
 
     /// The contact with exactly this name.
@@ -544,9 +598,14 @@ impl Store {
         self.get_json(TREE_CONTACTS, name.as_bytes())
     }
 
-    /// The first contact (by name) for an account id.
+    /// The contact for an account id (the one saved last, if several).
     pub fn contact_by_account(&self, id: Uuid) -> Result<Option<Contact>> {
-        Ok(self.contacts()?.into_iter().find(|c| c.account_id == id))
+        let Some(name) = self.get_raw(TREE_CONTACT_IDS, id.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(self
+            .contact(&String::from_utf8_lossy(&name))?
+            .filter(|c| c.account_id == id))
     }
 
     /// All contacts, sorted by name.
@@ -578,12 +637,74 @@ impl Store {
         self.put_json(TREE_MESSAGES, &message_key(m.peer, m.id), m)
     }
 
-    /// The conversation with `peer`, sorted by `(sent_at_ms, id)`.
+    /// The 1:1 conversation with `peer`, sorted by `(sent_at_ms, id)`.
     pub fn messages_with(&self, peer: Uuid) -> Result<Vec<MessageRecord>> {
         let mut all: Vec<MessageRecord> = self.scan_json(TREE_MESSAGES)?;
-        all.retain(|m| m.peer == peer);
+        all.retain(|m| m.peer == peer && m.group.is_none());
         all.sort_by_key(|m| (m.sent_at_ms, m.id));
         Ok(all)
+    }
+
+    /// A group's messages, sorted by `(sent_at_ms, id)`.
+    pub fn group_messages(&self, group: &[u8]) -> Result<Vec<MessageRecord>> {
+        let mut all: Vec<MessageRecord> = self.scan_json(TREE_MESSAGES)?;
+        all.retain(|m| m.group.as_deref() == Some(group));
+        all.sort_by_key(|m| (m.sent_at_ms, m.id));
+        Ok(all)
+    }
+
+    /// Deletes the message `(peer, id)`; returns whether it existed.
+    pub fn delete_message(&self, peer: Uuid, id: [u8; 16]) -> Result<bool> {
+        let _guard = self.lock();
+        let key = message_key(peer, id);
+        if self.get_raw(TREE_MESSAGES, &key)?.is_none() {
+            return Ok(false);
+        }
+        self.remove(TREE_MESSAGES, &key)?;
+        Ok(true)
+    }
+
+    /// Deletes every message whose disappearing timer ran out by `now_ms`.
+    pub fn purge_expired(&self, now_ms: u64) -> Result<usize> {
+        let all: Vec<MessageRecord> = self.scan_json(TREE_MESSAGES)?;
+        let mut n = 0;
+        for m in all {
+            if m.expires_at_ms.is_some_and(|t| t <= now_ms) {
+                self.remove(TREE_MESSAGES, &message_key(m.peer, m.id))?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Saves a group.
+    pub fn put_group(&self, g: &LocalGroup) -> Result<()> {
+        self.put_json(TREE_GROUPS, &g.id, g)
+    }
+
+    /// The group with this id.
+    pub fn group(&self, id: [u8; 16]) -> Result<Option<LocalGroup>> {
+        self.get_json(TREE_GROUPS, &id)
+    }
+
+    /// Every group we hold, active or not.
+    pub fn groups(&self) -> Result<Vec<LocalGroup>> {
+        self.scan_json(TREE_GROUPS)
+    }
+
+    /// Records a join request we filed.
+    pub fn put_join(&self, j: &PendingJoin) -> Result<()> {
+        self.put_json(TREE_JOINS, &j.id, j)
+    }
+
+    /// Join requests we filed and that were not answered yet.
+    pub fn joins(&self) -> Result<Vec<PendingJoin>> {
+        self.scan_json(TREE_JOINS)
+    }
+
+    /// Forgets a filed join request.
+    pub fn remove_join(&self, id: [u8; 16]) -> Result<()> {
+        self.remove(TREE_JOINS, &id)
     }
 
     /// Queues an entry. Pushing an id already queued replaces its content
@@ -905,6 +1026,7 @@ mod tests {
             received_at_ms: sent_at_ms + 1,
             status: MessageStatus::Received,
             group: None,
+            expires_at_ms: None,
         }
     }
 
@@ -1195,6 +1317,7 @@ mod tests {
             recipient: Uuid::from_bytes([id; 16]),
             content: vec![id; 3],
             created_at_ms: 100 - u64::from(id),
+            group: None,
         };
         {
             let store = Store::create(dir.path(), PASS).expect("create");

@@ -1,0 +1,1700 @@
+//! Group chats, the engine's side: relay I/O and the store around the pure
+//! model in [`crate::group`].
+//!
+//! - **State** lives on the relay as an encrypted, padded blob. Every read
+//!   and write goes over a separate, *unauthenticated* connection and is
+//!   signed by the group's auth key, so the relay cannot tie a group to the
+//!   account that touched it (it still sees the IP address; see ARCHITECTURE.md).
+//! - **Changes** are compare-and-swap writes; the loser of a race refetches,
+//!   replays, re-derives its ops against the new state and retries, so every
+//!   member converges on the relay's one chain. After a write, each member of
+//!   the new state gets a 1:1 sealed `GroupUpdate` with the (possibly new)
+//!   group key; removed members get `GroupRemoved` and no key.
+//! - **Messages** are encrypted once with our sender key and sent as sealed
+//!   sender v2 to all members; before that, each member who lacks our sender
+//!   key for the current distribution id gets it 1:1. A new key (after a
+//!   removal) means a new distribution id, so every member starts a fresh
+//!   sender key the removed member never sees.
+
+use libsignal_protocol::{
+    CiphertextMessageType, ContentHint, PreKeySignalMessage, SenderKeyDistributionMessage,
+    ServiceId, SignalMessage, UnidentifiedSenderMessageContent,
+    create_sender_key_distribution_message, group_decrypt, group_encrypt, message_decrypt_prekey,
+    message_decrypt_signal, process_sender_key_distribution_message, sealed_sender_decrypt_to_usmc,
+    sealed_sender_multi_recipient_encrypt,
+};
+use serde::{Deserialize, Serialize};
+use sotto_wire::auth::{GroupPurpose, group_body, group_transcript};
+
+use super::*;
+use crate::group::{
+    self, Blob, ChangeBody, GroupError, GroupKeys, GroupState, LinkKeys, Member, Op, Pending, Role,
+    Settings, SignedChange, apply, b64_decode, b64_encode, genesis, hex_decode, replay,
+};
+use crate::store::{LocalGroup, PendingJoin};
+
+/// Compare-and-swap attempts before giving up on a busy group.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// A group as `sotto groups` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Hex group id.
+    pub id: String,
+    /// Title ("" while a join request waits).
+    pub title: String,
+    /// My role, or None when I left, was removed, or am waiting to be let in.
+    pub role: Option<Role>,
+    /// Member count.
+    pub members: usize,
+    /// Settings.
+    pub settings: Settings,
+    /// Join requests waiting for approval.
+    pub pending: usize,
+    /// True while my join request waits.
+    pub waiting: bool,
+}
+
+/// A member as `sotto group members` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// My contact name for them, else their display name in the group.
+    pub name: String,
+    /// Their contact code.
+    pub code: String,
+    /// Role.
+    pub role: Role,
+    /// True for me.
+    pub me: bool,
+}
+
+/// What a link holder sends (encrypted under the link key) to ask to join.
+#[derive(Serialize, Deserialize)]
+struct JoinRequestBody {
+    account: Uuid,
+    identity_key: String,
+    name: String,
+    at_ms: u64,
+    /// Identity-key signature over [`join_bytes`]: the request cannot name
+    /// someone else's account.
+    signature: String,
+}
+
+fn join_bytes(group: &[u8], account: Uuid, identity_key: &str, name: &str, at_ms: u64) -> Vec<u8> {
+    let mut out = b"sotto-group-join-v1".to_vec();
+    out.extend(group_body(&[
+        group,
+        account.as_bytes(),
+        identity_key.as_bytes(),
+        name.as_bytes(),
+        &at_ms.to_be_bytes(),
+    ]));
+    out
+}
+
+enum Fetched {
+    State {
+        version: u64,
+        blob: Box<Blob>,
+    },
+    /// Not signed by the current key: the key rotated without us.
+    Forbidden,
+}
+
+/// A parsed group join link.
+struct GroupLink {
+    id: [u8; 16],
+    secret: [u8; 32],
+}
+
+fn parse_link(link: &str) -> Result<GroupLink> {
+    let bad = || {
+        EngineError::Invalid(
+            "not a group link: expected sotto://group?id=...&secret=... (ask an admin for `sotto group link`)"
+                .into(),
+        )
+    };
+    let query = link.trim().strip_prefix("sotto://group?").ok_or_else(bad)?;
+    let (mut id, mut secret) = (None, None);
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("id", v)) => id = hex_decode(v).and_then(|b| <[u8; 16]>::try_from(b).ok()),
+            Some(("secret", v)) => {
+                secret = hex_decode(v).and_then(|b| <[u8; 32]>::try_from(b).ok())
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(GroupLink {
+        id: id.ok_or_else(bad)?,
+        secret: secret.ok_or_else(bad)?,
+    })
+}
+
+fn link_string(id: &[u8; 16], secret: &[u8; 32]) -> String {
+    format!("sotto://group?id={}&secret={}", hex(id), hex(secret))
+}
+
+fn group_err(e: GroupError) -> EngineError {
+    EngineError::Invalid(e.to_string())
+}
+
+fn sign_with(keys: &KeyPair, message: &[u8]) -> Result<Vec<u8>> {
+    Ok(keys
+        .private_key
+        .calculate_signature(message, &mut rand::rng())
+        .map_err(crypto)?
+        .to_vec())
+}
+
+fn refused_code(e: &EngineError) -> Option<ErrorCode> {
+    match e {
+        EngineError::Transport(TransportError::Refused { code, .. }) => Some(*code),
+        _ => None,
+    }
+}
+
+fn content(sender_name: &str, body: content::content::Body) -> (/* id */ [u8; 16], Content) {
+    let id: [u8; 16] = rand::rng().random();
+    (
+        id,
+        Content {
+            version: sotto_wire::CONTENT_VERSION,
+            id: id.to_vec(),
+            sent_at_ms: now_ms(),
+            sender_name: sender_name.to_string(),
+            body: Some(body),
+        },
+    )
+}
+
+impl Engine {
+    // ----- lookups -------------------------------------------------------
+
+    /// Finds a group by title (case-insensitive) or by a prefix of its hex id.
+    fn find_group(&self, query: &str) -> Result<LocalGroup> {
+        let q = query.trim().to_lowercase();
+        let all = self.store.groups()?;
+        let mut found: Vec<&LocalGroup> = all
+            .iter()
+            .filter(|g| g.state.title.to_lowercase() == q)
+            .collect();
+        if found.is_empty() && q.len() >= 4 {
+            found = all.iter().filter(|g| hex(&g.id).starts_with(&q)).collect();
+        }
+        if found.len() > 1 {
+            // Prefer the groups I am still in.
+            found.retain(|g| g.active);
+        }
+        match found.as_slice() {
+            [g] => Ok((*g).clone()),
+            [] => Err(EngineError::Invalid(format!(
+                "no group matching {query:?}: see `sotto groups` for titles and ids"
+            ))),
+            _ => Err(EngineError::Invalid(format!(
+                "{query:?} matches several groups; use more of the id shown by `sotto groups`"
+            ))),
+        }
+    }
+
+    /// Finds a member of `state` by my contact name, their display name, or contact code.
+    fn find_member(&self, state: &GroupState, who: &str) -> Result<Uuid> {
+        let candidates: Vec<(Uuid, String)> = state
+            .members
+            .iter()
+            .map(|m| (m.account, m.name.clone()))
+            .collect();
+        self.find_in(&candidates, who, "member")
+    }
+
+    fn find_pending(&self, state: &GroupState, who: &str) -> Result<Uuid> {
+        let candidates: Vec<(Uuid, String)> = state
+            .pending
+            .iter()
+            .map(|p| (p.account, p.name.clone()))
+            .collect();
+        self.find_in(&candidates, who, "join request")
+    }
+
+    fn find_in(&self, candidates: &[(Uuid, String)], who: &str, what: &str) -> Result<Uuid> {
+        let who = who.trim();
+        if let Some(c) = self.store.contact(who)?
+            && candidates.iter().any(|(a, _)| *a == c.account_id)
+        {
+            return Ok(c.account_id);
+        }
+        if let Ok(code) = who.parse::<ContactCode>()
+            && candidates.iter().any(|(a, _)| *a == code.account_id())
+        {
+            return Ok(code.account_id());
+        }
+        let lower = who.to_lowercase();
+        let named: Vec<Uuid> = candidates
+            .iter()
+            .filter(|(_, n)| n.to_lowercase() == lower)
+            .map(|(a, _)| *a)
+            .collect();
+        match named.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(EngineError::Invalid(format!(
+                "no {what} called {who:?} in this group (see `sotto group members` or `sotto group requests`)"
+            ))),
+            _ => Err(EngineError::Invalid(format!(
+                "several {what}s are called {who:?}; use their contact code"
+            ))),
+        }
+    }
+
+    fn me_member(&self) -> Member {
+        Member {
+            account: self.account.account_id,
+            identity_key: b64_encode(&self.identity.identity_key().serialize()),
+            name: self.account.name.clone(),
+            role: Role::Member,
+            joined_at_ms: now_ms(),
+        }
+    }
+
+    fn my_role(&self, g: &LocalGroup) -> Option<Role> {
+        if !g.active {
+            return None;
+        }
+        g.state.role_of(self.account.account_id)
+    }
+
+    fn require_active(&self, g: &LocalGroup) -> Result<()> {
+        if self.my_role(g).is_none() {
+            return Err(EngineError::Invalid(format!(
+                "you are no longer a member of {:?}",
+                g.state.title
+            )));
+        }
+        Ok(())
+    }
+
+    // ----- relay I/O over the anonymous connection -------------------------
+
+    /// A connection that never authenticates: group requests carry only the
+    /// group's signatures, so the relay cannot link them to our account.
+    async fn anon_call(&mut self, build: &dyn Fn(&[u8]) -> Result<Req>) -> Result<Resp> {
+        for attempt in 0..2 {
+            if self.anon.is_none() {
+                self.anon =
+                    Some(Connection::connect(&self.account.relay, self.account.spki_pin).await?);
+            }
+            let Some(conn) = self.anon.as_ref() else {
+                continue;
+            };
+            let exporter = conn.exporter()?;
+            let answer = conn.request(build(&exporter)?).await;
+            match answer {
+                Err(TransportError::Connection(_)) if attempt == 0 => self.anon = None,
+                other => return other.map_err(Into::into),
+            }
+        }
+        Err(TransportError::Connection("the relay keeps closing the connection".into()).into())
+    }
+
+    async fn read_group(&mut self, id: [u8; 16], key: &[u8; 32]) -> Result<Fetched> {
+        let keys = GroupKeys::derive(key).map_err(group_err)?;
+        let answer = self
+            .anon_call(&|exporter| {
+                let t = group_transcript(GroupPurpose::Read, exporter, &id, &group_body(&[]));
+                Ok(Req::GroupRead(relay::GroupRead {
+                    group_id: id.to_vec(),
+                    signature: sign_with(&keys.auth, &t)?,
+                }))
+            })
+            .await;
+        match answer {
+            Ok(Resp::GroupState(s)) => Ok(Fetched::State {
+                version: s.version,
+                blob: Box::new(group::open_blob(&keys, &s.blob).map_err(group_err)?),
+            }),
+            Ok(_) => Err(TransportError::Unexpected.into()),
+            Err(e)
+                if matches!(
+                    refused_code(&e),
+                    Some(ErrorCode::Forbidden | ErrorCode::UnknownGroup)
+                ) =>
+            {
+                Ok(Fetched::Forbidden)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Brings `g` up to date with the relay: replays the changes we have not
+    /// seen, refusing invalid ones. Returns the relay's version and the blob's
+    /// change list, or None when our key no longer opens the group.
+    async fn refresh(&mut self, g: &mut LocalGroup) -> Result<Option<(u64, Vec<SignedChange>)>> {
+        let Fetched::State { version, blob } = self.read_group(g.id, &g.key).await? else {
+            if g.active {
+                // Our key was rotated away without an update reaching us: removed.
+                g.active = false;
+                self.store.put_group(g)?;
+            }
+            return Ok(None);
+        };
+        self.adopt(g, &blob)?;
+        Ok(Some((version, blob.changes.clone())))
+    }
+
+    /// Replays `blob`'s changes onto `g` (or takes the snapshot when we are too
+    /// far behind for the kept changes to reach us), applies their effects, saves.
+    fn adopt(&mut self, g: &mut LocalGroup, blob: &Blob) -> Result<()> {
+        let r = replay(&g.state, &blob.changes);
+        let gap = blob
+            .changes
+            .first()
+            .is_some_and(|c| c.body.version > g.state.version + 1);
+        let title = g.state.title.clone();
+        for (version, why) in &r.refusals {
+            self.notices.push(Notice::Group(format!(
+                "ignored an invalid change (version {version}) to group {title:?}: {why}"
+            )));
+        }
+        let applied = r.applied;
+        if gap && r.state.version < blob.state.version && r.refusals.is_empty() {
+            // Too far behind to check each step: trust the snapshot, as a new member does.
+            g.state = blob.state.clone();
+        } else {
+            g.state = r.state;
+        }
+        let me = self.account.account_id;
+        for change in &applied {
+            for op in &change.body.ops {
+                match op {
+                    Op::DeleteMessage { id, author } => {
+                        if let Some(id) = hex_decode(id).and_then(|b| <[u8; 16]>::try_from(b).ok())
+                        {
+                            self.store.delete_message(*author, id)?;
+                        }
+                    }
+                    Op::Remove(who) if *who == me => self.notices.push(Notice::Group(format!(
+                        "you were removed from group {:?}",
+                        g.state.title
+                    ))),
+                    _ => {}
+                }
+            }
+        }
+        g.active = g.state.member(me).is_some();
+        self.store.put_group(g)?;
+        Ok(())
+    }
+
+    fn signed_change(
+        &self,
+        state: &GroupState,
+        version: u64,
+        ops: Vec<Op>,
+    ) -> Result<SignedChange> {
+        let body = ChangeBody {
+            group: state.id.clone(),
+            version,
+            parent: hex(&state.hash()),
+            by: self.account.account_id,
+            at_ms: now_ms(),
+            ops,
+        };
+        SignedChange::sign(body, &self.identity, &mut rand::rng()).map_err(group_err)
+    }
+
+    /// Writes a change to a group by compare-and-swap. `make` derives the ops
+    /// from the current state (again after each lost race); no ops = nothing
+    /// to do. Rotates the group key when the change removes anyone.
+    async fn commit(
+        &mut self,
+        id: [u8; 16],
+        make: &dyn Fn(&GroupState) -> Result<Vec<Op>>,
+    ) -> Result<GroupState> {
+        self.commit_with(id, make, true).await
+    }
+
+    async fn commit_with(
+        &mut self,
+        id: [u8; 16],
+        make: &dyn Fn(&GroupState) -> Result<Vec<Op>>,
+        check: bool,
+    ) -> Result<GroupState> {
+        let me = self.account.account_id;
+        for _ in 0..COMMIT_ATTEMPTS {
+            let mut g = self
+                .store
+                .group(id)?
+                .ok_or_else(|| EngineError::Invalid("unknown group".into()))?;
+            let Some((relay_version, changes)) = self.refresh(&mut g).await? else {
+                return Err(EngineError::Invalid(format!(
+                    "you are no longer a member of {:?} (or it was re-keyed and `sotto sync` \
+                     has not fetched the new key yet)",
+                    g.state.title
+                )));
+            };
+            self.require_active(&g)?;
+            let mut ops = make(&g.state)?;
+            if ops.is_empty() {
+                return Ok(g.state);
+            }
+            let leaving = ops.contains(&Op::Leave);
+            let version = relay_version + 1;
+            let mut change = self.signed_change(&g.state, version, ops.clone())?;
+            let mut next = match apply(&g.state, &change) {
+                Ok(next) => next,
+                Err(e) if check => return Err(group_err(e)),
+                // Unchecked (a test's forged change): the relay takes it as is.
+                Err(_) => g.state.clone(),
+            };
+            let rotate = !leaving && (next.rekey_needed || ops.contains(&Op::RotateKey));
+            if next.rekey_needed && !leaving {
+                ops.push(Op::RotateKey);
+                change = self.signed_change(&g.state, version, ops)?;
+                next = apply(&g.state, &change).map_err(group_err)?;
+            }
+            let key: [u8; 32] = if rotate { rand::rng().random() } else { g.key };
+            let mut blob = Blob {
+                state: next.clone(),
+                changes,
+            };
+            blob.changes.push(change);
+            group::trim_changes(&mut blob);
+            let old_keys = GroupKeys::derive(&g.key).map_err(group_err)?;
+            let new_keys = GroupKeys::derive(&key).map_err(group_err)?;
+            let sealed = group::seal_blob(&new_keys, &blob, &mut rand::rng()).map_err(group_err)?;
+            let auth_key = new_keys.auth.public_key.serialize().to_vec();
+            let link_key = match next.link_secret() {
+                Some(secret) => LinkKeys::derive(&secret)
+                    .map_err(group_err)?
+                    .auth
+                    .public_key
+                    .serialize()
+                    .to_vec(),
+                None => Vec::new(),
+            };
+            let answer = self
+                .anon_call(&|exporter| {
+                    let body =
+                        group_body(&[&relay_version.to_be_bytes(), &sealed, &auth_key, &link_key]);
+                    let t = group_transcript(GroupPurpose::Write, exporter, &id, &body);
+                    Ok(Req::GroupWrite(relay::GroupWrite {
+                        group_id: id.to_vec(),
+                        expected_version: relay_version,
+                        blob: sealed.clone(),
+                        auth_key: auth_key.clone(),
+                        link_key: link_key.clone(),
+                        signature: sign_with(&old_keys.auth, &t)?,
+                    }))
+                })
+                .await;
+            match answer {
+                Ok(Resp::GroupWritten(_)) => {}
+                Ok(_) => return Err(TransportError::Unexpected.into()),
+                Err(e) if refused_code(&e) == Some(ErrorCode::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+            let before = std::mem::replace(&mut g.state, next.clone());
+            if rotate {
+                g.key = key;
+                g.sender_key_sent_to.clear();
+            }
+            g.active = next.member(me).is_some();
+            self.store.put_group(&g)?;
+            self.announce(&g, &before).await?;
+            return Ok(next);
+        }
+        Err(EngineError::Invalid(
+            "the group kept changing while we tried to update it; try again".into(),
+        ))
+    }
+
+    /// Tells every member of the new state (newcomers first) the key and
+    /// version, and every removed member that they were removed.
+    async fn announce(&mut self, g: &LocalGroup, before: &GroupState) -> Result<()> {
+        let me = self.account.account_id;
+        let mut recipients: Vec<Uuid> = g
+            .state
+            .members
+            .iter()
+            .map(|m| m.account)
+            .filter(|a| *a != me)
+            .collect();
+        // Newcomers first: their update should land before other members'
+        // first messages to them.
+        recipients.sort_by_key(|a| before.member(*a).is_some());
+        for account in recipients {
+            let (id, body) = content(
+                &self.account.name,
+                content::content::Body::GroupUpdate(content::GroupUpdate {
+                    group_id: g.id.to_vec(),
+                    group_key: g.key.to_vec(),
+                    version: g.state.version,
+                }),
+            );
+            self.queue_control(id, account, &body)?;
+        }
+        for gone in before
+            .members
+            .iter()
+            .filter(|m| m.account != me && g.state.member(m.account).is_none())
+        {
+            let (id, body) = content(
+                &self.account.name,
+                content::content::Body::GroupRemoved(content::GroupRemoved {
+                    group_id: g.id.to_vec(),
+                }),
+            );
+            self.queue_control(id, gone.account, &body)?;
+        }
+        self.store.flush().await?;
+        if let Err(e) = self.drain_outbox().await {
+            // The change is made; the outbox retries the announcements.
+            self.notices.push(Notice::Group(format!(
+                "group change saved; some members will be told later: {e}"
+            )));
+        }
+        Ok(())
+    }
+
+    fn queue_control(&self, id: [u8; 16], recipient: Uuid, body: &Content) -> Result<()> {
+        self.store.outbox_push(&OutboxEntry {
+            id,
+            recipient,
+            content: body.encode_to_vec(),
+            created_at_ms: now_ms(),
+            group: None,
+        })?;
+        Ok(())
+    }
+
+    // ----- user actions ------------------------------------------------------
+
+    /// Creates a group with me as owner.
+    pub async fn group_create(&mut self, title: &str) -> Result<GroupInfo> {
+        let id: [u8; 16] = rand::rng().random();
+        let key: [u8; 32] = rand::rng().random();
+        let start = genesis(&hex(&id));
+        let change = self.signed_change(
+            &start,
+            1,
+            vec![Op::Create {
+                title: title.trim().to_string(),
+                creator: self.me_member(),
+            }],
+        )?;
+        let state = apply(&start, &change).map_err(group_err)?;
+        let keys = GroupKeys::derive(&key).map_err(group_err)?;
+        let blob = Blob {
+            state: state.clone(),
+            changes: vec![change],
+        };
+        let sealed = group::seal_blob(&keys, &blob, &mut rand::rng()).map_err(group_err)?;
+        let auth_key = keys.auth.public_key.serialize().to_vec();
+        let answer = self
+            .anon_call(&|exporter| {
+                let body = group_body(&[&0u64.to_be_bytes(), &sealed, &auth_key, &[]]);
+                let t = group_transcript(GroupPurpose::Write, exporter, &id, &body);
+                Ok(Req::GroupWrite(relay::GroupWrite {
+                    group_id: id.to_vec(),
+                    expected_version: 0,
+                    blob: sealed.clone(),
+                    auth_key: auth_key.clone(),
+                    link_key: Vec::new(),
+                    signature: sign_with(&keys.auth, &t)?,
+                }))
+            })
+            .await?;
+        let Resp::GroupWritten(_) = answer else {
+            return Err(TransportError::Unexpected.into());
+        };
+        let g = LocalGroup {
+            id,
+            key,
+            state,
+            sender_key_sent_to: Vec::new(),
+            active: true,
+        };
+        self.store.put_group(&g)?;
+        self.store.flush().await?;
+        Ok(self.info(&g))
+    }
+
+    /// Adds contacts to a group (admins only).
+    pub async fn group_add(&mut self, query: &str, names: &[String]) -> Result<GroupState> {
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        let mut members = Vec::new();
+        for name in names {
+            let contact = self.contact(name)?;
+            let identity = self
+                .current_identity(contact.account_id, &contact.name)
+                .await?;
+            members.push(Member {
+                account: contact.account_id,
+                identity_key: b64_encode(&identity.serialize()),
+                // The name I gave them: members see it until they post under their own.
+                name: contact.name.clone(),
+                role: Role::Member,
+                joined_at_ms: now_ms(),
+            });
+        }
+        self.commit(g.id, &|state| {
+            Ok(members
+                .iter()
+                .filter(|m| state.member(m.account).is_none())
+                .cloned()
+                .map(Op::Add)
+                .collect())
+        })
+        .await
+    }
+
+    /// The identity key the relay holds for `peer`, refused if it differs from the one we trust.
+    async fn current_identity(&mut self, peer: Uuid, name: &str) -> Result<IdentityKey> {
+        let conn = self.connection().await?;
+        let Resp::Identity(found) = conn
+            .request(Req::FetchIdentity(relay::FetchIdentity {
+                account_id: peer.as_bytes().to_vec(),
+            }))
+            .await
+            .map_err(|e| unknown_recipient(e, name))?
+        else {
+            return Err(TransportError::Unexpected.into());
+        };
+        let identity =
+            IdentityKey::try_from(found.identity_key.as_slice()).map_err(damaged_bundle)?;
+        match self.store.identity_status(peer)? {
+            Some(status) if status.trusted.as_ref() != Some(&identity) => {
+                self.store.note_identity(peer, &identity)?;
+                Err(EngineError::IdentityChanged(name.to_string()))
+            }
+            Some(_) => Ok(identity),
+            None => {
+                self.store.note_identity(peer, &identity)?;
+                Ok(identity)
+            }
+        }
+    }
+
+    /// Removes a member (admins only); rotates the group key.
+    pub async fn group_remove(&mut self, query: &str, who: &str) -> Result<GroupState> {
+        let g = self.find_group(query)?;
+        let target = self.find_member(&g.state, who)?;
+        self.commit(g.id, &|state| {
+            Ok(match state.member(target) {
+                Some(_) => vec![Op::Remove(target)],
+                None => vec![],
+            })
+        })
+        .await
+    }
+
+    /// Leaves a group.
+    pub async fn group_leave(&mut self, query: &str) -> Result<()> {
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        self.commit(g.id, &|_| Ok(vec![Op::Leave])).await?;
+        Ok(())
+    }
+
+    /// Makes a member an admin (`admin = true`) or a plain member.
+    pub async fn group_set_role(&mut self, query: &str, who: &str, admin: bool) -> Result<()> {
+        let g = self.find_group(query)?;
+        let target = self.find_member(&g.state, who)?;
+        let role = if admin { Role::Admin } else { Role::Member };
+        self.commit(g.id, &|state| {
+            Ok(match state.role_of(target) {
+                Some(r) if r == role => vec![],
+                _ => vec![Op::SetRole {
+                    account: target,
+                    role,
+                }],
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Changes settings; `None` leaves one as it is. Returns the settings now in force.
+    pub async fn group_settings(
+        &mut self,
+        query: &str,
+        announcements_only: Option<bool>,
+        approval: Option<bool>,
+        disappearing_ms: Option<u64>,
+    ) -> Result<Settings> {
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        let state = self
+            .commit(g.id, &|state| {
+                let mut s = state.settings;
+                if let Some(v) = announcements_only {
+                    s.announcements_only = v;
+                }
+                if let Some(v) = approval {
+                    s.approval = v;
+                }
+                if let Some(v) = disappearing_ms {
+                    s.disappearing_ms = v;
+                }
+                Ok(if s == state.settings {
+                    vec![]
+                } else {
+                    vec![Op::SetSettings(s)]
+                })
+            })
+            .await?;
+        Ok(state.settings)
+    }
+
+    /// The group's join link, creating one (or a new one with `reset`) as needed.
+    pub async fn group_link(&mut self, query: &str, reset: bool) -> Result<String> {
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        let fresh: [u8; 32] = rand::rng().random();
+        let fresh_hex = hex(&fresh);
+        let state = self
+            .commit(g.id, &|state| {
+                Ok(match (&state.link, reset) {
+                    (Some(_), false) => vec![],
+                    _ => vec![Op::SetLink(Some(fresh_hex.clone()))],
+                })
+            })
+            .await?;
+        let secret = state
+            .link_secret()
+            .ok_or_else(|| EngineError::Invalid("the group has no join link".into()))?;
+        Ok(link_string(&g.id, &secret))
+    }
+
+    /// Asks to join through a link. An admin's app admits us (or files the
+    /// request for approval) the next time it syncs.
+    pub async fn group_join(&mut self, link: &str) -> Result<()> {
+        let link = parse_link(link)?;
+        if let Some(g) = self.store.group(link.id)?
+            && g.active
+        {
+            return Err(EngineError::Invalid(format!(
+                "you are already a member of {:?}",
+                g.state.title
+            )));
+        }
+        let keys = LinkKeys::derive(&link.secret).map_err(group_err)?;
+        let me = self.me_member();
+        let at_ms = now_ms();
+        let signature = self
+            .identity
+            .private_key()
+            .calculate_signature(
+                &join_bytes(&link.id, me.account, &me.identity_key, &me.name, at_ms),
+                &mut rand::rng(),
+            )
+            .map_err(crypto)?;
+        let body = JoinRequestBody {
+            account: me.account,
+            identity_key: me.identity_key,
+            name: me.name,
+            at_ms,
+            signature: b64_encode(&signature),
+        };
+        let plain = serde_json::to_vec(&body)
+            .map_err(|_| EngineError::Invalid("cannot encode the request".into()))?;
+        let sealed = keys.seal(&plain, &mut rand::rng());
+        let answer = self
+            .anon_call(&|exporter| {
+                let t = group_transcript(
+                    GroupPurpose::Join,
+                    exporter,
+                    &link.id,
+                    &group_body(&[&sealed]),
+                );
+                Ok(Req::GroupJoinRequest(relay::GroupJoinRequest {
+                    group_id: link.id.to_vec(),
+                    request: sealed.clone(),
+                    signature: sign_with(&keys.auth, &t)?,
+                }))
+            })
+            .await;
+        match answer {
+            Ok(Resp::Done(_)) => {}
+            Ok(_) => return Err(TransportError::Unexpected.into()),
+            Err(e)
+                if matches!(
+                    refused_code(&e),
+                    Some(ErrorCode::Forbidden | ErrorCode::UnknownGroup)
+                ) =>
+            {
+                return Err(EngineError::Invalid(
+                    "this group link no longer works (it was reset or turned off); \
+                     ask an admin for the current one"
+                        .into(),
+                ));
+            }
+            Err(e) if refused_code(&e) == Some(ErrorCode::Quota) => {
+                return Err(EngineError::Invalid(
+                    "this group has too many unanswered join requests; try again later".into(),
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+        self.store.put_join(&PendingJoin {
+            id: link.id,
+            requested_at_ms: at_ms,
+        })?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Reads join requests filed through the link and turns them into members
+    /// (approval off) or pending requests (approval on). Admins only; returns
+    /// how many were handled.
+    async fn process_join_requests(&mut self, id: [u8; 16]) -> Result<usize> {
+        let Some(g) = self.store.group(id)? else {
+            return Ok(0);
+        };
+        let (Some(role), Some(secret)) = (self.my_role(&g), g.state.link_secret()) else {
+            return Ok(0);
+        };
+        if !role.is_admin() {
+            return Ok(0);
+        }
+        let keys = GroupKeys::derive(&g.key).map_err(group_err)?;
+        let link = LinkKeys::derive(&secret).map_err(group_err)?;
+        let answer = self
+            .anon_call(&|exporter| {
+                let t =
+                    group_transcript(GroupPurpose::FetchRequests, exporter, &id, &group_body(&[]));
+                Ok(Req::GroupFetchRequests(relay::GroupFetchRequests {
+                    group_id: id.to_vec(),
+                    signature: sign_with(&keys.auth, &t)?,
+                }))
+            })
+            .await;
+        let requests = match answer {
+            Ok(Resp::GroupRequests(r)) => r.requests,
+            Ok(_) => return Err(TransportError::Unexpected.into()),
+            Err(e) if refused_code(&e) == Some(ErrorCode::Forbidden) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        if requests.is_empty() {
+            return Ok(0);
+        }
+        let mut handled = Vec::new();
+        let mut valid: Vec<Pending> = Vec::new();
+        for r in &requests {
+            handled.push(r.id);
+            // Requests made with an older link (before a reset) do not open: dropped.
+            let Some(body) = link
+                .open(&r.request)
+                .and_then(|p| serde_json::from_slice::<JoinRequestBody>(&p).ok())
+            else {
+                continue;
+            };
+            let signed_ok = b64_decode(&body.identity_key)
+                .and_then(|k| IdentityKey::decode(&k).ok())
+                .zip(b64_decode(&body.signature))
+                .is_some_and(|(key, sig)| {
+                    key.public_key().verify_signature(
+                        &join_bytes(
+                            &id,
+                            body.account,
+                            &body.identity_key,
+                            &body.name,
+                            body.at_ms,
+                        ),
+                        &sig,
+                    )
+                });
+            let name: String = body.name.trim().chars().take(64).collect();
+            if !signed_ok || name.is_empty() || valid.iter().any(|p| p.account == body.account) {
+                continue;
+            }
+            valid.push(Pending {
+                account: body.account,
+                identity_key: body.identity_key,
+                name,
+                requested_at_ms: r.received_at_ms,
+            });
+        }
+        if !valid.is_empty() {
+            self.commit(id, &|state| {
+                Ok(valid
+                    .iter()
+                    .filter(|p| {
+                        state.member(p.account).is_none()
+                            && !state.pending.iter().any(|q| q.account == p.account)
+                    })
+                    .map(|p| {
+                        if state.settings.approval {
+                            Op::Request(p.clone())
+                        } else {
+                            Op::Add(Member {
+                                account: p.account,
+                                identity_key: p.identity_key.clone(),
+                                name: p.name.clone(),
+                                role: Role::Member,
+                                joined_at_ms: 0,
+                            })
+                        }
+                    })
+                    .collect())
+            })
+            .await?;
+        }
+        // The key may have rotated in that commit: sign with the current one.
+        let g = self
+            .store
+            .group(id)?
+            .ok_or_else(|| EngineError::Invalid("unknown group".into()))?;
+        let keys = GroupKeys::derive(&g.key).map_err(group_err)?;
+        let ids: Vec<u8> = handled.iter().flat_map(|i| i.to_be_bytes()).collect();
+        self.anon_call(&|exporter| {
+            let t = group_transcript(
+                GroupPurpose::DeleteRequests,
+                exporter,
+                &id,
+                &group_body(&[&ids]),
+            );
+            Ok(Req::GroupDeleteRequests(relay::GroupDeleteRequests {
+                group_id: id.to_vec(),
+                ids: handled.clone(),
+                signature: sign_with(&keys.auth, &t)?,
+            }))
+        })
+        .await?;
+        Ok(valid.len())
+    }
+
+    /// Pending join requests (after fetching new ones from the relay).
+    pub async fn group_requests(&mut self, query: &str) -> Result<Vec<Pending>> {
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        self.process_join_requests(g.id).await?;
+        let mut g = self.find_group(&hex(&g.id))?;
+        self.refresh(&mut g).await?;
+        Ok(g.state.pending)
+    }
+
+    /// Approves or denies a pending join request (admins only).
+    pub async fn group_resolve(&mut self, query: &str, who: &str, approve: bool) -> Result<()> {
+        let g = self.find_group(query)?;
+        let mut g2 = g.clone();
+        self.refresh(&mut g2).await?;
+        let target = self.find_pending(&g2.state, who)?;
+        self.commit(g.id, &|state| {
+            Ok(if state.pending.iter().any(|p| p.account == target) {
+                vec![Op::Resolve {
+                    account: target,
+                    approve,
+                }]
+            } else {
+                vec![]
+            })
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a group message for everyone: the author's own by a group
+    /// message, anyone's by an admin through a logged change.
+    pub async fn group_delete(&mut self, query: &str, message_id: &str) -> Result<()> {
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        let wanted = message_id.trim().to_lowercase();
+        let matches: Vec<MessageRecord> = self
+            .store
+            .group_messages(&g.id)?
+            .into_iter()
+            .filter(|m| wanted.len() >= 4 && hex(&m.id).starts_with(&wanted))
+            .collect();
+        let [target] = matches.as_slice() else {
+            return Err(EngineError::Invalid(format!(
+                "no single message in {:?} has an id starting {message_id:?}; \
+                 see `sotto history {} --json` for ids",
+                g.state.title, g.state.title
+            )));
+        };
+        let me = self.account.account_id;
+        if target.direction == MessageDirection::Outgoing {
+            let (id, body) = content(
+                &self.account.name,
+                content::content::Body::GroupDelete(content::GroupDelete {
+                    group_id: g.id.to_vec(),
+                    message_id: target.id.to_vec(),
+                }),
+            );
+            self.store.delete_message(me, target.id)?;
+            self.queue_group(&g, id, &body)?;
+            self.store.flush().await?;
+            self.drain_outbox().await?;
+            return Ok(());
+        }
+        if !self.my_role(&g).is_some_and(Role::is_admin) {
+            return Err(EngineError::Invalid(
+                "only the author or an admin can delete a message for everyone".into(),
+            ));
+        }
+        let op = Op::DeleteMessage {
+            id: hex(&target.id),
+            author: target.peer,
+        };
+        self.commit(g.id, &|_| Ok(vec![op.clone()])).await?;
+        self.store.delete_message(target.peer, target.id)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Posts a text to a group. Returns once the relay has it for every member.
+    pub async fn group_send(&mut self, query: &str, text: &str) -> Result<ShownMessage> {
+        let g = self.find_group(query)?;
+        let role = self.my_role(&g).ok_or_else(|| {
+            EngineError::Invalid(format!("you are no longer a member of {:?}", g.state.title))
+        })?;
+        if g.state.settings.announcements_only && !role.is_admin() {
+            return Err(EngineError::Invalid(format!(
+                "{:?} is announcements-only: only admins can post. Nothing was sent",
+                g.state.title
+            )));
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "message too long: {} bytes, the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        let (id, body) = content(
+            &self.account.name,
+            content::content::Body::GroupText(content::GroupText {
+                group_id: g.id.to_vec(),
+                body: text.to_string(),
+            }),
+        );
+        let me = self.account.account_id;
+        let timer = g.state.settings.disappearing_ms;
+        let record = MessageRecord {
+            id,
+            peer: me,
+            direction: MessageDirection::Outgoing,
+            sender_name: self.account.name.clone(),
+            text: text.to_string(),
+            sent_at_ms: body.sent_at_ms,
+            received_at_ms: body.sent_at_ms,
+            status: MessageStatus::Pending,
+            group: Some(g.id.to_vec()),
+            expires_at_ms: (timer > 0).then(|| body.sent_at_ms + timer),
+        };
+        self.store.insert_message(&record)?;
+        self.queue_group(&g, id, &body)?;
+        self.store.flush().await?;
+        match self.drain_outbox().await {
+            Ok(_) => {}
+            Err(e) if is_offline(&e) => {
+                return Err(EngineError::Invalid(format!(
+                    "{e}. The message is saved and will be sent by the next \
+                     `sotto send`, `sync` or `listen`"
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+        let record = self
+            .store
+            .message(me, id)?
+            .ok_or_else(|| StoreError::Corrupt("message just stored".into()))?;
+        if record.status != MessageStatus::Sent {
+            return Err(EngineError::Invalid(
+                "the message is saved but the relay has not accepted it yet; \
+                 it will be resent by the next `sotto send`, `sync` or `listen`"
+                    .into(),
+            ));
+        }
+        Ok(self.show(&record))
+    }
+
+    fn queue_group(&self, g: &LocalGroup, id: [u8; 16], body: &Content) -> Result<()> {
+        self.store.outbox_push(&OutboxEntry {
+            id,
+            recipient: self.account.account_id,
+            content: body.encode_to_vec(),
+            created_at_ms: now_ms(),
+            group: Some(g.id),
+        })?;
+        Ok(())
+    }
+
+    /// Makes sure we have a session with `m` that uses the identity key the group state names.
+    async fn ensure_session(&mut self, m: &Member) -> Result<()> {
+        let address = address_of(m.account)?;
+        let mut session = self.store.load_session(&address).await?;
+        let usable = match &session {
+            Some(s) => {
+                s.has_usable_sender_chain(SystemTime::now(), SessionUsabilityRequirements::empty())?
+            }
+            None => false,
+        };
+        if !usable {
+            let name = self.peer_name(m.account, &m.name)?;
+            self.start_session(m.account, &name).await?;
+            session = self.store.load_session(&address).await?;
+        }
+        let expected = m.identity().map_err(group_err)?;
+        let remote = session.and_then(|s| s.remote_identity_key_bytes().ok().flatten());
+        if remote.as_deref() != Some(&expected.serialize()[..]) {
+            return Err(EngineError::IdentityChanged(
+                self.peer_name(m.account, &m.name)?,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends a queued group message: sender keys to members who lack ours,
+    /// then one sealed-sender v2 envelope for everyone.
+    pub(super) async fn deliver_group(&mut self, entry: &OutboxEntry, id: [u8; 16]) -> Result<()> {
+        let Some(mut g) = self.store.group(id)? else {
+            self.fail(entry)?;
+            return Err(EngineError::Invalid(
+                "that group no longer exists here".into(),
+            ));
+        };
+        if self.my_role(&g).is_none() {
+            self.fail(entry)?;
+            return Err(EngineError::Invalid(format!(
+                "you are no longer a member of {:?}",
+                g.state.title
+            )));
+        }
+        let me = self.account.account_id;
+        let keys = GroupKeys::derive(&g.key).map_err(group_err)?;
+        let my_address = address_of(me)?;
+        let mut sender_keys = self.store.clone();
+        // Creates our sender key for this distribution id on first use.
+        let distribution = create_sender_key_distribution_message(
+            &my_address,
+            keys.distribution_id,
+            &mut sender_keys,
+            &mut rand::rng(),
+        )
+        .await?;
+        let members: Vec<Member> = g
+            .state
+            .members
+            .iter()
+            .filter(|m| m.account != me)
+            .cloned()
+            .collect();
+        let mut recipients = Vec::new();
+        for m in &members {
+            if let Err(e) = self.ensure_session(m).await {
+                if is_offline(&e) {
+                    return Err(e);
+                }
+                self.notices.push(Notice::Group(format!(
+                    "not sending to {} in {:?}: {e}",
+                    self.peer_name(m.account, &m.name)?,
+                    g.state.title
+                )));
+                continue;
+            }
+            if !g.sender_key_sent_to.contains(&m.account) {
+                let (sk_id, body) = content(
+                    &self.account.name,
+                    content::content::Body::SenderKey(content::SenderKey {
+                        group_id: g.id.to_vec(),
+                        distribution: distribution.serialized().to_vec(),
+                    }),
+                );
+                let control = OutboxEntry {
+                    id: sk_id,
+                    recipient: m.account,
+                    content: body.encode_to_vec(),
+                    created_at_ms: now_ms(),
+                    group: None,
+                };
+                // Durable at the relay before the group message, which it precedes in their mailbox.
+                match self.deliver_direct(&control).await {
+                    Ok(()) => {
+                        g.sender_key_sent_to.push(m.account);
+                        self.store.put_group(&g)?;
+                    }
+                    Err(e) if is_offline(&e) => return Err(e),
+                    Err(e) => {
+                        self.notices.push(Notice::Group(format!(
+                            "not sending to {} in {:?}: {e}",
+                            self.peer_name(m.account, &m.name)?,
+                            g.state.title
+                        )));
+                        continue;
+                    }
+                }
+            }
+            recipients.push(m.account);
+        }
+        let message = group_encrypt(
+            &mut sender_keys,
+            &my_address,
+            keys.distribution_id,
+            &entry.content,
+            &mut rand::rng(),
+        )
+        .await?;
+        let certificate = self.sender_certificate().await?;
+        let usmc = UnidentifiedSenderMessageContent::new(
+            CiphertextMessageType::SenderKey,
+            certificate,
+            message.serialized().to_vec(),
+            ContentHint::Default,
+            Some(g.id.to_vec()),
+        )?;
+        for _ in 0..3 {
+            if recipients.is_empty() {
+                break;
+            }
+            let addresses: Vec<ProtocolAddress> = recipients
+                .iter()
+                .map(|a| address_of(*a))
+                .collect::<Result<_>>()?;
+            let mut sessions = Vec::with_capacity(addresses.len());
+            for a in &addresses {
+                sessions.push(
+                    self.store
+                        .load_session(a)
+                        .await?
+                        .ok_or_else(|| StoreError::Corrupt("session just made".into()))?,
+                );
+            }
+            let envelope = sealed_sender_multi_recipient_encrypt(
+                &addresses.iter().collect::<Vec<_>>(),
+                &sessions.iter().collect::<Vec<_>>(),
+                std::iter::empty::<ServiceId>(),
+                &usmc,
+                &self.store,
+                &mut rand::rng(),
+            )
+            .await?;
+            let conn = self.connection().await?;
+            let answer = conn
+                .request(Req::SendMulti(relay::SendMulti {
+                    envelope,
+                    ttl_ms: g.state.settings.disappearing_ms,
+                }))
+                .await;
+            match answer {
+                Ok(Resp::SentMulti(_)) => {
+                    recipients.clear();
+                    break;
+                }
+                Ok(_) => return Err(TransportError::Unexpected.into()),
+                Err(TransportError::Refused {
+                    code: code @ (ErrorCode::StaleDevice | ErrorCode::UnknownRecipient),
+                    accounts,
+                    ..
+                }) => {
+                    for raw in accounts {
+                        let Ok(account) = Uuid::from_slice(&raw) else {
+                            continue;
+                        };
+                        if code == ErrorCode::StaleDevice {
+                            // They re-registered: a new session (which re-checks their key) and a
+                            // fresh copy of our sender key.
+                            self.store.delete_session(&address_of(account)?)?;
+                            g.sender_key_sent_to.retain(|a| *a != account);
+                            self.store.put_group(&g)?;
+                        }
+                        recipients.retain(|a| *a != account);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if !recipients.is_empty() {
+            return Err(EngineError::Invalid(
+                "the relay keeps refusing the group message; try again later".into(),
+            ));
+        }
+        self.store.outbox_remove(entry.id)?;
+        if let Some(mut record) = self.store.message(me, entry.id)? {
+            record.status = MessageStatus::Sent;
+            self.store.update_message(&record)?;
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    // ----- receiving ---------------------------------------------------------
+
+    /// Opens a sealed envelope of any kind: 1:1 (v1) or group (v2, sender key).
+    /// Returns the sender and the plaintext.
+    pub(super) async fn unseal(
+        &mut self,
+        envelope: &relay::Envelope,
+    ) -> std::result::Result<(Uuid, Vec<u8>), SignalProtocolError> {
+        let usmc = sealed_sender_decrypt_to_usmc(&envelope.envelope, &self.store).await?;
+        let sender = usmc.sender()?;
+        // Checked at the time the relay received it, so a message that waited
+        // in the mailbox still opens after the certificate expired.
+        if !sender.validate(
+            &self.trust_root,
+            Timestamp::from_epoch_millis(envelope.received_at_ms),
+        )? {
+            return Err(SignalProtocolError::InvalidSealedSenderMessage(
+                "the sender certificate is not from our relay".into(),
+            ));
+        }
+        let sender_uuid = sender.sender_uuid()?.to_string();
+        let device = sender.sender_device_id()?;
+        let account = Uuid::parse_str(&sender_uuid).map_err(|_| {
+            SignalProtocolError::InvalidSealedSenderMessage("sender is not an account".into())
+        })?;
+        if account == self.account.account_id && device == device_id().unwrap_or(device) {
+            return Err(SignalProtocolError::SealedSenderSelfSend);
+        }
+        let address = ProtocolAddress::new(sender_uuid, device);
+        let mut sessions = self.store.clone();
+        let mut identities = self.store.clone();
+        let plain = match usmc.msg_type()? {
+            CiphertextMessageType::Whisper => {
+                message_decrypt_signal(
+                    &SignalMessage::try_from(usmc.contents()?)?,
+                    &address,
+                    &mut sessions,
+                    &mut identities,
+                    &mut rand::rng(),
+                )
+                .await?
+            }
+            CiphertextMessageType::PreKey => {
+                let mut pre_keys = self.store.clone();
+                let signed = self.store.clone();
+                let mut kyber = self.store.clone();
+                message_decrypt_prekey(
+                    &PreKeySignalMessage::try_from(usmc.contents()?)?,
+                    &address,
+                    &mut sessions,
+                    &mut identities,
+                    &mut pre_keys,
+                    &signed,
+                    &mut kyber,
+                    &mut rand::rng(),
+                )
+                .await?
+            }
+            CiphertextMessageType::SenderKey => {
+                let mut sender_keys = self.store.clone();
+                group_decrypt(usmc.contents()?, &mut sender_keys, &address).await?
+            }
+            other => {
+                return Err(SignalProtocolError::InvalidMessage(
+                    other,
+                    "unexpected message type",
+                ));
+            }
+        };
+        Ok((account, plain))
+    }
+
+    /// Handles the group kinds of content. Returns a record to show for group texts.
+    pub(super) async fn receive_group_content(
+        &mut self,
+        sender: Uuid,
+        content: &Content,
+        body: &content::content::Body,
+    ) -> Result<Option<MessageRecord>> {
+        use content::content::Body;
+        match body {
+            Body::GroupText(t) => self.on_group_text(sender, content, t).await,
+            Body::GroupDelete(d) => {
+                // The record key includes the author: one can only delete one's own.
+                if let Ok(id) = <[u8; 16]>::try_from(d.message_id.as_slice())
+                    && let Some(m) = self.store.message(sender, id)?
+                    && m.group.as_deref() == Some(d.group_id.as_slice())
+                {
+                    self.store.delete_message(sender, id)?;
+                }
+                Ok(None)
+            }
+            Body::SenderKey(sk) => {
+                match SenderKeyDistributionMessage::try_from(sk.distribution.as_slice()) {
+                    Ok(skdm) => {
+                        let mut store = self.store.clone();
+                        process_sender_key_distribution_message(
+                            &address_of(sender)?,
+                            &skdm,
+                            &mut store,
+                        )
+                        .await?;
+                    }
+                    Err(_) => self.notices.push(Notice::Group(
+                        "a member sent a damaged group key; their next message may not open".into(),
+                    )),
+                }
+                Ok(None)
+            }
+            Body::GroupUpdate(u) => {
+                self.on_group_update(sender, u).await?;
+                Ok(None)
+            }
+            Body::GroupRemoved(r) => {
+                if let Ok(id) = <[u8; 16]>::try_from(r.group_id.as_slice())
+                    && let Some(mut g) = self.store.group(id)?
+                    && g.active
+                    && g.state.role_of(sender).is_some_and(Role::is_admin)
+                {
+                    self.refresh(&mut g).await?;
+                    if !g.active {
+                        self.notices.push(Notice::Group(format!(
+                            "you were removed from group {:?}",
+                            g.state.title
+                        )));
+                    }
+                }
+                Ok(None)
+            }
+            Body::Text(_) => Ok(None),
+        }
+    }
+
+    async fn on_group_update(&mut self, sender: Uuid, u: &content::GroupUpdate) -> Result<()> {
+        let (Ok(id), Ok(key)) = (
+            <[u8; 16]>::try_from(u.group_id.as_slice()),
+            <[u8; 32]>::try_from(u.group_key.as_slice()),
+        ) else {
+            return Ok(());
+        };
+        let existing = self.store.group(id)?;
+        if let Some(g) = &existing
+            && g.key == key
+            && g.state.version >= u.version
+        {
+            return Ok(());
+        }
+        let fetched = self.read_group(id, &key).await?;
+        let Fetched::State { blob, .. } = fetched else {
+            // An older key than the relay's: a later update brings the new one.
+            return Ok(());
+        };
+        let me = self.account.account_id;
+        let mut g = match existing {
+            Some(g) => g,
+            None => {
+                // New to us: we take the snapshot on the word of the member who
+                // added us, who must be in it (as must we).
+                if blob.state.member(sender).is_none() || blob.state.member(me).is_none() {
+                    return Ok(());
+                }
+                self.store.remove_join(id)?;
+                self.notices.push(Notice::Group(format!(
+                    "you are now a member of group {:?}",
+                    blob.state.title
+                )));
+                LocalGroup {
+                    id,
+                    key,
+                    state: blob.state.clone(),
+                    sender_key_sent_to: Vec::new(),
+                    active: true,
+                }
+            }
+        };
+        if g.key != key {
+            // A new key: a new distribution id, so our sender key goes out afresh.
+            g.key = key;
+            g.sender_key_sent_to.clear();
+        }
+        let was_active = g.active;
+        self.adopt(&mut g, &blob)?;
+        if was_active && !g.active {
+            self.notices.push(Notice::Group(format!(
+                "you are no longer a member of group {:?}",
+                g.state.title
+            )));
+        }
+        Ok(())
+    }
+
+    async fn on_group_text(
+        &mut self,
+        sender: Uuid,
+        content: &Content,
+        t: &content::GroupText,
+    ) -> Result<Option<MessageRecord>> {
+        let Ok(id) = <[u8; 16]>::try_from(content.id.as_slice()) else {
+            return Ok(None);
+        };
+        let Ok(group_id) = <[u8; 16]>::try_from(t.group_id.as_slice()) else {
+            return Ok(None);
+        };
+        let mut timer = 0;
+        let mut name = content.sender_name.chars().take(64).collect::<String>();
+        if let Some(mut g) = self.store.group(group_id)? {
+            if !g.active {
+                return Ok(None);
+            }
+            if g.state.member(sender).is_none() {
+                // Perhaps they joined after our last update: look again.
+                self.refresh(&mut g).await?;
+            }
+            let Some(member) = g.state.member(sender) else {
+                self.notices.push(Notice::Group(format!(
+                    "dropped a message to {:?} from someone who is not a member",
+                    g.state.title
+                )));
+                return Ok(None);
+            };
+            if g.state.settings.announcements_only && !member.role.is_admin() {
+                self.notices.push(Notice::Group(format!(
+                    "dropped a post by a non-admin in announcements-only group {:?}",
+                    g.state.title
+                )));
+                return Ok(None);
+            }
+            name = member.name.clone();
+            timer = g.state.settings.disappearing_ms;
+        }
+        // Unknown group: the update adding us is still on its way; the sender
+        // key it came with shows the sender meant it for us.
+        let received = now_ms();
+        // The timer runs from when it was sent (never later than we got it),
+        // so every member's copy goes at about the same moment.
+        let expires_at_ms = (timer > 0).then(|| content.sent_at_ms.min(received) + timer);
+        if expires_at_ms.is_some_and(|t| t <= received) {
+            return Ok(None);
+        }
+        let record = MessageRecord {
+            id,
+            peer: sender,
+            direction: MessageDirection::Incoming,
+            sender_name: name,
+            text: t.body.clone(),
+            sent_at_ms: content.sent_at_ms,
+            received_at_ms: received,
+            status: MessageStatus::Received,
+            group: Some(group_id.to_vec()),
+            expires_at_ms,
+        };
+        Ok(self.store.insert_message(&record)?.then_some(record))
+    }
+
+    /// After a sync: admins rotate keys after departures and let link joiners
+    /// in; everyone deletes messages whose timer ran out.
+    pub(super) async fn group_housekeeping(&mut self) -> Result<()> {
+        self.store.purge_expired(now_ms())?;
+        for g in self.store.groups()? {
+            if !self.my_role(&g).is_some_and(Role::is_admin) {
+                continue;
+            }
+            if g.state.rekey_needed {
+                self.commit(g.id, &|state| {
+                    Ok(if state.rekey_needed {
+                        vec![Op::RotateKey]
+                    } else {
+                        vec![]
+                    })
+                })
+                .await?;
+            }
+            if g.state.link.is_some() {
+                self.process_join_requests(g.id).await?;
+            }
+        }
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    // ----- views -----------------------------------------------------------------
+
+    fn info(&self, g: &LocalGroup) -> GroupInfo {
+        GroupInfo {
+            id: hex(&g.id),
+            title: g.state.title.clone(),
+            role: self.my_role(g),
+            members: g.state.members.len(),
+            settings: g.state.settings,
+            pending: g.state.pending.len(),
+            waiting: false,
+        }
+    }
+
+    /// My groups, then join requests still waiting.
+    pub fn groups(&self) -> Result<Vec<GroupInfo>> {
+        let mut out: Vec<GroupInfo> = self.store.groups()?.iter().map(|g| self.info(g)).collect();
+        out.sort_by_key(|g| g.title.to_lowercase());
+        for j in self.store.joins()? {
+            if !out.iter().any(|g| g.id == hex(&j.id)) {
+                out.push(GroupInfo {
+                    id: hex(&j.id),
+                    title: String::new(),
+                    role: None,
+                    members: 0,
+                    settings: Settings::default(),
+                    pending: 0,
+                    waiting: true,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A group's members (refreshed from the relay when it is reachable).
+    pub async fn group_members(&mut self, query: &str) -> Result<Vec<MemberInfo>> {
+        let mut g = self.find_group(query)?;
+        if g.active
+            && let Err(e) = self.refresh(&mut g).await
+            && !is_offline(&e)
+        {
+            return Err(e);
+        }
+        let me = self.account.account_id;
+        Ok(g.state
+            .members
+            .iter()
+            .map(|m| MemberInfo {
+                name: match self.store.contact_by_account(m.account).ok().flatten() {
+                    Some(c) => c.name,
+                    None if m.account == me => self.account.name.clone(),
+                    None => m.name.clone(),
+                },
+                code: ContactCode::from_account_id(m.account).to_string(),
+                role: m.role,
+                me: m.account == me,
+            })
+            .collect())
+    }
+
+    /// The moderation log (refreshed from the relay when it is reachable).
+    pub async fn group_log(&mut self, query: &str) -> Result<Vec<group::LogEntry>> {
+        let mut g = self.find_group(query)?;
+        if g.active
+            && let Err(e) = self.refresh(&mut g).await
+            && !is_offline(&e)
+        {
+            return Err(e);
+        }
+        Ok(g.state.log)
+    }
+
+    /// A group's messages, oldest first.
+    pub fn group_history(&self, query: &str) -> Result<Vec<ShownMessage>> {
+        let g = self.find_group(query)?;
+        self.store.purge_expired(now_ms())?;
+        Ok(self
+            .store
+            .group_messages(&g.id)?
+            .iter()
+            .map(|m| self.show(m))
+            .collect())
+    }
+
+    /// The group id and title a query names, for the CLI.
+    pub fn group_title(&self, query: &str) -> Result<(String, String)> {
+        let g = self.find_group(query)?;
+        Ok((hex(&g.id), g.state.title))
+    }
+
+    /// Writes ops to a group **without** the role checks every client applies
+    /// when it receives them: what a modified client could do with the group
+    /// key. Only for tests that prove the other members refuse such changes.
+    #[doc(hidden)]
+    pub async fn danger_write_unchecked(&mut self, query: &str, ops: Vec<Op>) -> Result<()> {
+        let g = self.find_group(query)?;
+        self.commit_with(g.id, &|_| Ok(ops.clone()), false).await?;
+        Ok(())
+    }
+}

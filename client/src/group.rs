@@ -1,0 +1,1027 @@
+//! Group state: who is in a group, with which role, under which settings,
+//! and the signed chain of changes that got it there.
+//!
+//! This module is pure: no I/O, no store, no relay. The engine
+//! (`groups.rs`) moves these values between the relay and the store.
+//!
+//! The model, and what each part protects against:
+//! - A group has a random 16-byte id and a 32-byte **group key** known only to
+//!   members. From the key we derive the state encryption key, the relay
+//!   **auth key** (a Curve25519 key pair; the relay holds only its public half
+//!   and serves the group's blob to whoever signs with it), and the sender-key
+//!   **distribution id**. Rotating the key after a removal therefore cuts the
+//!   removed member off from the state *and* forces every remaining member
+//!   onto a fresh sender key that the removed member never receives.
+//! - The state is changed only by [`SignedChange`]s: a list of [`Op`]s, the
+//!   hash of the state it applies to, and the author's identity-key signature.
+//!   Every client replays the chain from the state it already trusts and
+//!   applies only changes whose author held the role the ops need
+//!   ([`apply`]), so a member who forges "promote me" with a modified client
+//!   is ignored by everyone else, whatever the relay stores.
+//! - The blob on the relay is `{state, recent changes}`, encrypted under the
+//!   group key and padded to a size bucket ([`seal_blob`]) so its length does
+//!   not reveal the member count.
+//! - The moderation log is *derived* from the ops by [`apply`], never written
+//!   by hand, so it cannot misdescribe what an admin did.
+
+use chacha20poly1305::aead::{Aead, KeyInit};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use libsignal_protocol::{IdentityKey, IdentityKeyPair, KeyPair, PrivateKey};
+use rand::{CryptoRng, Rng};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Size buckets the encrypted state is padded to (plaintext bytes).
+pub const STATE_BUCKETS: [usize; 4] = [4 * 1024, 16 * 1024, 64 * 1024, 256 * 1024];
+
+/// Changes kept in the blob for members who are a few versions behind.
+pub const KEPT_CHANGES: usize = 32;
+
+/// Moderation log entries kept in the state.
+pub const KEPT_LOG: usize = 300;
+
+/// Longest group title.
+pub const MAX_TITLE: usize = 64;
+
+const NONCE_LEN: usize = 24;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a change or blob was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GroupError {
+    /// The change's author lacked the role, or the op makes no sense here.
+    #[error("{0}")]
+    Refused(String),
+    /// The blob or change failed authentication or decoding.
+    #[error("the group state is damaged or not encrypted under this group key")]
+    Damaged,
+    /// The state no longer fits the largest size bucket.
+    #[error("the group state is too large (too many members or settings)")]
+    TooLarge,
+}
+
+fn refused<T>(why: impl Into<String>) -> Result<T, GroupError> {
+    Err(GroupError::Refused(why.into()))
+}
+
+/// A member's role. Owners are admins who cannot be removed or demoted by others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Can post (unless announcements-only).
+    Member,
+    /// Can change the group and moderate.
+    Admin,
+    /// The creator: an admin nobody else can remove or demote.
+    Owner,
+}
+
+impl Role {
+    /// Whether this role may moderate.
+    pub fn is_admin(self) -> bool {
+        self >= Role::Admin
+    }
+
+    /// The word the CLI shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Member => "member",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+}
+
+/// One member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Account id.
+    pub account: Uuid,
+    /// Serialized libsignal identity key, base64. Sessions with the member
+    /// must match it; changes they sign are checked against it.
+    pub identity_key: String,
+    /// Display name the member chose.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// When they joined (ms since the epoch, the author's clock).
+    pub joined_at_ms: u64,
+}
+
+impl Member {
+    /// The member's identity key.
+    pub fn identity(&self) -> Result<IdentityKey, GroupError> {
+        let bytes = b64_decode(&self.identity_key).ok_or(GroupError::Damaged)?;
+        IdentityKey::decode(&bytes).map_err(|_| GroupError::Damaged)
+    }
+}
+
+/// Someone who asked to join through the link while approval is on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Account id.
+    pub account: Uuid,
+    /// Serialized identity key, base64.
+    pub identity_key: String,
+    /// Display name they chose.
+    pub name: String,
+    /// When the request was filed.
+    pub requested_at_ms: u64,
+}
+
+/// Group settings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// Only admins may post.
+    pub announcements_only: bool,
+    /// Link joins wait for an admin's approval.
+    pub approval: bool,
+    /// Messages disappear this long after they are sent; 0 = never.
+    pub disappearing_ms: u64,
+}
+
+/// One line of the moderation log, visible to every member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When (the author's clock, ms since the epoch).
+    pub at_ms: u64,
+    /// Who did it.
+    pub by: Uuid,
+    /// Their display name at the time.
+    pub by_name: String,
+    /// What they did, in words, derived from the op.
+    pub action: String,
+}
+
+/// The group state every member holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupState {
+    /// Group id, hex.
+    pub id: String,
+    /// Version; equals the relay's version of the blob holding it.
+    pub version: u64,
+    /// Title.
+    pub title: String,
+    /// Members, in the order they joined.
+    pub members: Vec<Member>,
+    /// Settings.
+    pub settings: Settings,
+    /// Join-link secret (hex), when a link exists.
+    pub link: Option<String>,
+    /// Link requests waiting for approval.
+    pub pending: Vec<Pending>,
+    /// True after a removal or departure until the group key is rotated.
+    pub rekey_needed: bool,
+    /// Moderation log, oldest first (the last [`KEPT_LOG`]).
+    pub log: Vec<LogEntry>,
+}
+
+impl GroupState {
+    /// The member with this account id.
+    pub fn member(&self, account: Uuid) -> Option<&Member> {
+        self.members.iter().find(|m| m.account == account)
+    }
+
+    /// The role of `account`, if a member.
+    pub fn role_of(&self, account: Uuid) -> Option<Role> {
+        self.member(account).map(|m| m.role)
+    }
+
+    /// SHA-256 of the canonical encoding; changes name their parent by it.
+    pub fn hash(&self) -> [u8; 32] {
+        // serde_json writes struct fields in declaration order and we use no
+        // maps, so equal states encode (and hash) alike on every client.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        Sha256::digest(bytes).into()
+    }
+
+    /// The join-link secret, decoded.
+    pub fn link_secret(&self) -> Option<[u8; 32]> {
+        self.link
+            .as_deref()
+            .and_then(hex_decode)
+            .and_then(|v| v.try_into().ok())
+    }
+}
+
+/// A single edit to the group state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    /// First op of the first change: the author becomes the owner.
+    Create {
+        /// Title.
+        title: String,
+        /// The creator (role is forced to owner).
+        creator: Member,
+    },
+    /// Rename.
+    SetTitle(String),
+    /// Add a member (role is forced to member).
+    Add(Member),
+    /// Remove a member (not the owner).
+    Remove(Uuid),
+    /// The author leaves.
+    Leave,
+    /// Make a member an admin or a plain member.
+    SetRole {
+        /// Whom.
+        account: Uuid,
+        /// Admin or member.
+        role: Role,
+    },
+    /// Replace the settings.
+    SetSettings(Settings),
+    /// Set (or clear) the join-link secret, hex.
+    SetLink(Option<String>),
+    /// Record a link request for approval.
+    Request(Pending),
+    /// Approve (add as member) or deny a pending request.
+    Resolve {
+        /// Whom.
+        account: Uuid,
+        /// True to admit.
+        approve: bool,
+    },
+    /// Remove another member's message for everyone.
+    DeleteMessage {
+        /// Message id, hex.
+        id: String,
+        /// Its author.
+        author: Uuid,
+    },
+    /// The group key was replaced (after removals and departures).
+    RotateKey,
+}
+
+/// The signed body of a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeBody {
+    /// Group id, hex.
+    pub group: String,
+    /// The version this change produces.
+    pub version: u64,
+    /// Hash (hex) of the state it applies to; all zeros for creation.
+    pub parent: String,
+    /// Author.
+    pub by: Uuid,
+    /// Author's clock.
+    pub at_ms: u64,
+    /// What changes.
+    pub ops: Vec<Op>,
+}
+
+/// A change and its author's identity-key signature over the body's encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedChange {
+    /// What was signed.
+    pub body: ChangeBody,
+    /// Signature, base64.
+    pub signature: String,
+}
+
+impl SignedChange {
+    /// Signs `body` with the author's identity key.
+    pub fn sign<R: Rng + CryptoRng>(
+        body: ChangeBody,
+        identity: &IdentityKeyPair,
+        rng: &mut R,
+    ) -> Result<SignedChange, GroupError> {
+        let bytes = change_bytes(&body);
+        let signature = identity
+            .private_key()
+            .calculate_signature(&bytes, rng)
+            .map_err(|_| GroupError::Refused("cannot sign the change".into()))?;
+        Ok(SignedChange {
+            body,
+            signature: b64_encode(&signature),
+        })
+    }
+
+    fn verify(&self, key: &IdentityKey) -> bool {
+        let Some(sig) = b64_decode(&self.signature) else {
+            return false;
+        };
+        key.public_key()
+            .verify_signature(&change_bytes(&self.body), &sig)
+    }
+}
+
+fn change_bytes(body: &ChangeBody) -> Vec<u8> {
+    let mut out = b"sotto-group-change-v1".to_vec();
+    out.extend(serde_json::to_vec(body).unwrap_or_default());
+    out
+}
+
+/// What the relay stores, once decrypted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    /// The state after the last change, as its author computed it.
+    pub state: GroupState,
+    /// The last few changes, oldest first, for members catching up.
+    pub changes: Vec<SignedChange>,
+}
+
+/// The empty state a group's first change applies to.
+pub fn genesis(id: &str) -> GroupState {
+    GroupState {
+        id: id.to_string(),
+        version: 0,
+        title: String::new(),
+        members: Vec::new(),
+        settings: Settings::default(),
+        link: None,
+        pending: Vec::new(),
+        rekey_needed: false,
+        log: Vec::new(),
+    }
+}
+
+/// Applies a signed change to `state`, checking the chain, the signature and
+/// the author's role for every op. Returns the new state; `state` is untouched
+/// on refusal.
+pub fn apply(state: &GroupState, change: &SignedChange) -> Result<GroupState, GroupError> {
+    let body = &change.body;
+    if body.group != state.id {
+        return refused("the change is for another group");
+    }
+    // Versions only grow, but may skip: an admin who refused a forged change
+    // builds the next one on the last valid state, at the relay's next version.
+    if body.version <= state.version || body.parent != hex(&state.hash()) {
+        return refused("the change does not follow the state it claims to change");
+    }
+    let creating = matches!(body.ops.first(), Some(Op::Create { .. }));
+    // The author's key: from the state for members, from the Create op for the creator.
+    let author_key = match (creating, state.member(body.by)) {
+        (true, _) => match body.ops.first() {
+            Some(Op::Create { creator, .. })
+                if creator.account == body.by && state.version == 0 =>
+            {
+                creator.identity()?
+            }
+            _ => return refused("only an empty group can be created"),
+        },
+        (false, Some(m)) => m.identity()?,
+        (false, None) => return refused("the change's author is not a member"),
+    };
+    if !change.verify(&author_key) {
+        return refused("the change's signature does not verify");
+    }
+    let mut next = state.clone();
+    next.version = body.version;
+    for (i, op) in body.ops.iter().enumerate() {
+        let role = next.role_of(body.by);
+        let action = apply_op(&mut next, body.by, role, op, i == 0 && creating, body.at_ms)?;
+        let by_name = next
+            .member(body.by)
+            .or_else(|| state.member(body.by))
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        next.log.push(LogEntry {
+            at_ms: body.at_ms,
+            by: body.by,
+            by_name,
+            action,
+        });
+    }
+    if next.log.len() > KEPT_LOG {
+        let excess = next.log.len() - KEPT_LOG;
+        next.log.drain(..excess);
+    }
+    Ok(next)
+}
+
+fn name_of(state: &GroupState, account: Uuid) -> String {
+    state
+        .member(account)
+        .map(|m| m.name.clone())
+        .or_else(|| {
+            state
+                .pending
+                .iter()
+                .find(|p| p.account == account)
+                .map(|p| p.name.clone())
+        })
+        .unwrap_or_else(|| "someone".into())
+}
+
+fn require_admin(role: Option<Role>, what: &str) -> Result<(), GroupError> {
+    match role {
+        Some(r) if r.is_admin() => Ok(()),
+        Some(_) => refused(format!("only admins can {what}")),
+        None => refused("the change's author is not a member"),
+    }
+}
+
+/// Applies one op; returns its log line.
+fn apply_op(
+    s: &mut GroupState,
+    by: Uuid,
+    role: Option<Role>,
+    op: &Op,
+    creating: bool,
+    at_ms: u64,
+) -> Result<String, GroupError> {
+    Ok(match op {
+        Op::Create { title, creator } => {
+            if !creating {
+                return refused("a group is created only once");
+            }
+            check_title(title)?;
+            s.title = title.clone();
+            let mut owner = creator.clone();
+            owner.role = Role::Owner;
+            s.members.push(owner);
+            format!("created the group \"{title}\"")
+        }
+        Op::SetTitle(title) => {
+            require_admin(role, "rename the group")?;
+            check_title(title)?;
+            s.title = title.clone();
+            format!("renamed the group to \"{title}\"")
+        }
+        Op::Add(m) => {
+            require_admin(role, "add members")?;
+            if s.member(m.account).is_some() {
+                return refused(format!("{} is already a member", m.name));
+            }
+            m.identity()?;
+            let mut m = m.clone();
+            m.role = Role::Member;
+            m.joined_at_ms = at_ms;
+            s.pending.retain(|p| p.account != m.account);
+            let line = format!("added {}", m.name);
+            s.members.push(m);
+            line
+        }
+        Op::Remove(who) => {
+            require_admin(role, "remove members")?;
+            if *who == by {
+                return refused("use leave to leave the group");
+            }
+            match s.role_of(*who) {
+                None => return refused("not a member"),
+                Some(Role::Owner) => return refused("the owner cannot be removed"),
+                Some(_) => {}
+            }
+            let line = format!("removed {}", name_of(s, *who));
+            s.members.retain(|m| m.account != *who);
+            s.rekey_needed = true;
+            line
+        }
+        Op::Leave => {
+            let Some(leaving) = role else {
+                return refused("not a member");
+            };
+            s.members.retain(|m| m.account != by);
+            if leaving == Role::Owner {
+                // Ownership passes to the longest-serving admin, else member.
+                let heir = s
+                    .members
+                    .iter()
+                    .position(|m| m.role == Role::Admin)
+                    .or(if s.members.is_empty() { None } else { Some(0) });
+                if let Some(i) = heir {
+                    s.members[i].role = Role::Owner;
+                }
+            }
+            s.rekey_needed = true;
+            "left the group".into()
+        }
+        Op::SetRole { account, role: new } => {
+            require_admin(role, "change roles")?;
+            if *new == Role::Owner {
+                return refused("ownership cannot be given by a role change");
+            }
+            let name = name_of(s, *account);
+            let Some(target) = s.members.iter_mut().find(|m| m.account == *account) else {
+                return refused("not a member");
+            };
+            if target.role == Role::Owner {
+                return refused("the owner's role cannot be changed");
+            }
+            if target.role == *new {
+                return refused(format!("{name} is already {}", new.as_str()));
+            }
+            target.role = *new;
+            match new {
+                Role::Admin => format!("made {name} an admin"),
+                _ => format!("made {name} a member (no longer an admin)"),
+            }
+        }
+        Op::SetSettings(new) => {
+            require_admin(role, "change settings")?;
+            let old = s.settings;
+            s.settings = *new;
+            describe_settings(&old, new)
+        }
+        Op::SetLink(link) => {
+            require_admin(role, "manage the join link")?;
+            if let Some(l) = link
+                && hex_decode(l).is_none_or(|b| b.len() != 32)
+            {
+                return refused("bad link secret");
+            }
+            let line = match (&s.link, link) {
+                (_, None) => "turned the join link off",
+                (None, Some(_)) => "created a join link",
+                (Some(_), Some(_)) => "reset the join link (the old one no longer works)",
+            };
+            s.link = link.clone();
+            line.into()
+        }
+        Op::Request(p) => {
+            require_admin(role, "record join requests")?;
+            if s.member(p.account).is_some() || s.pending.iter().any(|q| q.account == p.account) {
+                return refused("already a member or already waiting");
+            }
+            b64_decode(&p.identity_key)
+                .and_then(|b| IdentityKey::decode(&b).ok())
+                .ok_or(GroupError::Damaged)?;
+            s.pending.push(p.clone());
+            format!("received a join request from {}", p.name)
+        }
+        Op::Resolve { account, approve } => {
+            require_admin(role, "approve or deny join requests")?;
+            let Some(i) = s.pending.iter().position(|p| p.account == *account) else {
+                return refused("no such join request");
+            };
+            let p = s.pending.remove(i);
+            if *approve {
+                s.members.push(Member {
+                    account: p.account,
+                    identity_key: p.identity_key,
+                    name: p.name.clone(),
+                    role: Role::Member,
+                    joined_at_ms: at_ms,
+                });
+                format!("approved {}'s join request", p.name)
+            } else {
+                format!("denied {}'s join request", p.name)
+            }
+        }
+        Op::DeleteMessage { id, author } => {
+            require_admin(role, "delete other members' messages")?;
+            format!("deleted a message by {} ({id})", name_of(s, *author))
+        }
+        Op::RotateKey => {
+            if role.is_none() {
+                return refused("not a member");
+            }
+            s.rekey_needed = false;
+            "rotated the group key".into()
+        }
+    })
+}
+
+fn check_title(title: &str) -> Result<(), GroupError> {
+    if title.trim().is_empty() || title.len() > MAX_TITLE {
+        return refused(format!("a group title needs 1 to {MAX_TITLE} characters"));
+    }
+    Ok(())
+}
+
+fn describe_settings(old: &Settings, new: &Settings) -> String {
+    let mut parts = Vec::new();
+    let on = |b: bool| if b { "on" } else { "off" };
+    if old.announcements_only != new.announcements_only {
+        parts.push(format!(
+            "turned announcements-only {}",
+            on(new.announcements_only)
+        ));
+    }
+    if old.approval != new.approval {
+        parts.push(format!("turned join approval {}", on(new.approval)));
+    }
+    if old.disappearing_ms != new.disappearing_ms {
+        parts.push(match new.disappearing_ms {
+            0 => "turned disappearing messages off".to_string(),
+            ms => format!("set disappearing messages to {}", human_duration(ms)),
+        });
+    }
+    if parts.is_empty() {
+        "saved the settings unchanged".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// "7d", "12h", "30m", "45s".
+pub fn human_duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// Replays `changes` onto `trusted`, following the parent chain: a change
+/// that does not verify (forged, or by someone without the role) is skipped
+/// and reported, and later changes must build on the last valid state.
+/// Returns the newest valid state, the changes applied, and the refused changes' reasons.
+pub fn replay(trusted: &GroupState, changes: &[SignedChange]) -> Replayed {
+    let mut state = trusted.clone();
+    let mut applied = Vec::new();
+    let mut refusals = Vec::new();
+    for change in changes {
+        if change.body.version <= state.version {
+            continue;
+        }
+        match apply(&state, change) {
+            Ok(next) => {
+                state = next;
+                applied.push(change.clone());
+            }
+            Err(e) => {
+                // A change on a different parent is another branch (e.g. built
+                // on a forged change): it is not ours to report twice.
+                if change.body.parent == hex(&state.hash()) {
+                    refusals.push((change.body.version, e.to_string()));
+                }
+            }
+        }
+    }
+    Replayed {
+        state,
+        applied,
+        refusals,
+    }
+}
+
+/// What [`replay`] found.
+#[derive(Debug)]
+pub struct Replayed {
+    /// The newest valid state.
+    pub state: GroupState,
+    /// The changes applied, oldest first.
+    pub applied: Vec<SignedChange>,
+    /// `(version, reason)` of each change refused on our chain.
+    pub refusals: Vec<(u64, String)>,
+}
+
+/// Keys derived from a group key.
+pub struct GroupKeys {
+    enc: [u8; 32],
+    /// The relay auth key pair.
+    pub auth: KeyPair,
+    /// Sender-key distribution id for this key's epoch.
+    pub distribution_id: Uuid,
+}
+
+fn prf(key: &[u8], label: &[u8]) -> [u8; 32] {
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(label);
+    mac.finalize().into_bytes().into()
+}
+
+fn key_pair_from(seed: [u8; 32]) -> Result<KeyPair, GroupError> {
+    let private = PrivateKey::deserialize(&seed).map_err(|_| GroupError::Damaged)?;
+    let public = private.public_key().map_err(|_| GroupError::Damaged)?;
+    Ok(KeyPair::new(public, private))
+}
+
+impl GroupKeys {
+    /// Derives the keys of one group key.
+    pub fn derive(group_key: &[u8; 32]) -> Result<GroupKeys, GroupError> {
+        let id = prf(group_key, b"sotto group v1: distribution id");
+        let mut uuid = [0u8; 16];
+        uuid.copy_from_slice(&id[..16]);
+        Ok(GroupKeys {
+            enc: prf(group_key, b"sotto group v1: state encryption"),
+            auth: key_pair_from(prf(group_key, b"sotto group v1: relay auth"))?,
+            distribution_id: uuid::Builder::from_random_bytes(uuid).into_uuid(),
+        })
+    }
+}
+
+/// Keys derived from a join-link secret.
+pub struct LinkKeys {
+    enc: [u8; 32],
+    /// Signs join requests; the relay holds its public half.
+    pub auth: KeyPair,
+}
+
+impl LinkKeys {
+    /// Derives the keys of one link secret.
+    pub fn derive(secret: &[u8; 32]) -> Result<LinkKeys, GroupError> {
+        Ok(LinkKeys {
+            enc: prf(secret, b"sotto group link v1: request encryption"),
+            auth: key_pair_from(prf(secret, b"sotto group link v1: relay auth"))?,
+        })
+    }
+
+    /// Encrypts a join request.
+    pub fn seal<R: Rng + CryptoRng>(&self, plain: &[u8], rng: &mut R) -> Vec<u8> {
+        seal(&self.enc, plain, rng)
+    }
+
+    /// Decrypts a join request.
+    pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
+        open(&self.enc, sealed)
+    }
+}
+
+fn seal<R: Rng + CryptoRng>(key: &[u8; 32], plain: &[u8], rng: &mut R) -> Vec<u8> {
+    let nonce: [u8; NONCE_LEN] = rng.random();
+    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
+    let mut out = nonce.to_vec();
+    // Encryption with a valid key and nonce cannot fail.
+    out.extend(
+        cipher
+            .encrypt(XNonce::from_slice(&nonce), plain)
+            .unwrap_or_default(),
+    );
+    out
+}
+
+fn open(key: &[u8; 32], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    XChaCha20Poly1305::new(Key::from_slice(key))
+        .decrypt(XNonce::from_slice(nonce), ct)
+        .ok()
+}
+
+/// Encrypts a blob, padded to the smallest bucket that holds it.
+pub fn seal_blob<R: Rng + CryptoRng>(
+    keys: &GroupKeys,
+    blob: &Blob,
+    rng: &mut R,
+) -> Result<Vec<u8>, GroupError> {
+    let json = serde_json::to_vec(blob).map_err(|_| GroupError::Damaged)?;
+    let needed = json.len() + 4;
+    let bucket = STATE_BUCKETS
+        .iter()
+        .copied()
+        .find(|b| *b >= needed)
+        .ok_or(GroupError::TooLarge)?;
+    let mut plain = Vec::with_capacity(bucket);
+    plain.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    plain.extend_from_slice(&json);
+    plain.resize(bucket, 0);
+    Ok(seal(&keys.enc, &plain, rng))
+}
+
+/// Decrypts and unpads a blob.
+pub fn open_blob(keys: &GroupKeys, sealed: &[u8]) -> Result<Blob, GroupError> {
+    let plain = open(&keys.enc, sealed).ok_or(GroupError::Damaged)?;
+    let (len, rest) = plain.split_first_chunk::<4>().ok_or(GroupError::Damaged)?;
+    let len = u32::from_be_bytes(*len) as usize;
+    let json = rest.get(..len).ok_or(GroupError::Damaged)?;
+    serde_json::from_slice(json).map_err(|_| GroupError::Damaged)
+}
+
+/// Drops the oldest changes until the blob fits the largest bucket (the
+/// newest change is always kept).
+pub fn trim_changes(blob: &mut Blob) {
+    if blob.changes.len() > KEPT_CHANGES {
+        let excess = blob.changes.len() - KEPT_CHANGES;
+        blob.changes.drain(..excess);
+    }
+    let limit = STATE_BUCKETS[STATE_BUCKETS.len() - 1] - 4;
+    while blob.changes.len() > 1 && serde_json::to_vec(blob).map_or(0, |v| v.len()) > limit {
+        blob.changes.remove(0);
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Decodes lowercase or uppercase hex.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Standard base64.
+pub fn b64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes standard base64.
+pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Person {
+        id: Uuid,
+        key: IdentityKeyPair,
+        name: &'static str,
+    }
+
+    impl Person {
+        fn new(name: &'static str) -> Person {
+            Person {
+                id: Uuid::new_v4(),
+                key: IdentityKeyPair::generate(&mut rand::rng()),
+                name,
+            }
+        }
+        fn member(&self) -> Member {
+            Member {
+                account: self.id,
+                identity_key: b64_encode(&self.key.identity_key().serialize()),
+                name: self.name.into(),
+                role: Role::Member,
+                joined_at_ms: 0,
+            }
+        }
+        fn change(&self, state: &GroupState, ops: Vec<Op>) -> SignedChange {
+            let body = ChangeBody {
+                group: state.id.clone(),
+                version: state.version + 1,
+                parent: hex(&state.hash()),
+                by: self.id,
+                at_ms: 1000,
+                ops,
+            };
+            SignedChange::sign(body, &self.key, &mut rand::rng()).expect("sign")
+        }
+    }
+
+    fn group(owner: &Person, others: &[&Person]) -> GroupState {
+        let g = genesis("00112233445566778899aabbccddeeff");
+        let mut ops = vec![Op::Create {
+            title: "Taxi list".into(),
+            creator: owner.member(),
+        }];
+        ops.extend(others.iter().map(|p| Op::Add(p.member())));
+        apply(&g, &owner.change(&g, ops)).expect("create")
+    }
+
+    #[test]
+    fn creation_makes_the_author_owner_and_logs_every_op() {
+        let (a, b) = (Person::new("Ann"), Person::new("Bob"));
+        let s = group(&a, &[&b]);
+        assert_eq!(s.version, 1);
+        assert_eq!(s.role_of(a.id), Some(Role::Owner));
+        assert_eq!(s.role_of(b.id), Some(Role::Member));
+        assert_eq!(s.log.len(), 2);
+        assert_eq!(s.log[1].action, "added Bob");
+        assert_eq!(s.log[1].by_name, "Ann");
+    }
+
+    #[test]
+    fn a_member_forging_their_own_promotion_is_refused() {
+        let (a, b) = (Person::new("Ann"), Person::new("Bob"));
+        let s = group(&a, &[&b]);
+        let forged = b.change(
+            &s,
+            vec![Op::SetRole {
+                account: b.id,
+                role: Role::Admin,
+            }],
+        );
+        assert_eq!(
+            apply(&s, &forged),
+            Err(GroupError::Refused("only admins can change roles".into()))
+        );
+        // Signing as someone else does not help either.
+        let mut stolen = forged.clone();
+        stolen.body.by = a.id;
+        assert!(matches!(apply(&s, &stolen), Err(GroupError::Refused(_))));
+    }
+
+    #[test]
+    fn replay_skips_a_forged_branch_and_follows_the_honest_one() {
+        let (a, b, c) = (Person::new("Ann"), Person::new("Bob"), Person::new("Cat"));
+        let s1 = group(&a, &[&b]);
+        let forged = b.change(
+            &s1,
+            vec![Op::SetRole {
+                account: b.id,
+                role: Role::Admin,
+            }],
+        );
+        // The honest admin builds on the last valid state, at the next version.
+        let mut honest = a.change(&s1, vec![Op::Add(c.member())]);
+        honest.body.version = 3;
+        let honest = SignedChange::sign(honest.body, &a.key, &mut rand::rng()).expect("sign");
+        let Replayed {
+            state,
+            applied,
+            refusals,
+        } = replay(&s1, &[forged, honest]);
+        assert_eq!(refusals.len(), 1);
+        assert_eq!(applied.len(), 1);
+        assert_eq!(state.role_of(b.id), Some(Role::Member));
+        assert_eq!(state.role_of(c.id), Some(Role::Member));
+        assert_eq!(state.version, 3);
+    }
+
+    #[test]
+    fn owner_cannot_be_removed_and_removal_needs_a_rekey() {
+        let (a, b, c) = (Person::new("Ann"), Person::new("Bob"), Person::new("Cat"));
+        let s = group(&a, &[&b, &c]);
+        let s = apply(
+            &s,
+            &a.change(
+                &s,
+                vec![Op::SetRole {
+                    account: b.id,
+                    role: Role::Admin,
+                }],
+            ),
+        )
+        .expect("promote");
+        assert!(apply(&s, &b.change(&s, vec![Op::Remove(a.id)])).is_err());
+        let s = apply(&s, &b.change(&s, vec![Op::Remove(c.id)])).expect("remove");
+        assert!(s.rekey_needed);
+        assert!(s.member(c.id).is_none());
+        let s = apply(&s, &b.change(&s, vec![Op::RotateKey])).expect("rotate");
+        assert!(!s.rekey_needed);
+    }
+
+    #[test]
+    fn owner_leaving_hands_the_group_to_an_admin() {
+        let (a, b, c) = (Person::new("Ann"), Person::new("Bob"), Person::new("Cat"));
+        let s = group(&a, &[&b, &c]);
+        let s = apply(
+            &s,
+            &a.change(
+                &s,
+                vec![Op::SetRole {
+                    account: c.id,
+                    role: Role::Admin,
+                }],
+            ),
+        )
+        .expect("promote");
+        let s = apply(&s, &a.change(&s, vec![Op::Leave])).expect("leave");
+        assert_eq!(s.role_of(c.id), Some(Role::Owner));
+        assert_eq!(s.role_of(b.id), Some(Role::Member));
+    }
+
+    #[test]
+    fn requests_are_approved_into_members() {
+        let (a, d) = (Person::new("Ann"), Person::new("Dee"));
+        let s = group(&a, &[]);
+        let p = Pending {
+            account: d.id,
+            identity_key: d.member().identity_key,
+            name: "Dee".into(),
+            requested_at_ms: 5,
+        };
+        let s = apply(&s, &a.change(&s, vec![Op::Request(p)])).expect("request");
+        assert_eq!(s.pending.len(), 1);
+        let s = apply(
+            &s,
+            &a.change(
+                &s,
+                vec![Op::Resolve {
+                    account: d.id,
+                    approve: true,
+                }],
+            ),
+        )
+        .expect("approve");
+        assert!(s.pending.is_empty());
+        assert_eq!(s.role_of(d.id), Some(Role::Member));
+    }
+
+    #[test]
+    fn blobs_pad_to_buckets_and_need_the_key() {
+        let (a, b) = (Person::new("Ann"), Person::new("Bob"));
+        let state = group(&a, &[&b]);
+        let keys = GroupKeys::derive(&[7; 32]).expect("keys");
+        let blob = Blob {
+            state: state.clone(),
+            changes: vec![],
+        };
+        let sealed = seal_blob(&keys, &blob, &mut rand::rng()).expect("seal");
+        assert_eq!(sealed.len(), STATE_BUCKETS[0] + NONCE_LEN + 16);
+        assert_eq!(open_blob(&keys, &sealed).expect("open"), blob);
+        let other = GroupKeys::derive(&[8; 32]).expect("keys");
+        assert_eq!(open_blob(&other, &sealed), Err(GroupError::Damaged));
+        assert_ne!(keys.distribution_id, other.distribution_id);
+        // Ten more members still fit the same bucket: size does not track count.
+        let mut bigger = blob.clone();
+        for i in 0..10 {
+            let mut m = b.member();
+            m.account = Uuid::from_u128(i);
+            bigger.state.members.push(m);
+        }
+        let sealed2 = seal_blob(&keys, &bigger, &mut rand::rng()).expect("seal");
+        assert_eq!(sealed.len(), sealed2.len());
+    }
+}
