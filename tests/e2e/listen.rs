@@ -92,3 +92,34 @@ fn term(pid: i32) -> i32 {
         .code()
         .unwrap_or(-1)
 }
+
+/// Group messages are pushed to a listener too, and `sotto group send` goes
+/// through the listener that holds the profile.
+#[test]
+fn listen_receives_group_pushes_and_relays_group_sends() {
+    let relay = Relay::start();
+    let alice = User::new(&relay, "Alice");
+    let bob = User::new(&relay, "Bob");
+    alice.add_contact("bob", &bob);
+    alice.ok(&["group", "create", "Rota"]);
+    alice.ok(&["group", "add", "Rota", "bob"]);
+    bob.ok(&["sync"]);
+
+    let (mut bob_listen, bob_lines) = listen(&bob);
+    std::thread::sleep(Duration::from_millis(500));
+    alice.ok(&["group", "send", "Rota", "group push while bob listens"]);
+    assert_eq!(
+        next_text(&bob_lines, "group push"),
+        "group push while bob listens"
+    );
+    let out = bob.ok(&["group", "send", "Rota", "group send through the listener"]);
+    assert!(out.contains("through the running `sotto listen`"), "{out}");
+    let got = alice.sync_json();
+    let texts: Vec<&str> = got.iter().filter_map(|m| m["text"].as_str()).collect();
+    assert_eq!(texts, ["group send through the listener"]);
+    assert_eq!(got[0]["group_title"], "Rota");
+
+    let pid = i32::try_from(bob_listen.id()).expect("pid fits");
+    assert_eq!(term(pid), 0);
+    assert!(bob_listen.wait().expect("wait").success());
+}

@@ -9,6 +9,7 @@
 mod abuse;
 mod cli_errors;
 mod durability;
+mod groups;
 mod identity;
 mod listen;
 mod messaging;

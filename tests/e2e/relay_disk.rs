@@ -1,46 +1,7 @@
 //! Scenario 6: whoever seizes the relay's disk finds no message text, display
 //! name or contact name (DESIGN.md, threat model).
 
-use std::path::Path;
-
-use sotto_tests::{Relay, User, texts};
-
-/// Every file under `dir`, recursively.
-fn files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(path);
-            }
-        }
-    }
-    out
-}
-
-/// Which of `needles` occur in any file under `dir`, as "needle in path".
-fn leaks(dir: &Path, needles: &[&str]) -> Vec<String> {
-    let mut found = Vec::new();
-    for path in files(dir) {
-        // Sockets and the like cannot be read; they hold no data at rest.
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        for needle in needles {
-            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                found.push(format!("{needle:?} in {}", path.display()));
-            }
-        }
-    }
-    found
-}
+use sotto_tests::{Relay, User, leaks, texts};
 
 #[test]
 fn relay_disk_holds_no_plaintext() {
