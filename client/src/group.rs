@@ -999,6 +999,45 @@ mod tests {
         assert_eq!(s.role_of(d.id), Some(Role::Member));
     }
 
+    proptest::proptest! {
+        /// Whatever the relay (or an attacker holding the group key) stores,
+        /// opening it never panics; with a wrong key nothing opens.
+        #[test]
+        fn opening_arbitrary_blobs_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let keys = GroupKeys::derive(&[9; 32]).expect("keys");
+            proptest::prop_assert!(open_blob(&keys, &bytes).is_err());
+        }
+
+        /// A blob sealed under the key, whatever JSON it holds, decodes or is
+        /// refused; a decoded state replays arbitrary changes without panicking.
+        #[test]
+        fn arbitrary_changes_never_panic(title in ".{0,80}", version in 0u64..5, ops in 0usize..4) {
+            let a = Person::new("Ann");
+            let s = group(&a, &[]);
+            let body = ChangeBody {
+                group: s.id.clone(),
+                version,
+                parent: hex(&s.hash()),
+                by: a.id,
+                at_ms: 1,
+                ops: (0..ops).map(|_| Op::SetTitle(title.clone())).collect(),
+            };
+            let change = SignedChange::sign(body, &a.key, &mut rand::rng()).expect("sign");
+            let _ = apply(&s, &change);
+            let r = replay(&s, &[change.clone(), change]);
+            proptest::prop_assert!(r.state.version >= s.version);
+        }
+
+        /// Hex decoding accepts exactly what hex() writes.
+        #[test]
+        fn hex_round_trips(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64), junk in "[^0-9a-fA-F]{1,4}") {
+            proptest::prop_assert_eq!(hex_decode(&hex(&bytes)), Some(bytes.clone()));
+            let mut bad = hex(&bytes);
+            bad.push_str(&junk);
+            proptest::prop_assert!(hex_decode(&bad).is_none());
+        }
+    }
+
     #[test]
     fn blobs_pad_to_buckets_and_need_the_key() {
         let (a, b) = (Person::new("Ann"), Person::new("Bob"));

@@ -66,6 +66,21 @@ impl Connection {
     /// Connects to `relay` (`host:port`), accepting only the certificate whose SPKI hashes to `pin`.
     pub async fn connect(relay: &str, pin: [u8; 32]) -> Result<Connection> {
         let addr = resolve(relay).await?;
+        let endpoint = client_endpoint(addr.is_ipv6()).map_err(|e| TransportError::Connect {
+            addr: relay.to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::connect_via(&endpoint, relay, pin).await
+    }
+
+    /// Like [`Connection::connect`], on an existing endpoint (many connections
+    /// can share one UDP socket; the benchmark harness uses this).
+    pub async fn connect_via(
+        endpoint: &quinn::Endpoint,
+        relay: &str,
+        pin: [u8; 32],
+    ) -> Result<Connection> {
+        let addr = resolve(relay).await?;
         let (host, _) = relay.rsplit_once(':').unwrap_or((relay, ""));
         let host = host.trim_start_matches('[').trim_end_matches(']');
         // The server name is only used for SNI; the pin is what authenticates.
@@ -97,22 +112,17 @@ impl Connection {
                 .expect("60 s is a valid idle timeout"),
         ));
         config.transport_config(Arc::new(transport));
-
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().expect("valid literal")
-        } else {
-            "0.0.0.0:0".parse().expect("valid literal")
-        };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| connect_err(e.to_string()))?;
-        endpoint.set_default_client_config(config);
         let connecting = endpoint
-            .connect(addr, server_name)
+            .connect_with(config, addr, server_name)
             .map_err(|e| connect_err(e.to_string()))?;
         let conn = tokio::time::timeout(Duration::from_secs(10), connecting)
             .await
             .map_err(|_| connect_err("timed out after 10 s".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
-        Ok(Connection { endpoint, conn })
+        Ok(Connection {
+            endpoint: endpoint.clone(),
+            conn,
+        })
     }
 
     /// 32 bytes of TLS keying material unique to this connection, for the auth transcript.
@@ -167,6 +177,16 @@ impl Connection {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
+}
+
+/// A client endpoint on an ephemeral UDP port.
+pub fn client_endpoint(ipv6: bool) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if ipv6 {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+    };
+    quinn::Endpoint::client(bind)
 }
 
 async fn resolve(relay: &str) -> Result<SocketAddr> {
