@@ -514,6 +514,7 @@ impl Engine {
                 Err(e @ EngineError::Transport(TransportError::Connection(_)))
                 | Err(e @ EngineError::Transport(TransportError::Connect { .. })) => {
                     // The relay is unreachable: the rest would fail the same way.
+                    self.forget_connections();
                     return Err(e);
                 }
                 Err(e) => {
@@ -705,6 +706,25 @@ impl Engine {
     /// `on_message` sees each new message after it is durably stored and before
     /// the relay is told to delete it. Also resends the outbox and tops up prekeys.
     pub async fn sync(
+        &mut self,
+        on_message: &mut dyn FnMut(&ShownMessage),
+        on_notice: &mut dyn FnMut(&Notice),
+    ) -> Result<usize> {
+        let result = self.sync_inner(on_message, on_notice).await;
+        if result.as_ref().is_err_and(is_offline) {
+            self.forget_connections();
+        }
+        result
+    }
+
+    /// Drops cached connections after a network failure, so the next call
+    /// connects afresh (the relay may have restarted) instead of reusing a dead one.
+    fn forget_connections(&mut self) {
+        self.conn = None;
+        self.anon = None;
+    }
+
+    async fn sync_inner(
         &mut self,
         on_message: &mut dyn FnMut(&ShownMessage),
         on_notice: &mut dyn FnMut(&Notice),

@@ -56,6 +56,9 @@ pub enum TransportError {
 /// Result alias for transport calls.
 pub type Result<T> = std::result::Result<T, TransportError>;
 
+/// Longest wait for one answer from the relay.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// One QUIC connection to the relay.
 pub struct Connection {
     endpoint: quinn::Endpoint,
@@ -138,6 +141,19 @@ impl Connection {
     ///
     /// A relay `Error` answer becomes [`TransportError::Refused`].
     pub async fn request(&self, kind: request::Kind) -> Result<response::Kind> {
+        // A relay that died mid-request sends nothing more; without a bound we
+        // would wait for QUIC's idle timeout.
+        tokio::time::timeout(REQUEST_TIMEOUT, self.request_inner(kind))
+            .await
+            .map_err(|_| {
+                TransportError::Connection(format!(
+                    "the relay did not answer within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                ))
+            })?
+    }
+
+    async fn request_inner(&self, kind: request::Kind) -> Result<response::Kind> {
         let (mut send, mut recv) = self
             .conn
             .open_bi()
