@@ -320,6 +320,9 @@ const TREE_CONTACT_IDS: &str = "contact_ids";
 const TREE_MESSAGES: &str = "messages";
 const TREE_OUTBOX: &str = "outbox";
 const TREE_GROUPS: &str = "groups";
+/// Message key -> (peer, id, expires_at) for messages with a disappearing
+/// timer, so purging does not read the whole history.
+const TREE_EXPIRING: &str = "expiring";
 const TREE_JOINS: &str = "joins";
 pub(crate) const TREE_IDENTITIES: &str = "identities";
 pub(crate) const TREE_SESSIONS: &str = "sessions";
@@ -624,6 +627,9 @@ impl Store {
             return Ok(false);
         }
         self.put_json(TREE_MESSAGES, &key, m)?;
+        if let Some(at) = m.expires_at_ms {
+            self.put_json(TREE_EXPIRING, &key, &(m.peer, m.id, at))?;
+        }
         Ok(true)
     }
 
@@ -661,16 +667,19 @@ impl Store {
             return Ok(false);
         }
         self.remove(TREE_MESSAGES, &key)?;
+        self.remove(TREE_EXPIRING, &key)?;
         Ok(true)
     }
 
     /// Deletes every message whose disappearing timer ran out by `now_ms`.
     pub fn purge_expired(&self, now_ms: u64) -> Result<usize> {
-        let all: Vec<MessageRecord> = self.scan_json(TREE_MESSAGES)?;
+        let timed: Vec<(Uuid, [u8; 16], u64)> = self.scan_json(TREE_EXPIRING)?;
         let mut n = 0;
-        for m in all {
-            if m.expires_at_ms.is_some_and(|t| t <= now_ms) {
-                self.remove(TREE_MESSAGES, &message_key(m.peer, m.id))?;
+        for (peer, id, at) in timed {
+            if at <= now_ms {
+                let key = message_key(peer, id);
+                self.remove(TREE_MESSAGES, &key)?;
+                self.remove(TREE_EXPIRING, &key)?;
                 n += 1;
             }
         }
