@@ -386,6 +386,32 @@ impl Running {
     }
 }
 
+/// Socket buffer size asked of the kernel for the relay's UDP socket.
+const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// Raises the UDP socket's buffers. With the kernel default (about 208 KiB)
+/// the relay drops datagrams under load and during handshake bursts; QUIC only
+/// recovers them after a probe timeout, which shows up as second-long stalls.
+/// The kernel caps the request at `net.core.rmem_max`/`wmem_max`; we warn when
+/// it did (docs/self-hosting.md says how to raise them).
+fn enlarge_socket_buffers(socket: &std::net::UdpSocket) {
+    let Ok(state) = quinn::udp::UdpSocketState::new(socket.into()) else {
+        return;
+    };
+    let _ = state.set_recv_buffer_size(socket.into(), SOCKET_BUFFER_BYTES);
+    let _ = state.set_send_buffer_size(socket.into(), SOCKET_BUFFER_BYTES);
+    // Linux reports twice the usable size it granted.
+    let granted = state.recv_buffer_size(socket.into()).unwrap_or(0);
+    if granted < SOCKET_BUFFER_BYTES {
+        tracing::warn!(
+            granted_bytes = granted,
+            wanted_bytes = SOCKET_BUFFER_BYTES,
+            "the kernel capped the UDP receive buffer; under load the relay may drop packets. \
+             Raise net.core.rmem_max and net.core.wmem_max (see docs/self-hosting.md)"
+        );
+    }
+}
+
 /// The QUIC endpoint configuration, with a stateless-reset key derived from
 /// the relay's TLS key so it survives restarts: after a crash, the restarted
 /// relay answers packets of connections it no longer knows with a reset the
@@ -412,6 +438,7 @@ pub async fn start(data_dir: &Path) -> Result<Running> {
         addr: config.listen,
         cause,
     })?;
+    enlarge_socket_buffers(&socket);
     let endpoint = quinn::Endpoint::new(
         endpoint_config(&keys.key_der),
         Some(server_config),

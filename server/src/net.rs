@@ -31,6 +31,11 @@ pub const CLOSE_BUSY: u32 = 2;
 /// Application close code: the operator banned or removed the account.
 pub const CLOSE_BANNED: u32 = 3;
 
+/// Envelope bytes of pushes one connection may have waiting for a stream:
+/// all a client that stops accepting push streams can make us hold (the rest
+/// waits in its mailbox for `Fetch`). About a thousand 1 KiB messages, far
+/// more than a client that keeps reading ever has outstanding.
+const PUSH_BUDGET_BYTES: usize = 1 << 20;
 /// Bad frames a connection may send before it is closed.
 const MAX_BAD_FRAMES: u32 = 16;
 /// How long a peer may take to send its request on an open stream.
@@ -46,9 +51,10 @@ pub struct Shared {
     pub relay: Relay,
     /// Invite link material (relay address, pin, trust root).
     pub links: LinkInfo,
-    live: Mutex<HashMap<DeviceKey, Vec<(u64, quinn::Connection)>>>,
+    live: Mutex<HashMap<DeviceKey, Vec<LivePeer>>>,
     next_conn_id: AtomicU64,
     connections: AtomicUsize,
+    pending_pushes: Arc<AtomicUsize>,
     limit: Arc<Semaphore>,
 }
 
@@ -62,6 +68,7 @@ impl Shared {
             live: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
+            pending_pushes: Arc::new(AtomicUsize::new(0)),
             limit: Arc::new(Semaphore::new(max)),
         }
     }
@@ -71,6 +78,12 @@ impl Shared {
         self.connections.load(Ordering::Relaxed)
     }
 
+    /// Pushes spawned but not yet handed to QUIC (waiting for the client to
+    /// allow another stream, or being written).
+    pub fn pending_pushes(&self) -> usize {
+        self.pending_pushes.load(Ordering::Relaxed)
+    }
+
     /// Closes every live connection of `account` (all devices) with `reason`.
     /// Returns how many were closed.
     pub fn close_account(&self, account: uuid::Uuid, reason: &[u8]) -> usize {
@@ -78,7 +91,7 @@ impl Shared {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             live.iter()
                 .filter(|(k, _)| k.account == account)
-                .flat_map(|(_, l)| l.iter().map(|(_, c)| c.clone()))
+                .flat_map(|(_, l)| l.iter().map(|p| p.conn.clone()))
                 .collect()
         };
         for conn in &conns {
@@ -87,27 +100,43 @@ impl Shared {
         conns.len()
     }
 
-    fn register_live(&self, key: DeviceKey, id: u64, conn: &quinn::Connection) {
+    fn register_live(&self, key: DeviceKey, ctx: &ConnCtx) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.entry(key).or_default().push((id, conn.clone()));
+        live.entry(key).or_default().push(LivePeer {
+            id: ctx.id,
+            conn: ctx.conn.clone(),
+            push_budget: Arc::clone(&ctx.push_budget),
+        });
     }
 
     fn unregister_live(&self, key: DeviceKey, id: u64) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = live.get_mut(&key) {
-            list.retain(|(i, _)| *i != id);
+            list.retain(|p| p.id != id);
             if list.is_empty() {
                 live.remove(&key);
             }
         }
     }
 
-    fn live_for(&self, key: DeviceKey) -> Vec<quinn::Connection> {
+    fn live_for(&self, key: DeviceKey) -> Vec<(quinn::Connection, Arc<Semaphore>)> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.get(&key)
-            .map(|l| l.iter().map(|(_, c)| c.clone()).collect())
+            .map(|l| {
+                l.iter()
+                    .map(|p| (p.conn.clone(), Arc::clone(&p.push_budget)))
+                    .collect()
+            })
             .unwrap_or_default()
     }
+}
+
+/// An authenticated connection that pushes can go to.
+struct LivePeer {
+    id: u64,
+    conn: quinn::Connection,
+    /// The connection's [`PUSH_BUDGET_BYTES`], shared with its [`ConnCtx`].
+    push_budget: Arc<Semaphore>,
 }
 
 /// Serves QUIC connections on an already-bound `endpoint` until `shutdown` is
@@ -175,6 +204,7 @@ async fn handle_connection(
         conn: conn.clone(),
         state: Mutex::new(ConnState::new(exporter)),
         bad_frames: AtomicU32::new(0),
+        push_budget: Arc::new(Semaphore::new(PUSH_BUDGET_BYTES)),
     });
     let streams = TaskTracker::new();
     loop {
@@ -207,6 +237,9 @@ struct ConnCtx {
     conn: quinn::Connection,
     state: Mutex<ConnState>,
     bad_frames: AtomicU32,
+    /// Envelope bytes this connection's pushes may hold while they wait for
+    /// a stream: one permit per byte.
+    push_budget: Arc<Semaphore>,
 }
 
 impl ConnCtx {
@@ -280,7 +313,7 @@ async fn handle_stream(
             shared.unregister_live(old, ctx.id);
         }
         if let Some(new) = after {
-            shared.register_live(new, ctx.id, &ctx.conn);
+            shared.register_live(new, ctx);
         }
     }
     let mut response = outcome.response;
@@ -307,18 +340,35 @@ async fn respond(send: &mut quinn::SendStream, response: &Response) {
 
 /// Best-effort push of one envelope to every live connection of `to`; the
 /// envelope stays in the mailbox until acknowledged either way.
+///
+/// A push waits in its own task until the client allows another stream. A
+/// client that does not accept push streams as fast as they come (or never
+/// does) would otherwise make us hold a task and an envelope copy per message
+/// for as long as it stays connected, so each connection has a byte budget
+/// ([`PUSH_BUDGET_BYTES`]); over it, the push is skipped and the envelope
+/// waits in the mailbox for the client's next `Fetch`.
 fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
     let conns = shared.live_for(to);
     if conns.is_empty() {
         return;
     }
+    // At least one permit, and never more than the whole budget, so that any
+    // envelope can be pushed to a client that keeps up.
+    let cost = envelope.envelope.len().clamp(1, PUSH_BUDGET_BYTES);
+    let cost = u32::try_from(cost).unwrap_or(u32::MAX);
     let msg = Push {
         version: sotto_wire::PROTOCOL_VERSION,
         envelopes: vec![envelope],
     };
-    for conn in conns {
+    for (conn, budget) in conns {
+        let Ok(permit) = budget.try_acquire_many_owned(cost) else {
+            tracing::debug!("client is not taking pushes; leaving the envelope for its next fetch");
+            continue;
+        };
         let msg = msg.clone();
+        let pending = PendingPush::new(&shared.pending_pushes);
         tokio::spawn(async move {
+            let _held = (pending, permit);
             let Ok(mut uni) = conn.open_uni().await else {
                 return;
             };
@@ -326,6 +376,22 @@ fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
                 let _ = uni.finish();
             }
         });
+    }
+}
+
+/// Counts one push task in [`Shared::pending_pushes`] for as long as it lives.
+struct PendingPush(Arc<AtomicUsize>);
+
+impl PendingPush {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for PendingPush {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -771,5 +837,86 @@ mod tests {
             (r["accounts"].as_u64(), r["connections"].as_u64()),
             (Some(1), Some(0))
         );
+    }
+
+    /// A client that never accepts push streams (a broken or hostile client,
+    /// or one that only fetches) must not make the relay hold a task and an
+    /// envelope copy per message sent to it for as long as it stays connected.
+    /// Found by the throughput benchmark (bench/src/throughput.rs).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushes_to_a_client_that_never_accepts_them_are_bounded() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("relay");
+        crate::init(&dir, Some("127.0.0.1:0".parse().expect("addr")), None).expect("init");
+        let running = crate::start(&dir).await.expect("start");
+        let invite = |uses| {
+            crate::make_invite(
+                &running.shared.relay,
+                &running.shared.links,
+                uses,
+                Duration::from_secs(60),
+            )
+            .expect("invite")
+            .token
+        };
+        // Bob registers and then never calls accept_uni.
+        let bob = connect(running.local_addr).await;
+        let alice = connect(running.local_addr).await;
+        let bob_id = register(&bob, invite(1)).await;
+        register(&alice, invite(1)).await;
+
+        const SENT: usize = 400;
+        const ENVELOPE: usize = 16 * 1024;
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..SENT {
+            let (alice, bob_id) = (alice.clone(), bob_id.clone());
+            sends.spawn(async move {
+                let mut envelope = vec![0x5a; ENVELOPE];
+                envelope[..8].copy_from_slice(&(i as u64).to_be_bytes());
+                call(
+                    &alice,
+                    request::Kind::Send(relay::Send {
+                        recipient: bob_id,
+                        device_id: 1,
+                        registration_id: 0,
+                        envelope,
+                    }),
+                )
+                .await
+            });
+            if sends.len() >= 16 {
+                let sent = sends.join_next().await.expect("task").expect("send");
+                assert!(matches!(sent, response::Kind::Sent(_)), "{sent:?}");
+            }
+        }
+        while let Some(sent) = sends.join_next().await {
+            let sent = sent.expect("send");
+            assert!(matches!(sent, response::Kind::Sent(_)), "{sent:?}");
+        }
+        // Let every spawned push get as far as it can.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pending = running.shared.pending_pushes();
+        assert!(
+            pending * ENVELOPE <= PUSH_BUDGET_BYTES,
+            "{pending} pushes of {ENVELOPE} bytes are parked waiting for a client that never reads them"
+        );
+
+        // Nothing is lost: every envelope is still in bob's mailbox.
+        let mut seqs = Vec::new();
+        loop {
+            let response::Kind::Envelopes(batch) =
+                call(&bob, request::Kind::Fetch(relay::Fetch { limit: 32 })).await
+            else {
+                panic!("expected envelopes");
+            };
+            seqs.extend(batch.envelopes.iter().map(|e| e.seq));
+            let ack = batch.envelopes.iter().map(|e| e.seq).collect();
+            call(&bob, request::Kind::Ack(relay::Ack { seqs: ack })).await;
+            if !batch.more {
+                break;
+            }
+        }
+        assert_eq!(seqs.len(), SENT);
+        running.shutdown().await;
     }
 }

@@ -101,6 +101,9 @@ pub fn server_config(cert_der: &[u8], key_der: &[u8]) -> Result<quinn::ServerCon
     transport.max_concurrent_bidi_streams(32u32.into());
     // Clients never open unidirectional streams to the relay; pushes go the other way.
     transport.max_concurrent_uni_streams(0u32.into());
+    // The relay never reads QUIC datagrams; quinn's default would let a client
+    // park about 1.25 MB of unread ones per connection.
+    transport.datagram_receive_buffer_size(None);
     transport.max_idle_timeout(Some(
         std::time::Duration::from_secs(60)
             .try_into()
