@@ -168,6 +168,11 @@ impl Relay {
         link
     }
 
+    /// The relay process id, while it runs (for RSS measurements).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the relay process is still running.
     pub fn is_alive(&mut self) -> bool {
         match self.child.as_mut() {
