@@ -163,10 +163,12 @@ impl Connection {
             version: PROTOCOL_VERSION,
             kind: Some(kind),
         };
-        frame::write(&mut send, &req).await?;
+        frame::write(&mut send, &req).await.map_err(lost)?;
         send.finish()
             .map_err(|e| TransportError::Connection(e.to_string()))?;
-        let resp: Response = frame::read(&mut recv, DEFAULT_MAX_FRAME_BYTES).await?;
+        let resp: Response = frame::read(&mut recv, DEFAULT_MAX_FRAME_BYTES)
+            .await
+            .map_err(lost)?;
         match resp.kind {
             Some(response::Kind::Error(e)) => Err(TransportError::Refused {
                 code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorUnspecified),
@@ -185,13 +187,24 @@ impl Connection {
             .accept_uni()
             .await
             .map_err(|e| TransportError::Connection(e.to_string()))?;
-        Ok(frame::read(&mut recv, DEFAULT_MAX_FRAME_BYTES).await?)
+        frame::read(&mut recv, DEFAULT_MAX_FRAME_BYTES)
+            .await
+            .map_err(lost)
     }
 
     /// Closes the connection politely and waits briefly for the relay to hear it.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// A stream that failed underneath (the connection was lost or reset) is a
+/// connection failure, not a bad frame: say so, and let callers reconnect.
+fn lost(e: frame::FrameError) -> TransportError {
+    match e {
+        frame::FrameError::Io(io) => TransportError::Connection(io.to_string()),
+        other => TransportError::Frame(other),
     }
 }
 

@@ -423,7 +423,29 @@ fn endpoint_config(tls_key_der: &[u8]) -> quinn::EndpointConfig {
     h.update(b"sotto relay stateless reset key v1");
     h.update(tls_key_der);
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &h.finalize());
-    quinn::EndpointConfig::new(Arc::new(key))
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    // quinn's default connection ids carry a check keyed per process, so a
+    // restarted relay would drop its predecessor's packets silently instead
+    // of resetting them; plain random ids let the reset go out.
+    config.cid_generator(|| Box::new(RandomCids));
+    config
+}
+
+/// Random 8-byte connection ids, accepted as ours after a restart.
+struct RandomCids;
+
+impl quinn::ConnectionIdGenerator for RandomCids {
+    fn generate_cid(&mut self) -> quinn::ConnectionId {
+        quinn::ConnectionId::new(&rand::random::<[u8; 8]>())
+    }
+
+    fn cid_len(&self) -> usize {
+        8
+    }
+
+    fn cid_lifetime(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Loads the relay in `data_dir`, binds its listen address and spawns the
