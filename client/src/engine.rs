@@ -838,6 +838,11 @@ impl Engine {
                             self.conn = None;
                         }
                     }
+                    // One bad push stream: the envelope stays in the mailbox
+                    // and the next fetch brings it.
+                    Err(TransportError::Frame(e)) => {
+                        tracing::debug!("a push stream failed: {e}");
+                    }
                     Err(e) => {
                         tracing::debug!("push stream ended: {e}; reconnecting");
                         self.conn = None;

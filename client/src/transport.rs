@@ -63,6 +63,20 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Connection {
     endpoint: quinn::Endpoint,
     conn: quinn::Connection,
+    /// Pushes read by a background task, so waiting for one can be cancelled
+    /// (as `listen`'s `select!` does) without losing a half-read push.
+    pushes: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Result<Push>>>,
+}
+
+/// Pushes read ahead of the caller; past this the reader stops accepting
+/// streams and the relay keeps the rest in the mailbox.
+const PUSH_QUEUE: usize = 64;
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Also ends the push reader, which holds a handle to the connection.
+        self.conn.close(0u32.into(), b"bye");
+    }
 }
 
 impl Connection {
@@ -122,9 +136,12 @@ impl Connection {
             .await
             .map_err(|_| connect_err("timed out after 10 s".into()))?
             .map_err(|e| connect_err(e.to_string()))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(PUSH_QUEUE);
+        tokio::spawn(read_pushes(conn.clone(), tx));
         Ok(Connection {
             endpoint: endpoint.clone(),
             conn,
+            pushes: tokio::sync::Mutex::new(rx),
         })
     }
 
@@ -181,21 +198,44 @@ impl Connection {
     }
 
     /// Waits for the next envelope push from the relay.
+    ///
+    /// Cancel-safe: a push is read whole by a background task before it is
+    /// handed out. An error for one damaged push stream is returned once; the
+    /// connection's end is returned as a connection error.
     pub async fn next_push(&self) -> Result<Push> {
-        let mut recv = self
-            .conn
-            .accept_uni()
+        let mut pushes = self.pushes.lock().await;
+        pushes
+            .recv()
             .await
-            .map_err(|e| TransportError::Connection(e.to_string()))?;
-        frame::read(&mut recv, DEFAULT_MAX_FRAME_BYTES)
-            .await
-            .map_err(lost)
+            .unwrap_or_else(|| Err(TransportError::Connection("connection closed".into())))
     }
 
     /// Closes the connection politely and waits briefly for the relay to hear it.
     pub async fn close(self) {
         self.conn.close(0u32.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Accepts the relay's push streams and reads each whole, until the
+/// connection ends or nobody listens any more.
+async fn read_pushes(conn: quinn::Connection, tx: tokio::sync::mpsc::Sender<Result<Push>>) {
+    loop {
+        let item = match conn.accept_uni().await {
+            // One damaged or reset stream is not the connection's end.
+            Ok(mut recv) => frame::read(&mut recv, DEFAULT_MAX_FRAME_BYTES)
+                .await
+                .map_err(TransportError::Frame),
+            Err(e) => {
+                let _ = tx
+                    .send(Err(TransportError::Connection(e.to_string())))
+                    .await;
+                return;
+            }
+        };
+        if tx.send(item).await.is_err() {
+            return;
+        }
     }
 }
 
