@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use libsignal_protocol::{
-    DeviceId, GenericSignedPreKey, IdentityKey, IdentityKeyPair, InMemSignalProtocolStore, KeyPair,
+    DeviceId, GenericSignedPreKey, IdentityKeyPair, InMemSignalProtocolStore, KeyPair,
     KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
     PublicKey, SenderCertificate, SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem,
     process_prekey_bundle, sealed_sender_decrypt, sealed_sender_encrypt,
@@ -40,7 +40,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::common::{Account, Bench, Figure, ms, register};
+use crate::common::{Account, Bench, Figure, ms, register, session_from_relay};
 
 /// Messages waiting in the mailbox when the recipient comes back (the
 /// relay's default mailbox cap is exactly this many).
@@ -217,52 +217,6 @@ async fn sender_certificate(conn: &Connection) -> anyhow::Result<SenderCertifica
         anyhow::bail!("unexpected answer to SenderCertificate");
     };
     Ok(SenderCertificate::deserialize(&cert.certificate)?)
-}
-
-/// Builds the sender's session with `recipient` from the bundle the relay serves.
-async fn session_from_relay(
-    conn: &Connection,
-    store: &mut InMemSignalProtocolStore,
-    recipient: Uuid,
-    address: &ProtocolAddress,
-) -> anyhow::Result<()> {
-    let Resp::Bundle(b) = conn
-        .request(Req::FetchBundle(relay::FetchBundle {
-            account_id: recipient.as_bytes().to_vec(),
-            device_id: 1,
-        }))
-        .await?
-    else {
-        anyhow::bail!("unexpected answer to FetchBundle");
-    };
-    let signed = b.signed_pre_key.context("bundle without a signed prekey")?;
-    let kyber = b.kyber_pre_key.context("bundle without a Kyber prekey")?;
-    let pre_key = match b.pre_key {
-        Some(k) => Some((k.id.into(), PublicKey::deserialize(&k.public_key)?)),
-        None => None,
-    };
-    let bundle = PreKeyBundle::new(
-        b.registration_id,
-        DeviceId::new(1)?,
-        pre_key,
-        signed.id.into(),
-        PublicKey::deserialize(&signed.public_key)?,
-        signed.signature,
-        kyber.id.into(),
-        kem::PublicKey::deserialize(&kyber.public_key)?,
-        kyber.signature,
-        IdentityKey::decode(&b.identity_key)?,
-    )?;
-    process_prekey_bundle(
-        address,
-        &mut store.session_store,
-        &mut store.identity_store,
-        &bundle,
-        SystemTime::now(),
-        &mut rand::rng(),
-    )
-    .await?;
-    Ok(())
 }
 
 /// Encrypts and sends `MESSAGES` texts to `recipient`, keeping up to

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use libsignal_protocol::{
-    GenericSignedPreKey, IdentityKeyPair, InMemSignalProtocolStore, KeyPair, KyberPreKeyRecord,
-    KyberPreKeyStore, PreKeyRecord, PreKeyStore, SignedPreKeyRecord, SignedPreKeyStore, Timestamp,
-    kem,
+    DeviceId, GenericSignedPreKey, IdentityKey, IdentityKeyPair, InMemSignalProtocolStore, KeyPair,
+    KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
+    PublicKey, SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem, process_prekey_bundle,
 };
 use rand::Rng;
 use serde::Serialize;
@@ -17,6 +17,8 @@ use sotto_wire::invite::InviteLink;
 use sotto_wire::relay::{
     self, OneTimePreKey, SignedPreKey, request::Kind as Req, response::Kind as Resp,
 };
+use std::time::SystemTime;
+
 use uuid::Uuid;
 
 /// Connection cap configured on the relay under test.
@@ -205,6 +207,56 @@ async fn challenge(conn: &Connection) -> anyhow::Result<Vec<u8>> {
         Resp::Challenge(c) => Ok(c.nonce),
         _ => anyhow::bail!("unexpected answer to challenge"),
     }
+}
+
+/// Builds the sender's session with `recipient` from the bundle the relay serves.
+pub(crate) async fn session_from_relay(
+    conn: &Connection,
+    store: &mut InMemSignalProtocolStore,
+    recipient: Uuid,
+    address: &ProtocolAddress,
+) -> anyhow::Result<()> {
+    let Resp::Bundle(b) = conn
+        .request(Req::FetchBundle(relay::FetchBundle {
+            account_id: recipient.as_bytes().to_vec(),
+            device_id: 1,
+        }))
+        .await?
+    else {
+        anyhow::bail!("unexpected answer to FetchBundle");
+    };
+    let signed = b
+        .signed_pre_key
+        .ok_or_else(|| anyhow::anyhow!("bundle without a signed prekey"))?;
+    let kyber = b
+        .kyber_pre_key
+        .ok_or_else(|| anyhow::anyhow!("bundle without a Kyber prekey"))?;
+    let pre_key = match b.pre_key {
+        Some(k) => Some((k.id.into(), PublicKey::deserialize(&k.public_key)?)),
+        None => None,
+    };
+    let bundle = PreKeyBundle::new(
+        b.registration_id,
+        DeviceId::new(1)?,
+        pre_key,
+        signed.id.into(),
+        PublicKey::deserialize(&signed.public_key)?,
+        signed.signature,
+        kyber.id.into(),
+        kem::PublicKey::deserialize(&kyber.public_key)?,
+        kyber.signature,
+        IdentityKey::decode(&b.identity_key)?,
+    )?;
+    process_prekey_bundle(
+        address,
+        &mut store.session_store,
+        &mut store.identity_store,
+        &bundle,
+        SystemTime::now(),
+        &mut rand::rng(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// One figure of a scenario, with a run per value, and the ceiling measured

@@ -10,18 +10,17 @@
 //! time until the last member holds its copy. Ceiling: libsignal's
 //! multi-recipient encrypt alone, for the same recipients.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use libsignal_protocol::{
-    CiphertextMessageType, ContentHint, DeviceId, IdentityKey, PreKeyBundle, ProtocolAddress,
-    PublicKey, SenderCertificate, ServiceId, SessionStore, UnidentifiedSenderMessageContent,
-    create_sender_key_distribution_message, group_encrypt, kem, process_prekey_bundle,
-    sealed_sender_multi_recipient_encrypt,
+    CiphertextMessageType, ContentHint, DeviceId, ProtocolAddress, SenderCertificate, ServiceId,
+    SessionStore, UnidentifiedSenderMessageContent, create_sender_key_distribution_message,
+    group_encrypt, sealed_sender_multi_recipient_encrypt,
 };
 use sotto_wire::relay::{self, request::Kind as Req, response::Kind as Resp};
 use uuid::Uuid;
 
-use crate::common::{Account, Bench, Figure, ms, register, register_many};
+use crate::common::{Account, Bench, Figure, ms, register, register_many, session_from_relay};
 
 /// Group sizes measured (members besides the sender).
 const SIZES: [usize; 2] = [300, 1000];
@@ -44,7 +43,7 @@ async fn run_size(size: usize, runs: usize) -> anyhow::Result<Vec<Figure>> {
         .map(|m| ProtocolAddress::new(m.id.to_string(), device))
         .collect();
     for (m, address) in members.iter().zip(&addresses) {
-        session_with(&mut sender, m, address).await?;
+        session_from_relay(&sender.conn, &mut sender.store, m.id, address).await?;
     }
     let Resp::SenderCertificate(cert) = sender
         .conn
@@ -211,55 +210,6 @@ async fn encrypt(
         &mut rand::rng(),
     )
     .await?)
-}
-
-async fn session_with(
-    sender: &mut Account,
-    member: &Account,
-    address: &ProtocolAddress,
-) -> anyhow::Result<()> {
-    let Resp::Bundle(b) = sender
-        .conn
-        .request(Req::FetchBundle(relay::FetchBundle {
-            account_id: member.id.as_bytes().to_vec(),
-            device_id: 1,
-        }))
-        .await?
-    else {
-        anyhow::bail!("no bundle");
-    };
-    let signed = b
-        .signed_pre_key
-        .ok_or_else(|| anyhow::anyhow!("no signed prekey"))?;
-    let kyber = b
-        .kyber_pre_key
-        .ok_or_else(|| anyhow::anyhow!("no kyber prekey"))?;
-    let pre_key = match b.pre_key {
-        Some(k) => Some((k.id.into(), PublicKey::deserialize(&k.public_key)?)),
-        None => None,
-    };
-    let bundle = PreKeyBundle::new(
-        b.registration_id,
-        DeviceId::new(1)?,
-        pre_key,
-        signed.id.into(),
-        PublicKey::deserialize(&signed.public_key)?,
-        signed.signature,
-        kyber.id.into(),
-        kem::PublicKey::deserialize(&kyber.public_key)?,
-        kyber.signature,
-        IdentityKey::decode(&b.identity_key)?,
-    )?;
-    process_prekey_bundle(
-        address,
-        &mut sender.store.session_store,
-        &mut sender.store.identity_store,
-        &bundle,
-        SystemTime::now(),
-        &mut rand::rng(),
-    )
-    .await?;
-    Ok(())
 }
 
 async fn ack_all(members: &[Account]) -> anyhow::Result<()> {
