@@ -2846,4 +2846,133 @@ mod tests {
         assert_eq!(fetch(&mut bob, &relay, 0).envelopes.len(), 1);
         assert_eq!(relay.stats().expect("stats").queued_envelopes, 2);
     }
+
+    mod hostile {
+        //! Whatever a peer sends, the request handler answers without
+        //! panicking, and a refused request never counts as durable.
+        use super::*;
+        use proptest::collection::vec;
+        use proptest::prelude::*;
+
+        fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+            vec(any::<u8>(), 0..max)
+        }
+
+        fn kind() -> impl Strategy<Value = request::Kind> {
+            prop_oneof![
+                (bytes(40), any::<u32>(), any::<u32>(), bytes(300)).prop_map(|(r, d, g, e)| {
+                    request::Kind::Send(relay::Send {
+                        recipient: r,
+                        device_id: d,
+                        registration_id: g,
+                        envelope: e,
+                    })
+                }),
+                (bytes(600), any::<u64>()).prop_map(|(e, t)| request::Kind::SendMulti(
+                    relay::SendMulti {
+                        envelope: e,
+                        ttl_ms: t
+                    }
+                )),
+                (
+                    bytes(20),
+                    any::<u64>(),
+                    bytes(300),
+                    bytes(40),
+                    bytes(40),
+                    bytes(70)
+                )
+                    .prop_map(|(g, v, b, a, l, s)| request::Kind::GroupWrite(
+                        relay::GroupWrite {
+                            group_id: g,
+                            expected_version: v,
+                            blob: b,
+                            auth_key: a,
+                            link_key: l,
+                            signature: s,
+                        }
+                    )),
+                (bytes(20), bytes(70)).prop_map(|(g, s)| request::Kind::GroupRead(
+                    relay::GroupRead {
+                        group_id: g,
+                        signature: s
+                    }
+                )),
+                (bytes(20), bytes(200), bytes(70)).prop_map(|(g, r, s)| {
+                    request::Kind::GroupJoinRequest(relay::GroupJoinRequest {
+                        group_id: g,
+                        request: r,
+                        signature: s,
+                    })
+                }),
+                (bytes(20), vec(any::<u64>(), 0..8), bytes(70)).prop_map(|(g, i, s)| {
+                    request::Kind::GroupDeleteRequests(relay::GroupDeleteRequests {
+                        group_id: g,
+                        ids: i,
+                        signature: s,
+                    })
+                }),
+                (bytes(20), any::<u32>()).prop_map(|(a, d)| request::Kind::FetchBundle(
+                    relay::FetchBundle {
+                        account_id: a,
+                        device_id: d
+                    }
+                )),
+                (bytes(20), any::<u32>(), bytes(70)).prop_map(|(a, d, s)| {
+                    request::Kind::Authenticate(relay::Authenticate {
+                        account_id: a,
+                        device_id: d,
+                        auth_signature: s,
+                    })
+                }),
+                vec(any::<u64>(), 0..8).prop_map(|seqs| request::Kind::Ack(relay::Ack { seqs })),
+                any::<u32>().prop_map(|limit| request::Kind::Fetch(relay::Fetch { limit })),
+                (bytes(40), bytes(40)).prop_map(|(t, k)| request::Kind::Register(
+                    relay::Register {
+                        invite_token: t,
+                        identity_key: k,
+                        ..Default::default()
+                    }
+                )),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(96))]
+
+            /// Structured garbage, on a fresh connection and on an
+            /// authenticated one.
+            #[test]
+            fn arbitrary_requests_never_panic(kinds in vec(kind(), 1..6), version in 0u32..3) {
+                let relay = relay();
+                let mut anonymous = ConnState::new([1; 32]);
+                let mut member = registered(&relay, 2);
+                for k in kinds {
+                    for conn in [&mut anonymous, &mut member.conn] {
+                        let out = relay.handle(
+                            conn,
+                            Request { version, kind: Some(k.clone()) },
+                            NOW,
+                            &mut rand::rng(),
+                        );
+                        if out.error_code().is_some() {
+                            prop_assert!(!out.durable);
+                            prop_assert!(out.push.is_empty());
+                        }
+                    }
+                }
+            }
+
+            /// Raw bytes through the protobuf decoder and, when they decode,
+            /// through the handler.
+            #[test]
+            fn arbitrary_bytes_never_panic(raw in bytes(512)) {
+                if let Ok(req) = <Request as prost::Message>::decode(raw.as_slice()) {
+                    let relay = relay();
+                    let mut conn = ConnState::new([2; 32]);
+                    let _ = relay.handle(&mut conn, req, NOW, &mut rand::rng());
+                }
+            }
+        }
+    }
 }
