@@ -266,3 +266,107 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futures: Vec<F>) 
     })
     .await
 }
+
+/// `sotto sync` is killed with SIGKILL while it works through 300 queued
+/// messages, then run again. Nothing is lost: the history holds all 300.
+/// Nothing is shown twice across the two runs. (Display is at most once: a
+/// batch is stored, then printed, then acknowledged, so messages stored by the
+/// killed run but not yet printed are in the history, not in the next sync.)
+#[test]
+fn client_kill9_during_sync_loses_and_repeats_nothing() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    use sotto_client::engine::Engine;
+    use sotto_tests::PASSPHRASE;
+
+    const MESSAGES: usize = 300;
+    let relay = Relay::start();
+    let bob = User::new(&relay, "Bob");
+    let bob_code = bob.code();
+    let alice_home = tempfile::tempdir().expect("temp dir");
+    let sent: Vec<String> = (0..MESSAGES)
+        .map(|i| format!("queued for bob #{i}"))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let alice_code = runtime.block_on(async {
+        let mut alice = Engine::init(alice_home.path(), PASSPHRASE, &relay.invite(1), "Alice")
+            .await
+            .expect("alice registers");
+        alice.add_contact("bob", &bob_code).await.expect("contact");
+        for text in &sent {
+            alice
+                .send_text("bob", text)
+                .await
+                .expect("acknowledged send");
+        }
+        let code = alice.code().to_string();
+        alice.close().await;
+        code
+    });
+    bob.add_contact_code("alice", &alice_code);
+
+    // First sync: killed as soon as it has shown something.
+    let mut child = bob
+        .command()
+        .args(["sync", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sotto sync");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut shown = Vec::new();
+    if let Some(Ok(first)) = lines.next() {
+        shown.push(first);
+    }
+    child.kill().expect("SIGKILL sotto sync");
+    let status = child.wait().expect("reap");
+    // Whatever it printed before dying counts as shown.
+    shown.extend(lines.map_while(Result::ok));
+    let first_run = shown.len();
+    assert!(
+        first_run < MESSAGES,
+        "the sync finished before it was killed ({status}); the test proved nothing"
+    );
+
+    let second = bob.ok(&["sync", "--json"]);
+    shown.extend(
+        second
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(String::from),
+    );
+    let shown = texts(
+        &shown
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect::<Vec<serde_json::Value>>(),
+    );
+    let mut unique = shown.clone();
+    unique.sort();
+    unique.dedup();
+    eprintln!(
+        "client kill -9 during sync: {} shown before the kill, {} by the next sync, {} duplicates",
+        first_run,
+        shown.len() - first_run,
+        shown.len() - unique.len()
+    );
+    assert_eq!(shown.len(), unique.len(), "a message was shown twice");
+    assert!(unique.iter().all(|t| sent.contains(t)));
+    assert_eq!(
+        bob.ok(&["sync", "--json"]).trim(),
+        "",
+        "nothing left on the relay"
+    );
+    let mut history = texts(&bob.history_json("alice"));
+    history.sort();
+    let mut expected = sent.clone();
+    expected.sort();
+    assert_eq!(
+        history, expected,
+        "every acknowledged message is in the history, once"
+    );
+}
