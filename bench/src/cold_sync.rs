@@ -25,10 +25,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context as _;
 use libsignal_protocol::{
-    DeviceId, GenericSignedPreKey, IdentityKeyPair, InMemSignalProtocolStore, KeyPair,
-    KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
-    PublicKey, SenderCertificate, SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem,
-    process_prekey_bundle, sealed_sender_decrypt, sealed_sender_encrypt,
+    DeviceId, InMemSignalProtocolStore, PreKeyBundle, ProtocolAddress, PublicKey,
+    SenderCertificate, Timestamp, process_prekey_bundle, sealed_sender_decrypt,
+    sealed_sender_encrypt,
 };
 use prost::Message as _;
 use rand::Rng;
@@ -40,7 +39,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::common::{Account, Bench, Figure, ms, register, session_from_relay};
+use crate::common::{Account, Bench, Figure, local_keys, ms, register, session_from_relay};
 
 /// Messages waiting in the mailbox when the recipient comes back (the
 /// relay's default mailbox cap is exactly this many).
@@ -349,50 +348,11 @@ async fn decrypt_ceiling(
     Ok(elapsed)
 }
 
-/// An in-memory recipient with a signed prekey (id 1), a Kyber1024 prekey
-/// (id 2) and an EC one-time prekey (id 3), and the bundle a relay would serve for it.
+/// An in-memory recipient and the bundle a relay would serve for it.
 async fn local_recipient() -> anyhow::Result<(InMemSignalProtocolStore, PreKeyBundle)> {
-    let mut rng = rand::rng();
-    let identity = IdentityKeyPair::generate(&mut rng);
-    let registration_id: u32 = rng.random_range(1..16380);
-    let mut store = InMemSignalProtocolStore::new(identity, registration_id)?;
-
-    let signed = KeyPair::generate(&mut rng);
-    let signed_sig = identity
-        .private_key()
-        .calculate_signature(&signed.public_key.serialize(), &mut rng)?;
-    store
-        .save_signed_pre_key(
-            1.into(),
-            &SignedPreKeyRecord::new(
-                1.into(),
-                Timestamp::from_epoch_millis(now_ms()),
-                &signed,
-                &signed_sig,
-            ),
-        )
-        .await?;
-    let kyber =
-        KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, 2.into(), identity.private_key())?;
-    store.save_kyber_pre_key(2.into(), &kyber).await?;
-    let pre = KeyPair::generate(&mut rng);
-    store
-        .save_pre_key(3.into(), &PreKeyRecord::new(3.into(), &pre))
-        .await?;
-
-    let bundle = PreKeyBundle::new(
-        registration_id,
-        DeviceId::new(1)?,
-        Some((3.into(), pre.public_key)),
-        1.into(),
-        signed.public_key,
-        signed_sig.to_vec(),
-        2.into(),
-        kyber.public_key()?,
-        kyber.signature()?,
-        *identity.identity_key(),
-    )?;
-    Ok((store, bundle))
+    let keys = local_keys().await?;
+    let bundle = keys.bundle()?;
+    Ok((keys.store, bundle))
 }
 
 /// Envelopes queued on the relay, from its admin socket's `stats`.

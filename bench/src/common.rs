@@ -128,29 +128,15 @@ pub(crate) struct Account {
 /// key, no one-time keys (the relay serves the last-resort key instead).
 pub(crate) async fn register(bench: &Bench) -> anyhow::Result<Account> {
     let mut rng = rand::rng();
-    let identity = IdentityKeyPair::generate(&mut rng);
-    let registration_id: u32 = rng.random_range(1..16380);
-    let mut store = InMemSignalProtocolStore::new(identity, registration_id)?;
-
-    let signed_pair = KeyPair::generate(&mut rng);
-    let signed_sig = identity
-        .private_key()
-        .calculate_signature(&signed_pair.public_key.serialize(), &mut rng)?;
-    let signed = SignedPreKeyRecord::new(
-        1.into(),
-        Timestamp::from_epoch_millis(0),
-        &signed_pair,
-        &signed_sig,
-    );
-    store.save_signed_pre_key(1.into(), &signed).await?;
-    let kyber =
-        KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, 2.into(), identity.private_key())?;
-    store.save_kyber_pre_key(2.into(), &kyber).await?;
-    let pre = KeyPair::generate(&mut rng);
-    store
-        .save_pre_key(3.into(), &PreKeyRecord::new(3.into(), &pre))
-        .await?;
-
+    let LocalKeys {
+        store,
+        identity,
+        registration_id,
+        signed_pair,
+        signed_sig,
+        kyber,
+        pre,
+    } = local_keys().await?;
     let conn = bench.connect().await?;
     let nonce = challenge(&conn).await?;
     let signature = identity.private_key().calculate_signature(
@@ -190,6 +176,71 @@ pub(crate) async fn register(bench: &Bench) -> anyhow::Result<Account> {
     })
 }
 
+/// A fresh identity with a signed prekey (id 1), a Kyber1024 prekey (id 2)
+/// and an EC one-time prekey (id 3), all saved in an in-memory libsignal store.
+pub(crate) struct LocalKeys {
+    pub(crate) store: InMemSignalProtocolStore,
+    pub(crate) identity: IdentityKeyPair,
+    pub(crate) registration_id: u32,
+    pub(crate) signed_pair: KeyPair,
+    pub(crate) signed_sig: Box<[u8]>,
+    pub(crate) kyber: KyberPreKeyRecord,
+    pub(crate) pre: KeyPair,
+}
+
+/// Makes [`LocalKeys`].
+pub(crate) async fn local_keys() -> anyhow::Result<LocalKeys> {
+    let mut rng = rand::rng();
+    let identity = IdentityKeyPair::generate(&mut rng);
+    let registration_id: u32 = rng.random_range(1..16380);
+    let mut store = InMemSignalProtocolStore::new(identity, registration_id)?;
+    let signed_pair = KeyPair::generate(&mut rng);
+    let signed_sig = identity
+        .private_key()
+        .calculate_signature(&signed_pair.public_key.serialize(), &mut rng)?;
+    let signed = SignedPreKeyRecord::new(
+        1.into(),
+        Timestamp::from_epoch_millis(0),
+        &signed_pair,
+        &signed_sig,
+    );
+    store.save_signed_pre_key(1.into(), &signed).await?;
+    let kyber =
+        KyberPreKeyRecord::generate(kem::KeyType::Kyber1024, 2.into(), identity.private_key())?;
+    store.save_kyber_pre_key(2.into(), &kyber).await?;
+    let pre = KeyPair::generate(&mut rng);
+    store
+        .save_pre_key(3.into(), &PreKeyRecord::new(3.into(), &pre))
+        .await?;
+    Ok(LocalKeys {
+        store,
+        identity,
+        registration_id,
+        signed_pair,
+        signed_sig,
+        kyber,
+        pre,
+    })
+}
+
+impl LocalKeys {
+    /// The bundle a relay would serve for these keys.
+    pub(crate) fn bundle(&self) -> anyhow::Result<PreKeyBundle> {
+        Ok(PreKeyBundle::new(
+            self.registration_id,
+            DeviceId::new(1)?,
+            Some((3.into(), self.pre.public_key)),
+            1.into(),
+            self.signed_pair.public_key,
+            self.signed_sig.to_vec(),
+            2.into(),
+            self.kyber.public_key()?,
+            self.kyber.signature()?,
+            *self.identity.identity_key(),
+        )?)
+    }
+}
+
 /// Registers `n` accounts, a few at a time (handshakes degrade past a handful in flight).
 pub(crate) async fn register_many(bench: &Bench, n: usize) -> anyhow::Result<Vec<Account>> {
     let mut out = Vec::with_capacity(n);
@@ -199,7 +250,8 @@ pub(crate) async fn register_many(bench: &Bench, n: usize) -> anyhow::Result<Vec
     Ok(out)
 }
 
-async fn challenge(conn: &Connection) -> anyhow::Result<Vec<u8>> {
+/// Asks for an authentication challenge and returns its nonce.
+pub(crate) async fn challenge(conn: &Connection) -> anyhow::Result<Vec<u8>> {
     match conn
         .request(Req::Challenge(relay::ChallengeRequest {}))
         .await?

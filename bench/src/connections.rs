@@ -38,7 +38,7 @@ use sotto_wire::auth::{Purpose, transcript};
 use sotto_wire::relay::{self, SignedPreKey, request::Kind as Req, response::Kind as Resp};
 use uuid::Uuid;
 
-use crate::common::{Bench, Figure, MAX_CONNECTIONS, rss_kib};
+use crate::common::{Bench, Figure, MAX_CONNECTIONS, challenge, rss_kib};
 
 /// The hidden first argument that turns this binary into the bare quinn
 /// server of the ceiling (checked in `main` before clap parses anything).
@@ -636,17 +636,6 @@ async fn authenticate(dialer: &Dialer, member: &Member) -> anyhow::Result<Connec
         "unexpected answer to authenticate"
     );
     Ok(conn)
-}
-
-/// Asks for an authentication challenge and returns its nonce.
-async fn challenge(conn: &Connection) -> anyhow::Result<Vec<u8>> {
-    match conn
-        .request(Req::Challenge(relay::ChallengeRequest {}))
-        .await?
-    {
-        Resp::Challenge(c) => Ok(c.nonce),
-        _ => anyhow::bail!("unexpected answer to challenge"),
-    }
 }
 
 /// The ceiling's server, a child process running [`bare_server_main`];

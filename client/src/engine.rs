@@ -467,14 +467,28 @@ impl Engine {
             group: None,
             expires_at_ms: None,
         };
-        self.store.insert_message(&record)?;
-        self.store.outbox_push(&OutboxEntry {
-            id,
-            recipient: contact.account_id,
-            content: body.encode_to_vec(),
-            created_at_ms: sent_at_ms,
-            group: None,
-        })?;
+        self.send_stored(
+            &record,
+            &OutboxEntry {
+                id,
+                recipient: contact.account_id,
+                content: body.encode_to_vec(),
+                created_at_ms: sent_at_ms,
+                group: None,
+            },
+        )
+        .await
+    }
+
+    /// Stores a new outgoing message and its outbox entry, flushes, sends the
+    /// outbox, and returns the message once the relay holds it durably.
+    async fn send_stored(
+        &mut self,
+        record: &MessageRecord,
+        entry: &OutboxEntry,
+    ) -> Result<ShownMessage> {
+        self.store.insert_message(record)?;
+        self.store.outbox_push(entry)?;
         // Durable before anything leaves: a crash from here on resends it.
         self.store.flush().await?;
         match self.drain_outbox().await {
@@ -489,7 +503,7 @@ impl Engine {
         }
         let record = self
             .store
-            .message(contact.account_id, id)?
+            .message(record.peer, record.id)?
             .ok_or_else(|| StoreError::Corrupt("message just stored".into()))?;
         if record.status != MessageStatus::Sent {
             return Err(EngineError::Invalid(
@@ -588,11 +602,7 @@ impl Engine {
                 .await;
             match answer {
                 Ok(Resp::Sent(_)) => {
-                    self.store.outbox_remove(entry.id)?;
-                    if let Some(mut record) = self.store.message(entry.recipient, entry.id)? {
-                        record.status = MessageStatus::Sent;
-                        self.store.update_message(&record)?;
-                    }
+                    self.settle(entry, MessageStatus::Sent)?;
                     self.store.flush().await?;
                     return Ok(());
                 }
@@ -621,9 +631,15 @@ impl Engine {
 
     /// Takes a message that can never be delivered out of the outbox and marks it failed.
     fn fail(&self, entry: &OutboxEntry) -> Result<()> {
+        self.settle(entry, MessageStatus::Failed)
+    }
+
+    /// Takes an entry out of the outbox and gives its message (if it has one:
+    /// control messages do not) its final status. The caller flushes.
+    fn settle(&self, entry: &OutboxEntry, status: MessageStatus) -> Result<()> {
         self.store.outbox_remove(entry.id)?;
         if let Some(mut record) = self.store.message(entry.recipient, entry.id)? {
-            record.status = MessageStatus::Failed;
+            record.status = status;
             self.store.update_message(&record)?;
         }
         Ok(())
@@ -1161,8 +1177,7 @@ impl Engine {
         let group = m.group.as_deref().map(|gid| {
             let title = <[u8; 16]>::try_from(gid)
                 .ok()
-                .and_then(|id| self.store.group(id).ok().flatten())
-                .map(|g| g.state.title)
+                .and_then(|id| self.store.group_title(id).ok().flatten())
                 .unwrap_or_default();
             (hex(gid), title)
         });

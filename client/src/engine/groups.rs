@@ -18,7 +18,7 @@
 
 use libsignal_protocol::{
     CiphertextMessageType, ContentHint, PreKeySignalMessage, SenderKeyDistributionMessage,
-    ServiceId, SignalMessage, UnidentifiedSenderMessageContent,
+    ServiceId, SessionRecord, SignalMessage, UnidentifiedSenderMessageContent,
     create_sender_key_distribution_message, group_decrypt, group_encrypt, message_decrypt_prekey,
     message_decrypt_signal, process_sender_key_distribution_message, sealed_sender_decrypt_to_usmc,
     sealed_sender_multi_recipient_encrypt,
@@ -1023,7 +1023,7 @@ impl Engine {
                 }),
             );
             self.store.delete_message(me, target.id)?;
-            self.queue_group(&g, id, &body)?;
+            self.store.outbox_push(&self.group_entry(&g, id, &body))?;
             self.store.flush().await?;
             self.drain_outbox().await?;
             return Ok(());
@@ -1082,46 +1082,24 @@ impl Engine {
             group: Some(g.id.to_vec()),
             expires_at_ms: (timer > 0).then(|| body.sent_at_ms + timer),
         };
-        self.store.insert_message(&record)?;
-        self.queue_group(&g, id, &body)?;
-        self.store.flush().await?;
-        match self.drain_outbox().await {
-            Ok(_) => {}
-            Err(e) if is_offline(&e) => {
-                return Err(EngineError::Invalid(format!(
-                    "{e}. The message is saved and will be sent by the next \
-                     `sotto send`, `sync` or `listen`"
-                )));
-            }
-            Err(e) => return Err(e),
-        }
-        let record = self
-            .store
-            .message(me, id)?
-            .ok_or_else(|| StoreError::Corrupt("message just stored".into()))?;
-        if record.status != MessageStatus::Sent {
-            return Err(EngineError::Invalid(
-                "the message is saved but the relay has not accepted it yet; \
-                 it will be resent by the next `sotto send`, `sync` or `listen`"
-                    .into(),
-            ));
-        }
-        Ok(self.show(&record))
+        self.send_stored(&record, &self.group_entry(&g, id, &body))
+            .await
     }
 
-    fn queue_group(&self, g: &LocalGroup, id: [u8; 16], body: &Content) -> Result<()> {
-        self.store.outbox_push(&OutboxEntry {
+    /// The outbox entry of a group message (sent to the members current at delivery).
+    fn group_entry(&self, g: &LocalGroup, id: [u8; 16], body: &Content) -> OutboxEntry {
+        OutboxEntry {
             id,
             recipient: self.account.account_id,
             content: body.encode_to_vec(),
             created_at_ms: now_ms(),
             group: Some(g.id),
-        })?;
-        Ok(())
+        }
     }
 
     /// Makes sure we have a session with `m` that uses the identity key the group state names.
-    async fn ensure_session(&mut self, m: &Member) -> Result<()> {
+    /// Returns the session (multi-recipient encryption reads its registration id).
+    async fn ensure_session(&mut self, m: &Member) -> Result<SessionRecord> {
         let address = address_of(m.account)?;
         let mut session = self.store.load_session(&address).await?;
         let usable = match &session {
@@ -1136,13 +1114,16 @@ impl Engine {
             session = self.store.load_session(&address).await?;
         }
         let expected = m.identity().map_err(group_err)?;
-        let remote = session.and_then(|s| s.remote_identity_key_bytes().ok().flatten());
-        if remote.as_deref() != Some(&expected.serialize()[..]) {
-            return Err(EngineError::IdentityChanged(
+        match session {
+            Some(s)
+                if s.remote_identity_key_bytes()?.as_deref() == Some(&expected.serialize()[..]) =>
+            {
+                Ok(s)
+            }
+            _ => Err(EngineError::IdentityChanged(
                 self.peer_name(m.account, &m.name)?,
-            ));
+            )),
         }
-        Ok(())
     }
 
     /// Sends a queued group message: sender keys to members who lack ours,
@@ -1182,17 +1163,18 @@ impl Engine {
             .collect();
         let mut recipients = Vec::new();
         for m in &members {
-            if let Err(e) = self.ensure_session(m).await {
-                if is_offline(&e) {
-                    return Err(e);
+            let session = match self.ensure_session(m).await {
+                Ok(session) => session,
+                Err(e) if is_offline(&e) => return Err(e),
+                Err(e) => {
+                    self.notices.push(Notice::Group(format!(
+                        "not sending to {} in {:?}: {e}",
+                        self.peer_name(m.account, &m.name)?,
+                        g.state.title
+                    )));
+                    continue;
                 }
-                self.notices.push(Notice::Group(format!(
-                    "not sending to {} in {:?}: {e}",
-                    self.peer_name(m.account, &m.name)?,
-                    g.state.title
-                )));
-                continue;
-            }
+            };
             if !g.sender_key_sent_to.contains(&m.account) {
                 let (sk_id, body) = content(
                     &self.account.name,
@@ -1225,7 +1207,9 @@ impl Engine {
                     }
                 }
             }
-            recipients.push(m.account);
+            // Sending our sender key advanced this session's ratchet, but the
+            // registration id the v2 envelope needs is unchanged.
+            recipients.push((m.account, session));
         }
         let message = group_encrypt(
             &mut sender_keys,
@@ -1249,20 +1233,11 @@ impl Engine {
             }
             let addresses: Vec<ProtocolAddress> = recipients
                 .iter()
-                .map(|a| address_of(*a))
+                .map(|(a, _)| address_of(*a))
                 .collect::<Result<_>>()?;
-            let mut sessions = Vec::with_capacity(addresses.len());
-            for a in &addresses {
-                sessions.push(
-                    self.store
-                        .load_session(a)
-                        .await?
-                        .ok_or_else(|| StoreError::Corrupt("session just made".into()))?,
-                );
-            }
             let envelope = sealed_sender_multi_recipient_encrypt(
                 &addresses.iter().collect::<Vec<_>>(),
-                &sessions.iter().collect::<Vec<_>>(),
+                &recipients.iter().map(|(_, s)| s).collect::<Vec<_>>(),
                 std::iter::empty::<ServiceId>(),
                 &usmc,
                 &self.store,
@@ -1298,7 +1273,7 @@ impl Engine {
                             g.sender_key_sent_to.retain(|a| *a != account);
                             self.store.put_group(&g)?;
                         }
-                        recipients.retain(|a| *a != account);
+                        recipients.retain(|(a, _)| *a != account);
                     }
                 }
                 Err(e) => return Err(e.into()),
@@ -1309,11 +1284,7 @@ impl Engine {
                 "the relay keeps refusing the group message; try again later".into(),
             ));
         }
-        self.store.outbox_remove(entry.id)?;
-        if let Some(mut record) = self.store.message(me, entry.id)? {
-            record.status = MessageStatus::Sent;
-            self.store.update_message(&record)?;
-        }
+        self.settle(entry, MessageStatus::Sent)?;
         self.store.flush().await?;
         Ok(())
     }

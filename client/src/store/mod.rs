@@ -320,6 +320,8 @@ const TREE_CONTACT_IDS: &str = "contact_ids";
 const TREE_MESSAGES: &str = "messages";
 const TREE_OUTBOX: &str = "outbox";
 const TREE_GROUPS: &str = "groups";
+/// Group id -> title, so showing a message does not read the whole group state.
+const TREE_GROUP_TITLES: &str = "group_titles";
 /// Message key -> (peer, id, expires_at) for messages with a disappearing
 /// timer, so purging does not read the whole history.
 const TREE_EXPIRING: &str = "expiring";
@@ -688,7 +690,15 @@ impl Store {
 
     /// Saves a group.
     pub fn put_group(&self, g: &LocalGroup) -> Result<()> {
-        self.put_json(TREE_GROUPS, &g.id, g)
+        self.put_json(TREE_GROUPS, &g.id, g)?;
+        self.put_raw(TREE_GROUP_TITLES, &g.id, g.state.title.as_bytes())
+    }
+
+    /// A group's title, without reading its state.
+    pub fn group_title(&self, id: [u8; 16]) -> Result<Option<String>> {
+        Ok(self
+            .get_raw(TREE_GROUP_TITLES, &id)?
+            .map(|t| String::from_utf8_lossy(&t).into_owned()))
     }
 
     /// The group with this id.
