@@ -303,10 +303,11 @@ pub fn restore(from: &Path, data_dir: &Path) -> Result<BackupReport> {
         report.entries += entries.len() as u64;
     }
     db.flush().map_err(StoreError::from)?;
-    drop(db);
-    // Opening through the store checks the schema version; then the seq floor
-    // and usage counters are made consistent with the restored mailboxes.
-    let store = SledStore::open(&dir.db())?;
+    // The store takes this same handle (it checks the schema version); then
+    // the seq floor and usage counters are made consistent with the restored
+    // mailboxes. Dropping and reopening would race sled's background flusher,
+    // which holds the file lock for a moment after the last handle goes.
+    let store = SledStore::from_db(db)?;
     store.after_restore(next_seq.unwrap_or(0))?;
     store.flush()?;
     Ok(report)

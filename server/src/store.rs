@@ -415,7 +415,21 @@ pub struct SledStore {
 impl SledStore {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> StoreResult<Self> {
-        Self::from_db(sled::Config::new().path(dir).open()?)
+        // sled releases its file lock from a background thread a moment after
+        // the last handle in this process is dropped, so an immediate reopen
+        // (offline commands, restore, tests) can find it still held. Retry
+        // briefly; a lock held by another process (a running relay) still fails.
+        let mut attempts = 0;
+        loop {
+            match sled::Config::new().path(dir).open() {
+                Ok(db) => return Self::from_db(db),
+                Err(e) if attempts < 20 && is_lock_busy(&e) => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// A throwaway database, for tests and benchmarks.
@@ -423,7 +437,7 @@ impl SledStore {
         Self::from_db(sled::Config::new().temporary(true).open()?)
     }
 
-    fn from_db(db: sled::Db) -> StoreResult<Self> {
+    pub(crate) fn from_db(db: sled::Db) -> StoreResult<Self> {
         let meta = db.open_tree("meta")?;
         match meta.get(SCHEMA_KEY)? {
             None => {
@@ -591,6 +605,11 @@ impl SledStore {
         });
         res.map_err(unabortable)
     }
+}
+
+/// sled's "could not acquire lock" error (it wraps the OS's WouldBlock).
+fn is_lock_busy(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 fn decode_usage(v: Option<&[u8]>) -> (u64, u64) {
