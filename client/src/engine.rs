@@ -493,7 +493,7 @@ impl Engine {
         self.store.flush().await?;
         match self.drain_outbox().await {
             Ok(_) => {}
-            Err(e) if is_offline(&e) => {
+            Err(e) if is_offline(&e) || is_rate_limited(&e) => {
                 return Err(EngineError::Invalid(format!(
                     "{e}. The message is saved and will be sent by the next \
                      `sotto send`, `sync` or `listen`"
@@ -1354,6 +1354,17 @@ fn is_offline(e: &EngineError) -> bool {
                 | TransportError::Resolve(_)
                 | TransportError::Frame(_)
         )
+    )
+}
+
+/// The relay asked us to slow down; what was refused stays in the outbox.
+fn is_rate_limited(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Transport(TransportError::Refused {
+            code: ErrorCode::RateLimited,
+            ..
+        })
     )
 }
 

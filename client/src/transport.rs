@@ -175,17 +175,18 @@ impl Connection {
             .conn
             .open_bi()
             .await
-            .map_err(|e| TransportError::Connection(e.to_string()))?;
+            .map_err(|e| self.closed(e.to_string()))?;
         let req = Request {
             version: PROTOCOL_VERSION,
             kind: Some(kind),
         };
-        frame::write(&mut send, &req).await.map_err(lost)?;
-        send.finish()
-            .map_err(|e| TransportError::Connection(e.to_string()))?;
+        frame::write(&mut send, &req)
+            .await
+            .map_err(|e| self.lost(e))?;
+        send.finish().map_err(|e| self.closed(e.to_string()))?;
         let resp: Response = frame::read(&mut recv, DEFAULT_MAX_FRAME_BYTES)
             .await
-            .map_err(lost)?;
+            .map_err(|e| self.lost(e))?;
         match resp.kind {
             Some(response::Kind::Error(e)) => Err(TransportError::Refused {
                 code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::ErrorUnspecified),
@@ -239,12 +240,28 @@ async fn read_pushes(conn: quinn::Connection, tx: tokio::sync::mpsc::Sender<Resu
     }
 }
 
-/// A stream that failed underneath (the connection was lost or reset) is a
-/// connection failure, not a bad frame: say so, and let callers reconnect.
-fn lost(e: frame::FrameError) -> TransportError {
-    match e {
-        frame::FrameError::Io(io) => TransportError::Connection(io.to_string()),
-        other => TransportError::Frame(other),
+impl Connection {
+    /// A stream that failed underneath (the connection was lost or reset) is
+    /// a connection failure, not a bad frame: say so, and let callers reconnect.
+    fn lost(&self, e: frame::FrameError) -> TransportError {
+        match e {
+            frame::FrameError::Io(io) => self.closed(io.to_string()),
+            other => TransportError::Frame(other),
+        }
+    }
+
+    /// A connection error, with the relay's own reason when it closed the
+    /// connection on purpose (busy, banned, too many connections).
+    fn closed(&self, fallback: String) -> TransportError {
+        match self.conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(close)) if !close.reason.is_empty() => {
+                TransportError::Connection(format!(
+                    "the relay closed the connection: {}",
+                    String::from_utf8_lossy(&close.reason)
+                ))
+            }
+            _ => TransportError::Connection(fallback),
+        }
     }
 }
 

@@ -67,6 +67,23 @@ pub struct Config {
     pub max_join_request_bytes: usize,
     /// Most pending join requests per group.
     pub max_join_requests_per_group: u64,
+    /// Most simultaneous connections from one address (IPv4, or IPv6 /64).
+    pub connections_per_address: usize,
+    /// Registrations one address may make per hour (burst and hourly refill).
+    pub registrations_per_address_per_hour: u32,
+    /// Send requests (1:1 or group) one account may make per minute.
+    pub sends_per_minute: u32,
+    /// Prekey bundles one account may fetch per hour.
+    pub bundle_fetches_per_hour: u32,
+    /// One-time prekeys handed out per device per hour; past it, bundles
+    /// carry only the signed and last-resort keys.
+    pub one_time_keys_per_hour: u32,
+    /// Loopback address for the Prometheus text metrics endpoint; `None` is off.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Operator-supplied TLS certificate chain (PEM); `None` uses the self-signed one.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) for `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -94,6 +111,18 @@ impl Default for Config {
             max_groups: 100_000,
             max_join_request_bytes: 8 * 1024,
             max_join_requests_per_group: 64,
+            // Generous: a parliament's or an office's staff often share one
+            // NAT address, and must not lock each other out.
+            connections_per_address: 200,
+            registrations_per_address_per_hour: 60,
+            // Per request; an admin changing a 600-member group sends an
+            // update to each member one by one.
+            sends_per_minute: 3000,
+            bundle_fetches_per_hour: 1000,
+            one_time_keys_per_hour: 20,
+            metrics_listen: None,
+            tls_cert: None,
+            tls_key: None,
             log_format: LogFormat::Human,
         }
     }
@@ -118,6 +147,14 @@ pub struct RawConfig {
     max_groups: Option<u64>,
     max_join_request_bytes: Option<u64>,
     max_join_requests_per_group: Option<u64>,
+    connections_per_address: Option<u64>,
+    registrations_per_address_per_hour: Option<u64>,
+    sends_per_minute: Option<u64>,
+    bundle_fetches_per_hour: Option<u64>,
+    one_time_keys_per_hour: Option<u64>,
+    metrics_listen: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
     log_format: Option<String>,
 }
 
@@ -137,6 +174,14 @@ const KEYS: &[&str] = &[
     "max_groups",
     "max_join_request_bytes",
     "max_join_requests_per_group",
+    "connections_per_address",
+    "registrations_per_address_per_hour",
+    "sends_per_minute",
+    "bundle_fetches_per_hour",
+    "one_time_keys_per_hour",
+    "metrics_listen",
+    "tls_cert",
+    "tls_key",
     "log_format",
 ];
 
@@ -184,6 +229,16 @@ impl RawConfig {
                 "max_join_requests_per_group" => {
                     self.max_join_requests_per_group = Some(num(&value)?)
                 }
+                "connections_per_address" => self.connections_per_address = Some(num(&value)?),
+                "registrations_per_address_per_hour" => {
+                    self.registrations_per_address_per_hour = Some(num(&value)?)
+                }
+                "sends_per_minute" => self.sends_per_minute = Some(num(&value)?),
+                "bundle_fetches_per_hour" => self.bundle_fetches_per_hour = Some(num(&value)?),
+                "one_time_keys_per_hour" => self.one_time_keys_per_hour = Some(num(&value)?),
+                "metrics_listen" => self.metrics_listen = Some(value),
+                "tls_cert" => self.tls_cert = Some(value),
+                "tls_key" => self.tls_key = Some(value),
                 "log_format" => self.log_format = Some(value),
                 _ => {}
             }
@@ -275,6 +330,48 @@ impl RawConfig {
                 });
             }
         };
+        let rate = |key: &'static str, v: Option<u64>, def: u32| -> Result<u32, ConfigError> {
+            u32::try_from(positive(key, v, u64::from(def))?).map_err(|_| ConfigError::Invalid {
+                key,
+                why: "too large".into(),
+            })
+        };
+        let metrics_listen = match self.metrics_listen.as_deref().map(str::trim) {
+            None | Some("") | Some("off") => None,
+            Some(s) => {
+                let addr: SocketAddr = s.parse().map_err(|_| ConfigError::Invalid {
+                    key: "metrics_listen",
+                    why: "expected IP:PORT such as 127.0.0.1:9464, or \"off\"".into(),
+                })?;
+                // The metrics carry no content, but counts and timings are
+                // still for the operator alone: loopback only (scrape through
+                // an SSH tunnel or a local Prometheus).
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::Invalid {
+                        key: "metrics_listen",
+                        why: "must be a loopback address such as 127.0.0.1:9464".into(),
+                    });
+                }
+                Some(addr)
+            }
+        };
+        let path = |v: Option<String>| {
+            v.map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .map(std::path::PathBuf::from)
+        };
+        let (tls_cert, tls_key) = match (path(self.tls_cert), path(self.tls_key)) {
+            (Some(c), Some(k)) => (Some(c), Some(k)),
+            (None, None) => (None, None),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    why: "set both tls_cert and tls_key (PEM files), or neither to use the \
+                          self-signed certificate"
+                        .into(),
+                });
+            }
+        };
         let to_usize = |key: &'static str, v: u64| {
             usize::try_from(v).map_err(|_| ConfigError::Invalid {
                 key,
@@ -320,6 +417,37 @@ impl RawConfig {
                 self.max_join_requests_per_group,
                 d.max_join_requests_per_group,
             )?,
+            connections_per_address: to_usize(
+                "connections_per_address",
+                positive(
+                    "connections_per_address",
+                    self.connections_per_address,
+                    d.connections_per_address as u64,
+                )?,
+            )?,
+            registrations_per_address_per_hour: rate(
+                "registrations_per_address_per_hour",
+                self.registrations_per_address_per_hour,
+                d.registrations_per_address_per_hour,
+            )?,
+            sends_per_minute: rate(
+                "sends_per_minute",
+                self.sends_per_minute,
+                d.sends_per_minute,
+            )?,
+            bundle_fetches_per_hour: rate(
+                "bundle_fetches_per_hour",
+                self.bundle_fetches_per_hour,
+                d.bundle_fetches_per_hour,
+            )?,
+            one_time_keys_per_hour: rate(
+                "one_time_keys_per_hour",
+                self.one_time_keys_per_hour,
+                d.one_time_keys_per_hour,
+            )?,
+            metrics_listen,
+            tls_cert,
+            tls_key,
             log_format,
         })
     }
@@ -345,13 +473,27 @@ impl Config {
             LogFormat::Human => "human",
             LogFormat::Json => "json",
         };
+        let metrics = match self.metrics_listen {
+            Some(a) => format!("metrics_listen = \"{a}\"\n"),
+            None => "metrics_listen = \"off\"\n".to_string(),
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => format!(
+                "tls_cert = {:?}\ntls_key = {:?}\n",
+                c.display().to_string(),
+                k.display().to_string()
+            ),
+            _ => "# tls_cert and tls_key unset: the self-signed certificate is used\n".to_string(),
+        };
         format!(
             "listen = \"{}\"\n{public}max_frame_bytes = {}\nmax_envelope_bytes = {}\n\
              mailbox_max_envelopes = {}\nmailbox_max_bytes = {}\nenvelope_ttl = \"{}\"\n\
              sweep_interval = \"{}\"\nprekey_low_water = {}\nsender_certificate_ttl = \"{}\"\n\
              max_connections = {}\nmax_group_state_bytes = {}\nmax_groups = {}\n\
              max_join_request_bytes = {}\nmax_join_requests_per_group = {}\n\
-             log_format = \"{log}\"\n",
+             connections_per_address = {}\nregistrations_per_address_per_hour = {}\n\
+             sends_per_minute = {}\nbundle_fetches_per_hour = {}\none_time_keys_per_hour = {}\n\
+             {metrics}{tls}log_format = \"{log}\"\n",
             self.listen,
             self.max_frame_bytes,
             self.max_envelope_bytes,
@@ -366,6 +508,11 @@ impl Config {
             self.max_groups,
             self.max_join_request_bytes,
             self.max_join_requests_per_group,
+            self.connections_per_address,
+            self.registrations_per_address_per_hour,
+            self.sends_per_minute,
+            self.bundle_fetches_per_hour,
+            self.one_time_keys_per_hour,
         )
     }
 }
@@ -489,6 +636,29 @@ max_groups = {groups}
 max_join_request_bytes = {join_bytes}
 max_join_requests_per_group = {join_pending}
 
+# Abuse limits. Each refuses with a clear "try again in N" error and touches
+# no other account. Per-address limits count an IPv4 address or an IPv6 /64;
+# keep them generous, because a whole office often shares one NAT address.
+connections_per_address = {conn_addr}
+registrations_per_address_per_hour = {reg_addr}
+# Sends (1:1 or to a group) per account per minute.
+sends_per_minute = {sends}
+# Prekey bundles one account may fetch per hour, and one-time prekeys handed
+# out per device per hour: past that, new sessions use the device's signed
+# and last-resort keys, so nobody can drain a victim's one-time keys.
+bundle_fetches_per_hour = {bundles}
+one_time_keys_per_hour = {otk}
+
+# Prometheus text metrics (counts and timings, never content) on a loopback
+# address, e.g. "127.0.0.1:9464". "off" disables them.
+metrics_listen = "off"
+
+# Your own TLS certificate chain and key (PEM), e.g. from an ACME client.
+# Unset: the self-signed certificate in tls/ is used. Clients pin the key, so
+# renew with the same key (certbot --reuse-key); `kill -HUP` reloads the files.
+# tls_cert = "/var/lib/sotto-relay/tls/fullchain.pem"
+# tls_key = "/var/lib/sotto-relay/tls/privkey.pem"
+
 # Log format on stderr: "human" or "json".
 log_format = "human"
 "#,
@@ -505,6 +675,11 @@ log_format = "human"
         groups = d.max_groups,
         join_bytes = d.max_join_request_bytes,
         join_pending = d.max_join_requests_per_group,
+        conn_addr = d.connections_per_address,
+        reg_addr = d.registrations_per_address_per_hour,
+        sends = d.sends_per_minute,
+        bundles = d.bundle_fetches_per_hour,
+        otk = d.one_time_keys_per_hour,
     )
 }
 
@@ -518,6 +693,11 @@ mod tests {
             public_addr: Some("relay.example.org:4433".into()),
             envelope_ttl: Duration::from_secs(3 * 3600),
             log_format: LogFormat::Json,
+            sends_per_minute: 7,
+            one_time_keys_per_hour: 3,
+            metrics_listen: Some("127.0.0.1:9464".parse().expect("addr")),
+            tls_cert: Some("/etc/sotto/fullchain.pem".into()),
+            tls_key: Some("/etc/sotto/privkey.pem".into()),
             ..Config::default()
         };
         let mut raw = RawConfig::parse(&config.to_toml()).expect("parses");
@@ -565,6 +745,25 @@ mod tests {
             })
         ));
         let bad = RawConfig::parse("public_addr = \"nohost\"").expect("parse");
+        assert!(bad.validate().is_err());
+        // Metrics are for the operator alone: a public address is refused.
+        let bad = RawConfig::parse("metrics_listen = \"0.0.0.0:9464\"").expect("parse");
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Invalid {
+                key: "metrics_listen",
+                ..
+            })
+        ));
+        let bad = RawConfig::parse("tls_cert = \"/etc/cert.pem\"").expect("parse");
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Invalid {
+                key: "tls_cert",
+                ..
+            })
+        ));
+        let bad = RawConfig::parse("sends_per_minute = 0").expect("parse");
         assert!(bad.validate().is_err());
     }
 

@@ -16,6 +16,7 @@
 //! relay from learning which accounts belong to which group.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use libsignal_protocol::{
     DeviceId, IdentityKey, PrivateKey, PublicKey, SealedSenderV2SentMessage, SenderCertificate,
@@ -32,6 +33,7 @@ use sotto_wire::relay::{
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::limits::{AddrKey, RateLimiter, retry_text};
 use crate::store::{
     AccountRecord, DeviceKey, Enqueued, EnqueuedMany, GROUP_ID_LEN, GroupCreated, GroupRecord,
     JoinRequestAdded, Quota, Removed, SledStore, Store, StoreError,
@@ -88,6 +90,7 @@ pub struct ConnState {
     exporter: [u8; 32],
     nonce: Option<[u8; NONCE_LEN]>,
     auth: Option<DeviceKey>,
+    peer: Option<AddrKey>,
 }
 
 impl ConnState {
@@ -97,7 +100,14 @@ impl ConnState {
             exporter,
             nonce: None,
             auth: None,
+            peer: None,
         }
+    }
+
+    /// Records the peer's network address, for per-address limits.
+    pub fn with_peer(mut self, ip: std::net::IpAddr) -> Self {
+        self.peer = Some(AddrKey::from(ip));
+        self
     }
 
     /// The device this connection has proven it is, if any.
@@ -140,6 +150,20 @@ fn error_response_naming(code: ErrorCode, message: &str, accounts: Vec<Vec<u8>>)
             code: code as i32,
             message: message.to_string(),
             accounts,
+            retry_after_ms: 0,
+        })),
+    }
+}
+
+/// Builds a `RATE_LIMITED` response for `what`, retryable after `wait_ms`.
+pub fn rate_limited_response(what: &str, wait_ms: u64) -> Response {
+    Response {
+        version: sotto_wire::PROTOCOL_VERSION,
+        kind: Some(response::Kind::Error(relay::Error {
+            code: ErrorCode::RateLimited as i32,
+            message: format!("{what}; try again in {}", retry_text(wait_ms)),
+            accounts: Vec::new(),
+            retry_after_ms: wait_ms,
         })),
     }
 }
@@ -149,6 +173,8 @@ enum Fail {
     Peer(ErrorCode, &'static str),
     /// A peer-visible code about some recipients, whose account ids are listed.
     Recipients(ErrorCode, &'static str, Vec<Uuid>),
+    /// A rate limit: what was limited, and milliseconds until it frees up.
+    Limited(&'static str, u64),
     Store(StoreError),
 }
 
@@ -186,6 +212,28 @@ pub struct Relay<S: Store = SledStore> {
     store: S,
     config: Config,
     signer: Signer,
+    limits: Limits,
+}
+
+/// The rate limits of [`Config`], one bucket per key.
+struct Limits {
+    registrations: RateLimiter<AddrKey>,
+    sends: RateLimiter<Uuid>,
+    bundle_fetches: RateLimiter<Uuid>,
+    one_time_keys: RateLimiter<DeviceKey>,
+}
+
+impl Limits {
+    fn new(config: &Config) -> Self {
+        const MINUTE: Duration = Duration::from_secs(60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        Self {
+            registrations: RateLimiter::new(config.registrations_per_address_per_hour, HOUR),
+            sends: RateLimiter::new(config.sends_per_minute, MINUTE),
+            bundle_fetches: RateLimiter::new(config.bundle_fetches_per_hour, HOUR),
+            one_time_keys: RateLimiter::new(config.one_time_keys_per_hour, HOUR),
+        }
+    }
 }
 
 impl<S: Store> Relay<S> {
@@ -193,6 +241,7 @@ impl<S: Store> Relay<S> {
     pub fn new(store: S, config: Config, signer: Signer) -> Self {
         Self {
             store,
+            limits: Limits::new(&config),
             config,
             signer,
         }
@@ -300,6 +349,11 @@ impl<S: Store> Relay<S> {
                 durable: false,
                 push: Vec::new(),
             },
+            Err(Fail::Limited(what, wait_ms)) => Outcome {
+                response: rate_limited_response(what, wait_ms),
+                durable: false,
+                push: Vec::new(),
+            },
             Err(Fail::Recipients(code, msg, accounts)) => Outcome {
                 response: error_response_naming(
                     code,
@@ -373,7 +427,13 @@ impl<S: Store> Relay<S> {
                             low: ec < low || kyber < low,
                         }))
                     }
-                    K::FetchBundle(f) => self.fetch_bundle(f),
+                    K::FetchBundle(f) => {
+                        self.limits
+                            .bundle_fetches
+                            .take(me.account, now_ms)
+                            .map_err(|w| Fail::Limited("too many key bundle fetches", w))?;
+                        self.fetch_bundle(f, now_ms)
+                    }
                     K::FetchIdentity(f) => {
                         let rec = self.known(&f.account_id, 1)?;
                         reply(response::Kind::Identity(relay::Identity {
@@ -382,8 +442,17 @@ impl<S: Store> Relay<S> {
                         }))
                     }
                     K::SenderCertificate(_) => self.sender_certificate(me, now_ms, rng),
-                    K::Send(s) => self.send(s, now_ms),
-                    K::SendMulti(s) => self.send_multi(s, now_ms),
+                    K::Send(_) | K::SendMulti(_) => {
+                        self.limits
+                            .sends
+                            .take(me.account, now_ms)
+                            .map_err(|w| Fail::Limited("too many messages sent", w))?;
+                        match other {
+                            K::Send(s) => self.send(s, now_ms),
+                            K::SendMulti(s) => self.send_multi(s, now_ms),
+                            _ => Err(Fail::Peer(ErrorCode::Malformed, "unexpected request")),
+                        }
+                    }
                     K::Fetch(f) => {
                         let limit = match f.limit as usize {
                             0 => FETCH_DEFAULT,
@@ -439,6 +508,12 @@ impl<S: Store> Relay<S> {
     }
 
     fn register(&self, conn: &mut ConnState, r: relay::Register, now_ms: u64) -> Handled {
+        // Before the invite is looked at, so guessing invite tokens is slow too.
+        if let Some(peer) = conn.peer {
+            self.limits.registrations.take(peer, now_ms).map_err(|w| {
+                Fail::Limited("too many registrations from this network address", w)
+            })?;
+        }
         let identity = decode_identity(&r.identity_key)?;
         Self::check_challenge(conn, Purpose::Register, &identity, &r.auth_signature)?;
         let keys = KeySet::validate(
@@ -545,12 +620,23 @@ impl<S: Store> Relay<S> {
         }
     }
 
-    fn fetch_bundle(&self, f: relay::FetchBundle) -> Handled {
+    fn fetch_bundle(&self, f: relay::FetchBundle, now_ms: u64) -> Handled {
         let (key, rec) = self.known(&f.account_id, f.device_id)?;
-        let pre_key = self.store.take_pre_key(key)?;
+        // Against prekey draining: however many accounts ask, a device hands
+        // out only so many one-time keys an hour. Past that, the bundle has
+        // the signed and last-resort keys, which still start a session (with
+        // weaker forward secrecy for its first message).
+        let (pre_key, one_time_kyber) = if self.limits.one_time_keys.take(key, now_ms).is_ok() {
+            (
+                self.store.take_pre_key(key)?,
+                self.store.take_kyber_pre_key(key)?,
+            )
+        } else {
+            (None, None)
+        };
         // After the one-time Kyber keys run out, the last-resort key keeps
         // sessions possible (with weaker forward secrecy for that first message).
-        let kyber_pre_key = match self.store.take_kyber_pre_key(key)? {
+        let kyber_pre_key = match one_time_kyber {
             Some(k) => Some(k),
             None => rec.kyber_last_resort,
         };
@@ -1487,7 +1573,10 @@ mod tests {
 
     #[test]
     fn concurrent_bundle_fetches_never_share_a_key() {
-        let relay = Arc::new(relay());
+        let relay = Arc::new(relay_with(Config {
+            one_time_keys_per_hour: 1000,
+            ..Config::default()
+        }));
         let bob = registered(&relay, 200);
         let alice = registered(&relay, 0);
         let auth = alice.conn.clone();
@@ -1562,6 +1651,127 @@ mod tests {
         let (to, env) = &out.push[0];
         assert_eq!(to.account.as_bytes().as_slice(), bob.account.as_slice());
         assert_eq!(env.envelope, b"sealed");
+    }
+
+    fn retry_after(out: &Outcome) -> u64 {
+        match &out.response.kind {
+            Some(response::Kind::Error(e)) if e.code() == ErrorCode::RateLimited => {
+                assert!(e.message.contains("try again in"), "{}", e.message);
+                e.retry_after_ms
+            }
+            other => panic!("expected RATE_LIMITED, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sends_are_limited_per_account_and_refill() {
+        let relay = relay_with(Config {
+            sends_per_minute: 3,
+            ..Config::default()
+        });
+        let bob = registered(&relay, 0);
+        let mut alice = registered(&relay, 0);
+        let mut carol = registered(&relay, 0);
+        for _ in 0..3 {
+            assert_eq!(
+                send(&mut alice, &relay, &bob.account, 0, b"m").error_code(),
+                None
+            );
+        }
+        let out = send(&mut alice, &relay, &bob.account, 0, b"m");
+        assert_eq!(retry_after(&out), 20_000, "one send frees up every 20 s");
+        assert!(!out.durable && out.push.is_empty());
+        // Nothing was stored for the refused send.
+        assert_eq!(relay.stats().expect("stats").queued_envelopes, 3);
+        // Another account is not affected.
+        assert_eq!(
+            send(&mut carol, &relay, &bob.account, 0, b"m").error_code(),
+            None
+        );
+        // After the wait, Alice can send again.
+        let later = relay.handle(
+            &mut alice.conn,
+            req(request::Kind::Send(relay::Send {
+                recipient: bob.account.clone(),
+                device_id: 1,
+                registration_id: 0,
+                envelope: b"m".to_vec(),
+            })),
+            NOW + 20_000,
+            &mut rand::rng(),
+        );
+        assert_eq!(later.error_code(), None);
+    }
+
+    #[test]
+    fn registrations_are_limited_per_address() {
+        let relay = relay_with(Config {
+            registrations_per_address_per_hour: 2,
+            ..Config::default()
+        });
+        let token = invite(&relay, 10, NOW + 1000);
+        let office: std::net::IpAddr = "192.0.2.1".parse().expect("ip");
+        let home: std::net::IpAddr = "198.51.100.7".parse().expect("ip");
+        for _ in 0..2 {
+            let mut c = Client::new(1);
+            c.conn = c.conn.clone().with_peer(office);
+            assert_eq!(c.register(&relay, &token, 0).error_code(), None);
+        }
+        let mut c = Client::new(1);
+        c.conn = c.conn.clone().with_peer(office);
+        let out = c.register(&relay, &token, 0);
+        assert!(retry_after(&out) > 0);
+        assert!(c.conn.authenticated().is_none());
+        // The invite was not spent by the refused attempt, and another
+        // address registers fine.
+        let mut d = Client::new(1);
+        d.conn = d.conn.clone().with_peer(home);
+        assert_eq!(d.register(&relay, &token, 0).error_code(), None);
+    }
+
+    #[test]
+    fn bundle_fetches_cannot_drain_one_time_keys() {
+        let relay = relay_with(Config {
+            one_time_keys_per_hour: 2,
+            bundle_fetches_per_hour: 3,
+            ..Config::default()
+        });
+        let victim = registered(&relay, 10);
+        let mut attacker = registered(&relay, 0);
+        let fetch_bundle = |c: &mut Client| {
+            c.call(
+                &relay,
+                request::Kind::FetchBundle(relay::FetchBundle {
+                    account_id: victim.account.clone(),
+                    device_id: 1,
+                }),
+            )
+        };
+        let mut one_time = 0;
+        for _ in 0..3 {
+            match fetch_bundle(&mut attacker).response.kind {
+                Some(response::Kind::Bundle(b)) => {
+                    assert!(b.kyber_pre_key.is_some(), "a session can always start");
+                    one_time += usize::from(b.pre_key.is_some());
+                }
+                other => panic!("expected a bundle, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            one_time, 2,
+            "only two one-time keys an hour leave the relay"
+        );
+        let out = fetch_bundle(&mut attacker);
+        assert!(retry_after(&out) > 0, "the fetcher is limited too");
+        // The victim keeps the rest of its one-time keys.
+        let (ec, _) = relay
+            .store()
+            .pre_key_counts(DeviceKey {
+                account: Uuid::from_slice(&victim.account).expect("uuid"),
+                device: 1,
+            })
+            .expect("counts");
+        assert_eq!(ec, 8);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod backup;
 mod commit;
 pub mod config;
 pub mod core;
+pub mod limits;
 pub mod net;
 pub mod store;
 pub mod tls;

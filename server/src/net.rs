@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::LinkInfo;
 use crate::core::{ConnState, Relay, error_response};
+use crate::limits::AddrKey;
 use crate::store::DeviceKey;
 
 /// Application close code: the relay is shutting down.
@@ -27,6 +28,10 @@ pub const CLOSE_SHUTDOWN: u32 = 0;
 pub const CLOSE_MISBEHAVING: u32 = 1;
 /// Application close code: the relay is at its connection limit.
 pub const CLOSE_BUSY: u32 = 2;
+
+/// Close reason when one address has too many connections open.
+pub const TOO_MANY_FROM_ADDRESS: &[u8] =
+    b"too many connections from your network address; close some and try again";
 
 /// Application close code: the operator banned or removed the account.
 pub const CLOSE_BANNED: u32 = 3;
@@ -56,6 +61,7 @@ pub struct Shared {
     connections: AtomicUsize,
     pending_pushes: Arc<AtomicUsize>,
     limit: Arc<Semaphore>,
+    per_address: Arc<Mutex<HashMap<AddrKey, usize>>>,
 }
 
 impl Shared {
@@ -70,7 +76,24 @@ impl Shared {
             connections: AtomicUsize::new(0),
             pending_pushes: Arc::new(AtomicUsize::new(0)),
             limit: Arc::new(Semaphore::new(max)),
+            per_address: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Counts a connection from `ip` for as long as the returned guard
+    /// lives; `None` when that address is at `connections_per_address`.
+    fn address_slot(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let key = AddrKey::from(ip);
+        let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        if *n >= self.relay.config().connections_per_address {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            key,
+            map: Arc::clone(&self.per_address),
+        })
     }
 
     /// Connections currently open.
@@ -155,6 +178,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
             incoming.refuse();
             continue;
         };
+        let slot = shared.address_slot(incoming.remote_address().ip());
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
@@ -173,6 +197,13 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
                         return;
                     }
                 };
+            let Some(_slot) = slot else {
+                // Finishing the handshake first costs us one, but lets the
+                // client show a reason instead of a bare refusal; the
+                // relay-wide cap above still bounds how many run at once.
+                conn.close(CLOSE_BUSY.into(), TOO_MANY_FROM_ADDRESS);
+                return;
+            };
             shared.connections.fetch_add(1, Ordering::Relaxed);
             handle_connection(conn, &shared, shutdown).await;
             shared.connections.fetch_sub(1, Ordering::Relaxed);
@@ -202,7 +233,7 @@ async fn handle_connection(
     let ctx = Arc::new(ConnCtx {
         id,
         conn: conn.clone(),
-        state: Mutex::new(ConnState::new(exporter)),
+        state: Mutex::new(ConnState::new(exporter).with_peer(conn.remote_address().ip())),
         bad_frames: AtomicU32::new(0),
         push_budget: Arc::new(Semaphore::new(PUSH_BUDGET_BYTES)),
     });
@@ -376,6 +407,24 @@ fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
                 let _ = uni.finish();
             }
         });
+    }
+}
+
+/// One connection counted against its address; released on drop.
+struct AddressSlot {
+    key: AddrKey,
+    map: Arc<Mutex<HashMap<AddrKey, usize>>>,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
     }
 }
 

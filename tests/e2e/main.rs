@@ -11,6 +11,7 @@ mod cli_errors;
 mod durability;
 mod groups;
 mod identity;
+mod limits;
 mod listen;
 mod messaging;
 mod prekeys;

@@ -15,7 +15,9 @@ const PARALLEL: usize = 4;
 
 #[test]
 fn prekey_exhaustion_and_top_up() {
-    let relay = Relay::start();
+    // Lift the hourly one-time key limit (which would otherwise keep most of
+    // Alice's keys back; tests/e2e/limits.rs covers it) to reach exhaustion.
+    let relay = Relay::start_with_env(&[("SOTTO_RELAY_ONE_TIME_KEYS_PER_HOUR", "100000")]);
     let alice = User::new(&relay, "Alice");
     let alice_code = alice.code();
     let link = relay.invite(SENDERS as u32);

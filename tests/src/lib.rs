@@ -95,11 +95,26 @@ pub struct Relay {
     child: Option<Child>,
     addr: SocketAddr,
     starts: u32,
+    env: Vec<(String, String)>,
 }
+
+/// Every test client connects from 127.0.0.1, so the per-address limits
+/// (sized for an office behind one NAT address) are lifted in tests unless a
+/// test sets them; per-account limits stay at their defaults.
+const LOOPBACK_LIMITS: &[(&str, &str)] = &[
+    ("SOTTO_RELAY_CONNECTIONS_PER_ADDRESS", "1000000"),
+    ("SOTTO_RELAY_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "1000000"),
+];
 
 impl Relay {
     /// Creates a data directory, runs `init`, and starts `serve`.
     pub fn start() -> Relay {
+        Relay::start_with_env(&[])
+    }
+
+    /// Like [`Relay::start`], with `SOTTO_RELAY_*` overrides for `serve`
+    /// (kept across restarts; they win over [`LOOPBACK_LIMITS`]).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Relay {
         let data = tempfile::tempdir().expect("temp dir for the relay");
         let logs = tempfile::tempdir().expect("temp dir for relay logs");
         let out = run_with_timeout(
@@ -122,6 +137,11 @@ impl Relay {
             child: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             starts: 0,
+            env: LOOPBACK_LIMITS
+                .iter()
+                .chain(env)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         relay.spawn(None);
         relay
@@ -223,6 +243,9 @@ impl Relay {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
         if let Some(addr) = listen {
             cmd.env("SOTTO_RELAY_LISTEN", addr.to_string());
         }

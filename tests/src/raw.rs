@@ -212,6 +212,7 @@ mod tests {
                 code: ErrorCode::Malformed as i32,
                 message: "bad".into(),
                 accounts: vec![],
+                retry_after_ms: 0,
             })),
         };
         let decoded = decode_response(&sotto_wire::frame::encode(&err));
