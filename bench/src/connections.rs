@@ -711,7 +711,9 @@ pub(crate) fn bare_server_main() -> anyhow::Result<()> {
     runtime.block_on(async {
         let keys = sotto_relay::tls::self_signed(&["127.0.0.1".into(), "localhost".into()])?;
         let pin = sotto_relay::tls::spki_sha256(&keys.cert_der)?;
-        let config = sotto_relay::tls::server_config(&keys.cert_der, &keys.key_der)?;
+        let config = sotto_relay::tls::server_config(sotto_relay::tls::CertResolver::new(
+            &sotto_relay::tls::Identity::from_der(&keys.cert_der, &keys.key_der),
+        )?)?;
         let endpoint = quinn::Endpoint::server(config, ([127, 0, 0, 1], 0).into())?;
         let hex: String = pin.iter().map(|b| format!("{b:02x}")).collect();
         {

@@ -915,7 +915,9 @@ struct Echo {
 impl Echo {
     async fn start() -> anyhow::Result<Echo> {
         let tls = sotto_relay::tls::self_signed(&["localhost".into()])?;
-        let config = sotto_relay::tls::server_config(&tls.cert_der, &tls.key_der)?;
+        let config = sotto_relay::tls::server_config(sotto_relay::tls::CertResolver::new(
+            &sotto_relay::tls::Identity::from_der(&tls.cert_der, &tls.key_der),
+        )?)?;
         let pin = sotto_relay::tls::spki_sha256(&tls.cert_der)?;
         let server = roomy_endpoint(Some(config))?;
         let addr = format!("127.0.0.1:{}", server.local_addr()?.port());

@@ -40,7 +40,7 @@ use crate::store::{
     AccountRecord, Contact, IdKind, MessageDirection, MessageRecord, MessageStatus, OutboxEntry,
     Store, StoreError,
 };
-use crate::transport::{Connection, TransportError};
+use crate::transport::{Connection, Route, TransportError};
 
 mod groups;
 pub use groups::{GroupInfo, MemberInfo};
@@ -247,7 +247,7 @@ impl Engine {
             notices: Vec::new(),
         };
         let keys = engine.generate_keys(ONE_TIME_KEYS, true).await?;
-        let conn = Connection::connect(&link.relay, link.spki_pin).await?;
+        let conn = engine.connect().await?;
         let nonce = challenge(&conn).await?;
         let signature = engine
             .identity
@@ -1199,10 +1199,24 @@ impl Engine {
         }
     }
 
+    /// A new connection to our relay, by the route that worked last time;
+    /// remembers the route that won (UDP-blocking networks get TCP at once).
+    pub(crate) async fn connect(&mut self) -> Result<Connection> {
+        let prefer = Route::from_hint(self.account.transport_hint.as_deref());
+        let conn =
+            Connection::connect_preferring(&self.account.relay, self.account.spki_pin, prefer)
+                .await?;
+        if conn.route() != prefer {
+            self.account.transport_hint = Some(conn.route().as_str().to_string());
+            self.store.set_account(&self.account)?;
+        }
+        Ok(conn)
+    }
+
     /// The authenticated connection, opened on first use.
     async fn connection(&mut self) -> Result<&Connection> {
         if self.conn.is_none() {
-            let conn = Connection::connect(&self.account.relay, self.account.spki_pin).await?;
+            let conn = self.connect().await?;
             let nonce = challenge(&conn).await?;
             let signature = self
                 .identity

@@ -110,7 +110,7 @@ async fn serve_client(stream: UnixStream, shared: Arc<Shared>, data_dir: Option<
                     let run = tokio::task::spawn_blocking(move || {
                         let ctx = Ctx {
                             relay: &shared.relay,
-                            links: &shared.links,
+                            links: shared.links(),
                             live: Some(&shared),
                             data_dir: dir.as_deref(),
                         };
@@ -143,7 +143,7 @@ pub fn handle_command(shared: &Shared, line: &str) -> Value {
     execute(
         &Ctx {
             relay: &shared.relay,
-            links: &shared.links,
+            links: shared.links(),
             live: Some(shared),
             data_dir: None,
         },
@@ -157,7 +157,7 @@ pub struct Ctx<'a> {
     /// The protocol core.
     pub relay: &'a Relay,
     /// Invite link material.
-    pub links: &'a LinkInfo,
+    pub links: LinkInfo,
     /// The serving relay's connections; `None` when it is stopped.
     pub live: Option<&'a Shared>,
     /// The data directory (needed for backups).
@@ -229,7 +229,7 @@ fn run(ctx: &Ctx<'_>, req: &Value) -> std::result::Result<Value, String> {
             if uses == 0 || secs == 0 {
                 return Err("uses and expires_secs must be greater than zero".into());
             }
-            match crate::make_invite(relay, ctx.links, uses, Duration::from_secs(secs)) {
+            match crate::make_invite(relay, &ctx.links, uses, Duration::from_secs(secs)) {
                 Ok(link) => Ok(json!({"ok": true, "link": link.to_string()})),
                 Err(e) => {
                     tracing::error!(error = %e, "admin invite failed");
@@ -345,7 +345,7 @@ pub fn execute_offline(data_dir: &Path, req: &Value) -> Result<Value> {
     Ok(execute(
         &Ctx {
             relay: &relay,
-            links: &links,
+            links,
             live: None,
             data_dir: Some(data_dir),
         },

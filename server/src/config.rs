@@ -586,8 +586,22 @@ pub fn host_of(addr: &str) -> &str {
 }
 
 /// The commented `config.toml` written by `init`; every key at its default.
-pub fn example_config(listen: SocketAddr, public_addr: Option<&str>) -> String {
+pub fn example_config(
+    listen: SocketAddr,
+    public_addr: Option<&str>,
+    tls: Option<(&std::path::Path, &std::path::Path)>,
+) -> String {
     let d = Config::default();
+    let tls = match tls {
+        Some((cert, key)) => format!(
+            "tls_cert = {:?}\ntls_key = {:?}",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+        None => "# tls_cert = \"/var/lib/sotto-relay/tls/fullchain.pem\"\n\
+                 # tls_key = \"/var/lib/sotto-relay/tls/privkey.pem\""
+            .to_string(),
+    };
     let public = match public_addr {
         Some(p) => format!("public_addr = \"{p}\""),
         None => "# public_addr = \"relay.example.org:4433\"".to_string(),
@@ -656,8 +670,8 @@ metrics_listen = "off"
 # Your own TLS certificate chain and key (PEM), e.g. from an ACME client.
 # Unset: the self-signed certificate in tls/ is used. Clients pin the key, so
 # renew with the same key (certbot --reuse-key); `kill -HUP` reloads the files.
-# tls_cert = "/var/lib/sotto-relay/tls/fullchain.pem"
-# tls_key = "/var/lib/sotto-relay/tls/privkey.pem"
+# Relative paths are inside the data directory.
+{tls}
 
 # Log format on stderr: "human" or "json".
 log_format = "human"
@@ -714,7 +728,7 @@ mod tests {
     #[test]
     fn example_config_equals_defaults() {
         let d = Config::default();
-        let text = example_config(d.listen, None);
+        let text = example_config(d.listen, None, None);
         let mut raw = RawConfig::parse(&text).expect("example parses");
         raw.apply_env(no_env).expect("no env");
         assert_eq!(raw.validate().expect("valid"), d);

@@ -28,6 +28,7 @@ pub mod core;
 pub mod limits;
 pub mod net;
 pub mod store;
+pub mod tcp;
 pub mod tls;
 
 use std::fs;
@@ -214,7 +215,23 @@ pub fn init(
     listen: Option<SocketAddr>,
     public_addr: Option<String>,
 ) -> Result<InitReport> {
+    init_with_cert(data_dir, listen, public_addr, None)
+}
+
+/// Like [`init`], serving the operator's certificate chain and key (PEM)
+/// instead of the self-signed one; their paths go into `config.toml`.
+pub fn init_with_cert(
+    data_dir: &Path,
+    listen: Option<SocketAddr>,
+    public_addr: Option<String>,
+    cert: Option<(&Path, &Path)>,
+) -> Result<InitReport> {
     let dir = DataDir::new(data_dir);
+    // Checked before anything is written, so a wrong file leaves no half-made relay.
+    let operator = match cert {
+        Some((c, k)) => Some(tls::Identity::from_pem_files(c, k)?),
+        None => None,
+    };
     if dir.config().exists() || dir.root().join("keys").exists() || dir.db().join("conf").exists() {
         return Err(Error::AlreadyInitialized(data_dir.to_path_buf()));
     }
@@ -223,7 +240,7 @@ pub fn init(
         None => Config::default().listen,
     };
     // Validate the public address the same way the config loader will.
-    let text = config::example_config(listen, public_addr.as_deref());
+    let text = config::example_config(listen, public_addr.as_deref(), cert);
     let mut raw = config::RawConfig::parse(&text)?;
     raw.apply_env(|_| None)?;
     raw.validate()?;
@@ -240,8 +257,13 @@ pub fn init(
     if !listen.ip().is_unspecified() {
         hosts.push(listen.ip().to_string());
     }
+    // Made even with an operator certificate: its key seeds the QUIC
+    // stateless-reset key, and it is there to fall back to.
     let ck = tls::self_signed(&hosts)?;
-    let pin = tls::spki_sha256(&ck.cert_der)?;
+    let pin = match &operator {
+        Some(identity) => identity.pin()?,
+        None => tls::spki_sha256(&ck.cert_der)?,
+    };
 
     let mut rng = rand::rng();
     let root = KeyPair::generate(&mut rng);
@@ -286,20 +308,37 @@ pub struct LinkInfo {
 
 /// The relay's long-lived key material, loaded from a data directory.
 struct Keys {
-    cert_der: Vec<u8>,
+    /// The self-signed TLS key from `init` (also seeds the stateless-reset key).
     key_der: Vec<u8>,
+    /// The certificate served: the operator's if configured, else the self-signed one.
+    identity: tls::Identity,
     pin: [u8; 32],
     trust_root: Vec<u8>,
     signer: Signer,
 }
 
-fn load_keys(dir: &DataDir) -> Result<Keys> {
+/// The certificate the relay serves: the operator's PEM files when
+/// `tls_cert`/`tls_key` are set, else the self-signed pair from `init`.
+pub fn load_identity(dir: &DataDir, config: &Config) -> Result<tls::Identity> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Ok(tls::Identity::from_pem_files(
+            &dir.root().join(cert),
+            &dir.root().join(key),
+        )?),
+        _ => Ok(tls::Identity::from_der(
+            &read(&dir.cert())?,
+            &read(&dir.tls_key())?,
+        )),
+    }
+}
+
+fn load_keys(dir: &DataDir, config: &Config) -> Result<Keys> {
     if !dir.trust_root().exists() {
         return Err(Error::NotInitialized(dir.root().to_path_buf()));
     }
-    let cert_der = read(&dir.cert())?;
     let key_der = read(&dir.tls_key())?;
-    let pin = tls::spki_sha256(&cert_der)?;
+    let identity = load_identity(dir, config)?;
+    let pin = identity.pin()?;
     let trust_root = PrivateKey::deserialize(&read(&dir.trust_root())?)
         .ok()
         .and_then(|k| k.public_key().ok())
@@ -311,8 +350,8 @@ fn load_keys(dir: &DataDir) -> Result<Keys> {
     let server_cert = ServerCertificate::deserialize(&read(&dir.server_cert())?)
         .map_err(|_| Error::BadKey(dir.server_cert()))?;
     Ok(Keys {
-        cert_der,
         key_der,
+        identity,
         pin,
         trust_root,
         signer: Signer::new(server_cert, server_key),
@@ -330,7 +369,7 @@ pub fn offline_invite(data_dir: &Path, uses: u32, ttl: Duration) -> Result<Invit
 pub(crate) fn open_offline(data_dir: &Path) -> Result<(core::Relay, LinkInfo)> {
     let config = load_config(data_dir)?;
     let dir = DataDir::new(data_dir);
-    let keys = load_keys(&dir)?;
+    let keys = load_keys(&dir, &config)?;
     let store = SledStore::open(&dir.db())?;
     let info = LinkInfo {
         relay: config
@@ -366,6 +405,7 @@ pub struct Running {
     pub local_addr: SocketAddr,
     /// Shared state (relay core, live connections, link info).
     pub shared: Arc<net::Shared>,
+    resolver: Arc<tls::CertResolver>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -449,18 +489,68 @@ impl quinn::ConnectionIdGenerator for RandomCids {
     }
 }
 
-/// Loads the relay in `data_dir`, binds its listen address and spawns the
-/// serving, admin and expiry tasks. Call from inside a tokio runtime.
+/// Binds the UDP socket and a TCP listener on the same port. With port 0
+/// the kernel picks the UDP port, which may be taken on TCP; then try again.
+fn bind_both(listen: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let bind_err = |cause| Error::Bind {
+        addr: listen,
+        cause,
+    };
+    let attempts = if listen.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+        let port = udp.local_addr().map_err(bind_err)?.port();
+        match std::net::TcpListener::bind(SocketAddr::new(listen.ip(), port)) {
+            Ok(tcp) => {
+                tcp.set_nonblocking(true).map_err(bind_err)?;
+                return Ok((udp, tcp));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(bind_err(last.unwrap_or_else(|| {
+        std::io::Error::other("no port free on both UDP and TCP")
+    })))
+}
+
+/// Reads the certificate files again and serves them from the next
+/// handshake on (`SIGHUP`). Open connections and queued messages are not
+/// touched. A new key changes the pin: members' apps pinned the old one and
+/// will refuse the relay until they join again with a new invite link.
+pub fn reload_certificate(data_dir: &Path, running: &Running) -> Result<()> {
+    let dir = DataDir::new(data_dir);
+    let config = load_config(data_dir)?;
+    let identity = load_identity(&dir, &config)?;
+    let pin = identity.pin()?;
+    running.resolver.replace(&identity)?;
+    let old = running.shared.links().spki_pin;
+    if pin == old {
+        tracing::info!("reloaded the TLS certificate; same key, members are unaffected");
+    } else {
+        running.shared.set_pin(pin);
+        tracing::warn!(
+            new_pin = %tls::pin_text(&pin),
+            "reloaded a TLS certificate with a NEW key: members' apps pinned the old key and \
+             cannot connect until they join with a new invite link. Renew with the same key \
+             (certbot --reuse-key) to avoid this"
+        );
+    }
+    Ok(())
+}
+
+/// Loads the relay in `data_dir`, binds its listen address (UDP for QUIC and
+/// TCP for the TLS fallback, same port) and spawns the serving, admin,
+/// expiry and certificate-reload tasks. Call from inside a tokio runtime.
 pub async fn start(data_dir: &Path) -> Result<Running> {
     let config = load_config(data_dir)?;
     let dir = DataDir::new(data_dir);
-    let keys = load_keys(&dir)?;
+    let keys = load_keys(&dir, &config)?;
     let store = SledStore::open(&dir.db())?;
-    let server_config = tls::server_config(&keys.cert_der, &keys.key_der)?;
-    let socket = std::net::UdpSocket::bind(config.listen).map_err(|cause| Error::Bind {
-        addr: config.listen,
-        cause,
-    })?;
+    let resolver = tls::CertResolver::new(&keys.identity)?;
+    let server_config = tls::server_config(Arc::clone(&resolver))?;
+    let tcp_config = tls::tcp_server_config(Arc::clone(&resolver))?;
+    let (socket, tcp) = bind_both(config.listen)?;
     enlarge_socket_buffers(&socket);
     let endpoint = quinn::Endpoint::new(
         endpoint_config(&keys.key_der),
@@ -469,6 +559,10 @@ pub async fn start(data_dir: &Path) -> Result<Running> {
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|cause| Error::Bind {
+        addr: config.listen,
+        cause,
+    })?;
+    let tcp = tokio::net::TcpListener::from_std(tcp).map_err(|cause| Error::Bind {
         addr: config.listen,
         cause,
     })?;
@@ -492,15 +586,22 @@ pub async fn start(data_dir: &Path) -> Result<Running> {
     let admin = admin::AdminServer::bind(&dir.admin_socket())?;
     tracker.spawn(admin.run(Arc::clone(&shared), shutdown.clone()));
     tracker.spawn(net::serve(endpoint, Arc::clone(&shared), shutdown.clone()));
+    tracker.spawn(tcp::serve(
+        tcp,
+        tcp_config,
+        Arc::clone(&shared),
+        shutdown.clone(),
+    ));
     tracker.spawn(net::sweep_loop(
         Arc::clone(&shared),
         sweep_every,
         shutdown.clone(),
     ));
-    tracing::info!(%local_addr, "relay started");
+    tracing::info!(%local_addr, "relay started (QUIC on UDP, TLS fallback on TCP, same port)");
     Ok(Running {
         local_addr,
         shared,
+        resolver,
         shutdown,
         tracker,
     })

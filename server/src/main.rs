@@ -46,9 +46,18 @@ enum Command {
         /// HOST:PORT that clients will dial (put in invite links). Defaults to the listen address.
         #[arg(long)]
         public_addr: Option<String>,
+        /// Your own certificate chain (PEM, e.g. fullchain.pem from an ACME
+        /// client) instead of a self-signed one. Needs --key.
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// The private key (PEM) for --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
     },
     /// Run the relay until Ctrl-C or SIGTERM.
     ///
+    /// Serves QUIC on the UDP port and TLS over TCP on the same TCP port (for
+    /// networks that block UDP). SIGHUP reloads the TLS certificate files.
     /// Prints `listening on IP:PORT` once ready; logs go to stderr.
     /// Next step: `sotto-relay invite --data-dir DIR` to let someone join.
     Serve {
@@ -217,9 +226,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             listen,
             public_addr,
+            cert,
+            key,
         } => {
-            let report = sotto_relay::init(&data_dir, Some(listen), public_addr.clone())
-                .with_context(|| format!("could not create a relay in {}", data_dir.display()))?;
+            // Stored as absolute paths: serve may run from another directory.
+            let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+            let operator = cert.map(absolute).zip(key.map(absolute));
+            let report = sotto_relay::init_with_cert(
+                &data_dir,
+                Some(listen),
+                public_addr.clone(),
+                operator.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+            )
+            .with_context(|| format!("could not create a relay in {}", data_dir.display()))?;
             println!("Created a Sotto relay in {}.", data_dir.display());
             println!("spki pin: {}", report.spki_pin);
             if public_addr.is_none() && (listen.ip().is_loopback() || listen.ip().is_unspecified())
@@ -437,9 +456,17 @@ fn account(action: AccountCmd) -> anyhow::Result<()> {
 
 fn check_config(data_dir: &Path) -> anyhow::Result<()> {
     let config = sotto_relay::load_config(data_dir)?;
+    // The certificate files too: a typo there would otherwise surface at the
+    // next restart or SIGHUP.
+    let identity = sotto_relay::load_identity(&sotto_relay::DataDir::new(data_dir), &config)
+        .context("the TLS certificate does not load")?;
     println!(
         "# config.toml in {} is valid. Effective settings:",
         data_dir.display()
+    );
+    println!(
+        "# TLS certificate pin (in invite links): {}",
+        sotto_relay::tls::pin_text(&identity.pin()?)
     );
     for var in sotto_relay::config::env_overrides(|k| std::env::var(k).ok()) {
         println!("# (overridden by the environment: {var})");
@@ -488,6 +515,8 @@ fn serve(data_dir: &Path) -> anyhow::Result<()> {
             .context("cannot listen for SIGTERM")?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .context("cannot listen for SIGINT")?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
         let running = sotto_relay::start(data_dir).await.with_context(|| {
             format!(
                 "cannot start the relay in {} (is another sotto-relay already serving it?)",
@@ -500,10 +529,21 @@ fn serve(data_dir: &Path) -> anyhow::Result<()> {
             out.flush()?;
         }
         let token = running.shutdown_token();
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            () = token.cancelled() => {}
+        loop {
+            tokio::select! {
+                _ = int.recv() => break,
+                _ = term.recv() => break,
+                () = token.cancelled() => break,
+                _ = hup.recv() => {
+                    // A bad file keeps the old certificate serving.
+                    if let Err(e) = sotto_relay::reload_certificate(data_dir, &running) {
+                        tracing::error!(
+                            error = %format!("{e:#}"),
+                            "SIGHUP: could not reload the TLS certificate; still serving the old one"
+                        );
+                    }
+                }
+            }
         }
         tracing::info!("shutting down");
         running.shutdown().await;

@@ -54,8 +54,9 @@ const STREAM_TOO_LARGE: u32 = 1;
 pub struct Shared {
     /// The protocol core.
     pub relay: Relay,
-    /// Invite link material (relay address, pin, trust root).
-    pub links: LinkInfo,
+    /// Invite link material (relay address, pin, trust root); the pin
+    /// changes when a reloaded certificate has a new key.
+    links: Mutex<LinkInfo>,
     live: Mutex<HashMap<DeviceKey, Vec<LivePeer>>>,
     next_conn_id: AtomicU64,
     connections: AtomicUsize,
@@ -70,7 +71,7 @@ impl Shared {
         let max = relay.config().max_connections;
         Self {
             relay,
-            links,
+            links: Mutex::new(links),
             live: Mutex::new(HashMap::new()),
             next_conn_id: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
@@ -82,7 +83,7 @@ impl Shared {
 
     /// Counts a connection from `ip` for as long as the returned guard
     /// lives; `None` when that address is at `connections_per_address`.
-    fn address_slot(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
+    pub(crate) fn address_slot(&self, ip: std::net::IpAddr) -> Option<AddressSlot> {
         let key = AddrKey::from(ip);
         let mut map = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(key).or_insert(0);
@@ -94,6 +95,19 @@ impl Shared {
             key,
             map: Arc::clone(&self.per_address),
         })
+    }
+
+    /// Invite link material as it is now.
+    pub fn links(&self) -> LinkInfo {
+        self.links.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts `pin` into invite links made from now on.
+    pub fn set_pin(&self, pin: [u8; 32]) {
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .spki_pin = pin;
     }
 
     /// Connections currently open.
@@ -110,7 +124,7 @@ impl Shared {
     /// Closes every live connection of `account` (all devices) with `reason`.
     /// Returns how many were closed.
     pub fn close_account(&self, account: uuid::Uuid, reason: &[u8]) -> usize {
-        let conns: Vec<quinn::Connection> = {
+        let conns: Vec<Peer> = {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             live.iter()
                 .filter(|(k, _)| k.account == account)
@@ -118,7 +132,7 @@ impl Shared {
                 .collect()
         };
         for conn in &conns {
-            conn.close(CLOSE_BANNED.into(), reason);
+            conn.close(CLOSE_BANNED, reason);
         }
         conns.len()
     }
@@ -132,6 +146,45 @@ impl Shared {
         });
     }
 
+    /// Context for a new connection from `ip` with TLS exporter `exporter`.
+    pub(crate) fn new_ctx(
+        &self,
+        conn: Peer,
+        exporter: [u8; EXPORTER_LEN],
+        ip: std::net::IpAddr,
+    ) -> Arc<ConnCtx> {
+        Arc::new(ConnCtx {
+            id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
+            conn,
+            state: Mutex::new(ConnState::new(exporter).with_peer(ip)),
+            bad_frames: AtomicU32::new(0),
+            push_budget: Arc::new(Semaphore::new(PUSH_BUDGET_BYTES)),
+        })
+    }
+
+    /// Stops pushing to a connection that has ended.
+    pub(crate) fn forget(&self, ctx: &ConnCtx) {
+        let authed = ctx
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .authenticated();
+        if let Some(key) = authed {
+            self.unregister_live(key, ctx.id);
+        }
+    }
+
+    /// Counts a connection as open while the guard lives.
+    pub(crate) fn open_connection(self: &Arc<Self>) -> OpenConnection {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(Arc::clone(self))
+    }
+
+    /// A permit under `max_connections`, or `None` at the cap.
+    pub(crate) fn connection_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.limit).try_acquire_owned().ok()
+    }
+
     fn unregister_live(&self, key: DeviceKey, id: u64) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = live.get_mut(&key) {
@@ -142,7 +195,7 @@ impl Shared {
         }
     }
 
-    fn live_for(&self, key: DeviceKey) -> Vec<(quinn::Connection, Arc<Semaphore>)> {
+    fn live_for(&self, key: DeviceKey) -> Vec<(Peer, Arc<Semaphore>)> {
         let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         live.get(&key)
             .map(|l| {
@@ -154,10 +207,47 @@ impl Shared {
     }
 }
 
+/// A client connection the relay can push to or close: QUIC, or the TLS
+/// over TCP fallback ([`crate::tcp`]).
+#[derive(Clone)]
+pub(crate) enum Peer {
+    Quic(quinn::Connection),
+    Tcp(crate::tcp::TcpPeer),
+}
+
+impl Peer {
+    /// Closes the connection, telling the client `reason`.
+    pub(crate) fn close(&self, code: u32, reason: &[u8]) {
+        match self {
+            Peer::Quic(c) => c.close(code.into(), reason),
+            Peer::Tcp(t) => t.close(reason),
+        }
+    }
+
+    /// Sends one push; false if the connection is gone.
+    async fn push(&self, msg: &Push) -> bool {
+        match self {
+            Peer::Quic(c) => {
+                let Ok(mut uni) = c.open_uni().await else {
+                    return false;
+                };
+                if frame::write(&mut uni, msg).await.is_err() {
+                    return false;
+                }
+                uni.finish().is_ok()
+            }
+            Peer::Tcp(t) => {
+                t.send(sotto_wire::mux::encode(sotto_wire::mux::PUSH, msg))
+                    .await
+            }
+        }
+    }
+}
+
 /// An authenticated connection that pushes can go to.
 struct LivePeer {
     id: u64,
-    conn: quinn::Connection,
+    conn: Peer,
     /// The connection's [`PUSH_BUDGET_BYTES`], shared with its [`ConnCtx`].
     push_budget: Arc<Semaphore>,
 }
@@ -172,7 +262,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
             inc = endpoint.accept() => inc,
         };
         let Some(incoming) = incoming else { break };
-        let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
+        let Some(permit) = shared.connection_permit() else {
             // At the connection cap: refuse cheaply instead of queueing handshakes.
             tracing::warn!("connection limit reached; refusing a connection");
             incoming.refuse();
@@ -204,9 +294,8 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
                 conn.close(CLOSE_BUSY.into(), TOO_MANY_FROM_ADDRESS);
                 return;
             };
-            shared.connections.fetch_add(1, Ordering::Relaxed);
+            let _open = shared.open_connection();
             handle_connection(conn, &shared, shutdown).await;
-            shared.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
     endpoint.close(CLOSE_SHUTDOWN.into(), b"relay shutting down");
@@ -229,14 +318,11 @@ async fn handle_connection(
         conn.close(CLOSE_MISBEHAVING.into(), b"tls exporter unavailable");
         return;
     }
-    let id = shared.next_conn_id.fetch_add(1, Ordering::Relaxed);
-    let ctx = Arc::new(ConnCtx {
-        id,
-        conn: conn.clone(),
-        state: Mutex::new(ConnState::new(exporter).with_peer(conn.remote_address().ip())),
-        bad_frames: AtomicU32::new(0),
-        push_budget: Arc::new(Semaphore::new(PUSH_BUDGET_BYTES)),
-    });
+    let ctx = shared.new_ctx(
+        Peer::Quic(conn.clone()),
+        exporter,
+        conn.remote_address().ip(),
+    );
     let streams = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -253,19 +339,12 @@ async fn handle_connection(
     }
     streams.close();
     streams.wait().await;
-    let authed = ctx
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .authenticated();
-    if let Some(key) = authed {
-        shared.unregister_live(key, id);
-    }
+    shared.forget(&ctx);
 }
 
-struct ConnCtx {
+pub(crate) struct ConnCtx {
     id: u64,
-    conn: quinn::Connection,
+    conn: Peer,
     state: Mutex<ConnState>,
     bad_frames: AtomicU32,
     /// Envelope bytes this connection's pushes may hold while they wait for
@@ -274,12 +353,12 @@ struct ConnCtx {
 }
 
 impl ConnCtx {
-    fn bad_frame(&self) {
+    pub(crate) fn bad_frame(&self) {
         let n = self.bad_frames.fetch_add(1, Ordering::Relaxed) + 1;
         if n > MAX_BAD_FRAMES {
             // A peer that keeps sending garbage is broken or probing; cut it off.
             self.conn
-                .close(CLOSE_MISBEHAVING.into(), b"too many malformed requests");
+                .close(CLOSE_MISBEHAVING, b"too many malformed requests");
         }
     }
 }
@@ -326,6 +405,21 @@ async fn handle_stream(
             return;
         }
     };
+    let (response, push) = serve_request(shared, ctx, req).await;
+    respond(&mut send, &response).await;
+    for (to, envelope) in push {
+        push_to(shared, to, envelope);
+    }
+}
+
+/// Handles one decoded request: asks the core, flushes the store when the
+/// outcome needs it, and returns the response with the pushes to send once
+/// the response is on its way.
+pub(crate) async fn serve_request(
+    shared: &Arc<Shared>,
+    ctx: &ConnCtx,
+    req: Request,
+) -> (Response, Vec<(DeviceKey, Envelope)>) {
     let version_ok = req.version == sotto_wire::PROTOCOL_VERSION;
     let (outcome, became) = {
         let mut state = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -357,10 +451,7 @@ async fn handle_stream(
             push.clear();
         }
     }
-    respond(&mut send, &response).await;
-    for (to, envelope) in push {
-        push_to(shared, to, envelope);
-    }
+    (response, push)
 }
 
 async fn respond(send: &mut quinn::SendStream, response: &Response) {
@@ -378,7 +469,7 @@ async fn respond(send: &mut quinn::SendStream, response: &Response) {
 /// for as long as it stays connected, so each connection has a byte budget
 /// ([`PUSH_BUDGET_BYTES`]); over it, the push is skipped and the envelope
 /// waits in the mailbox for the client's next `Fetch`.
-fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
+pub(crate) fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
     let conns = shared.live_for(to);
     if conns.is_empty() {
         return;
@@ -400,18 +491,13 @@ fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
         let pending = PendingPush::new(&shared.pending_pushes);
         tokio::spawn(async move {
             let _held = (pending, permit);
-            let Ok(mut uni) = conn.open_uni().await else {
-                return;
-            };
-            if frame::write(&mut uni, &msg).await.is_ok() {
-                let _ = uni.finish();
-            }
+            conn.push(&msg).await;
         });
     }
 }
 
 /// One connection counted against its address; released on drop.
-struct AddressSlot {
+pub(crate) struct AddressSlot {
     key: AddrKey,
     map: Arc<Mutex<HashMap<AddrKey, usize>>>,
 }
@@ -425,6 +511,15 @@ impl Drop for AddressSlot {
                 map.remove(&self.key);
             }
         }
+    }
+}
+
+/// Counts one open connection in [`Shared::connections`] while it lives.
+pub(crate) struct OpenConnection(Arc<Shared>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -627,12 +722,12 @@ mod tests {
         let running = crate::start(&dir).await.expect("start");
         let addr = running.local_addr;
         assert_ne!(addr.port(), 0);
-        assert_eq!(running.shared.links.relay, addr.to_string());
+        assert_eq!(running.shared.links().relay, addr.to_string());
 
         let invite = |uses| {
             crate::make_invite(
                 &running.shared.relay,
-                &running.shared.links,
+                &running.shared.links(),
                 uses,
                 Duration::from_secs(60),
             )
@@ -844,7 +939,7 @@ mod tests {
         let running = crate::start(&dir).await.expect("start");
         let token = crate::make_invite(
             &running.shared.relay,
-            &running.shared.links,
+            &running.shared.links(),
             1,
             Duration::from_secs(60),
         )
@@ -901,7 +996,7 @@ mod tests {
         let invite = |uses| {
             crate::make_invite(
                 &running.shared.relay,
-                &running.shared.links,
+                &running.shared.links(),
                 uses,
                 Duration::from_secs(60),
             )

@@ -4,12 +4,16 @@
 //! of the certificate's SubjectPublicKeyInfo, so a self-signed certificate made
 //! by `init` is as trustworthy as the link it travels in.
 
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use quinn::crypto::rustls::QuicServerConfig;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
 /// Errors making or loading TLS material.
@@ -27,6 +31,14 @@ pub enum TlsError {
     /// quinn refused the rustls configuration.
     #[error("QUIC TLS configuration refused: {0}")]
     Quic(String),
+    /// An operator-supplied PEM file is missing or unreadable.
+    #[error("cannot use {path}: {why}")]
+    Pem {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 // By hand rather than `#[from]`, so error chains do not print the cause twice.
@@ -66,6 +78,9 @@ pub fn self_signed(hosts: &[String]) -> Result<CertAndKey, TlsError> {
 }
 
 /// SHA-256 of the certificate's SubjectPublicKeyInfo.
+///
+/// Clients pin this, not the certificate: a renewed certificate with the
+/// same key keeps every member connected; a new key needs new invite links.
 pub fn spki_sha256(cert_der: &[u8]) -> Result<[u8; 32], TlsError> {
     let (_, cert) =
         x509_parser::parse_x509_certificate(cert_der).map_err(|_| TlsError::BadCertificate)?;
@@ -77,6 +92,115 @@ pub fn pin_text(pin: &[u8; 32]) -> String {
     URL_SAFE_NO_PAD.encode(pin)
 }
 
+/// A certificate chain and its private key, as served.
+#[derive(Clone)]
+pub struct Identity {
+    /// The chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key.
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl Identity {
+    /// The self-signed pair `init` wrote (DER certificate, PKCS#8 key).
+    pub fn from_der(cert_der: &[u8], key_der: &[u8]) -> Self {
+        Self {
+            chain: vec![CertificateDer::from(cert_der.to_vec())],
+            key: Arc::new(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+                key_der.to_vec(),
+            ))),
+        }
+    }
+
+    /// An operator-supplied chain and key in PEM (for example from an ACME client).
+    pub fn from_pem_files(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let pem_err = |path: &Path, why: String| TlsError::Pem {
+            path: path.display().to_string(),
+            why,
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| pem_err(cert, e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| pem_err(cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(pem_err(cert, "no CERTIFICATE block in it".into()));
+        }
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e.to_string()))?;
+        let identity = Self {
+            chain,
+            key: Arc::new(key_der),
+        };
+        // Refuse a key that does not belong to the certificate now, rather
+        // than fail every handshake later.
+        identity.certified_key()?;
+        Ok(identity)
+    }
+
+    /// SHA-256 of the leaf's SubjectPublicKeyInfo: the pin in invite links.
+    pub fn pin(&self) -> Result<[u8; 32], TlsError> {
+        spki_sha256(&self.chain[0])
+    }
+
+    fn certified_key(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+        let signing = provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())?;
+        let certified = CertifiedKey::new(self.chain.clone(), signing);
+        certified.keys_match()?;
+        Ok(Arc::new(certified))
+    }
+}
+
+/// The certificate the relay serves, shared by QUIC and TCP and replaceable
+/// while serving (`SIGHUP`): new handshakes get the new one, open
+/// connections carry on.
+pub struct CertResolver {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl std::fmt::Debug for CertResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertResolver")
+    }
+}
+
+impl CertResolver {
+    /// Serves `identity`.
+    pub fn new(identity: &Identity) -> Result<Arc<Self>, TlsError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(identity.certified_key()?),
+        }))
+    }
+
+    /// Serves `identity` from the next handshake on.
+    pub fn replace(&self, identity: &Identity) -> Result<(), TlsError> {
+        let next = identity.certified_key()?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.current.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+}
+
+/// The rustls configuration for TLS over TCP: TLS 1.3 only (the auth
+/// transcript needs its exporter), ALPN `sotto/1`.
+pub fn tcp_server_config(
+    resolver: Arc<CertResolver>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    tls.alpn_protocols = vec![sotto_wire::ALPN.to_vec()];
+    Ok(Arc::new(tls))
+}
+
 /// The rustls provider the relay uses (ring), passed explicitly so nothing
 /// depends on a process-wide default.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -84,14 +208,11 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A quinn server configuration: TLS 1.3 only, ALPN `sotto/1`, bounded streams.
-pub fn server_config(cert_der: &[u8], key_der: &[u8]) -> Result<quinn::ServerConfig, TlsError> {
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert_der.to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec())),
-        )?;
+        .with_cert_resolver(resolver);
     // ALPN pins the protocol, so a peer speaking something else fails the handshake.
     tls.alpn_protocols = vec![sotto_wire::ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
@@ -123,9 +244,39 @@ mod tests {
         let pin = spki_sha256(&ck.cert_der).expect("pin");
         assert_eq!(pin, spki_sha256(&ck.cert_der).expect("pin again"));
         assert_eq!(pin_text(&pin).len(), 43);
-        assert!(server_config(&ck.cert_der, &ck.key_der).is_ok());
+        let identity = Identity::from_der(&ck.cert_der, &ck.key_der);
+        assert_eq!(identity.pin().expect("pin"), pin);
+        let resolver = CertResolver::new(&identity).expect("resolver");
+        assert!(server_config(Arc::clone(&resolver)).is_ok());
+        assert!(tcp_server_config(resolver).is_ok());
         let other = self_signed(&["localhost".into()]).expect("cert");
         assert_ne!(spki_sha256(&other.cert_der).expect("pin"), pin);
         assert!(spki_sha256(b"junk").is_err());
+    }
+
+    #[test]
+    fn pem_files_load_and_a_mismatched_key_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = rcgen::generate_simple_self_signed(vec!["relay.example.org".into()]).expect("a");
+        let b = rcgen::generate_simple_self_signed(vec!["other.example.org".into()]).expect("b");
+        let cert = dir.path().join("fullchain.pem");
+        let key = dir.path().join("privkey.pem");
+        let wrong = dir.path().join("wrong.pem");
+        std::fs::write(&cert, a.cert.pem()).expect("write");
+        std::fs::write(&key, a.key_pair.serialize_pem()).expect("write");
+        std::fs::write(&wrong, b.key_pair.serialize_pem()).expect("write");
+        let identity = Identity::from_pem_files(&cert, &key).expect("loads");
+        assert_eq!(
+            identity.pin().expect("pin"),
+            spki_sha256(a.cert.der()).expect("pin")
+        );
+        let err = Identity::from_pem_files(&cert, &wrong)
+            .err()
+            .expect("mismatch");
+        assert!(matches!(err, TlsError::Rustls(_)), "{err}");
+        let err = Identity::from_pem_files(&dir.path().join("missing.pem"), &key)
+            .err()
+            .expect("missing");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
     }
 }

@@ -7,6 +7,7 @@
 //! is `sotto_tests` (tests/src/lib.rs).
 
 mod abuse;
+mod certificate;
 mod cli_errors;
 mod durability;
 mod groups;
@@ -18,3 +19,4 @@ mod prekeys;
 mod relay_disk;
 mod rotation;
 mod store;
+mod udp_blocked;

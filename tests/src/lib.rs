@@ -16,7 +16,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -475,6 +476,86 @@ pub fn texts(messages: &[serde_json::Value]) -> Vec<String> {
         .iter()
         .map(|m| m["text"].as_str().unwrap_or_default().to_string())
         .collect()
+}
+
+/// A network that drops UDP: clients dial [`UdpBlocked::addr`], where a UDP
+/// socket swallows every datagram (as a firewall that drops QUIC would) and
+/// TCP is forwarded to the relay's port. Threads end with the test process.
+pub struct UdpBlocked {
+    addr: SocketAddr,
+    udp: std::net::UdpSocket,
+    connections: Arc<AtomicUsize>,
+}
+
+impl UdpBlocked {
+    /// Starts forwarding TCP on a fresh port to `relay`.
+    pub fn in_front_of(relay: SocketAddr) -> UdpBlocked {
+        // Both on one port, like the relay: a UDP socket nobody reads, and TCP.
+        let (udp, listener) = loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+            let port = udp.local_addr().expect("udp addr").port();
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                break (udp, l);
+            }
+        };
+        let addr = listener.local_addr().expect("tcp addr");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(upstream) = std::net::TcpStream::connect(relay) else {
+                    continue;
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        upstream.try_clone().expect("clone"),
+                    ),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        UdpBlocked {
+            addr,
+            udp,
+            connections,
+        }
+    }
+
+    /// Where clients behind this network dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// QUIC datagrams dropped since the last call (the socket is drained).
+    pub fn udp_datagrams_dropped(&self) -> usize {
+        self.udp.set_nonblocking(true).expect("nonblocking udp");
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while self.udp.recv(&mut buf).is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    /// TCP connections forwarded so far.
+    pub fn tcp_connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// `link` with its relay address replaced by this front's.
+    pub fn rewrite(&self, link: &str) -> String {
+        let mut parsed: sotto_wire::invite::InviteLink = link.parse().expect("a valid invite link");
+        parsed.relay = self.addr.to_string();
+        parsed.to_string()
+    }
 }
 
 #[cfg(test)]

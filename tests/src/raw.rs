@@ -149,6 +149,64 @@ fn decode_response(answer: &[u8]) -> Outcome {
     }
 }
 
+/// A TLS-over-TCP connection to a relay's fallback port that trusts any
+/// certificate, for writing arbitrary bytes where [`sotto_wire::mux`] units go.
+pub struct RawTcp {
+    stream: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+}
+
+impl RawTcp {
+    /// Connects to `addr` over TCP with ALPN `sotto/1`, skipping certificate checks.
+    pub async fn danger_connect(addr: SocketAddr) -> Result<RawTcp, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyCert(provider)))
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![sotto_wire::ALPN.to_vec()];
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let stream = tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(RawTcp { stream })
+    }
+
+    /// Writes raw bytes.
+    pub async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    /// Reads the next unit the relay sends as `(id, Response)`; `Err` with a
+    /// description when the stream ends or nothing comes within
+    /// [`ANSWER_TIMEOUT`].
+    pub async fn next(&mut self) -> Result<(u32, Response), String> {
+        match tokio::time::timeout(
+            ANSWER_TIMEOUT,
+            sotto_wire::mux::read::<Response, _>(
+                &mut self.stream,
+                sotto_wire::DEFAULT_MAX_FRAME_BYTES,
+            ),
+        )
+        .await
+        {
+            Ok(Ok(unit)) => Ok(unit),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer".into()),
+        }
+    }
+}
+
 /// Accepts any server certificate; only for talking to a test relay on loopback.
 #[derive(Debug)]
 struct DangerAcceptAnyCert(Arc<rustls::crypto::CryptoProvider>);

@@ -279,8 +279,7 @@ impl Engine {
     async fn anon_call(&mut self, build: &dyn Fn(&[u8]) -> Result<Req>) -> Result<Resp> {
         for attempt in 0..2 {
             if self.anon.is_none() {
-                self.anon =
-                    Some(Connection::connect(&self.account.relay, self.account.spki_pin).await?);
+                self.anon = Some(self.connect().await?);
             }
             let Some(conn) = self.anon.as_ref() else {
                 continue;

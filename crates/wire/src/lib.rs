@@ -16,6 +16,7 @@ pub mod auth;
 pub mod code;
 pub mod frame;
 pub mod invite;
+pub mod mux;
 
 /// Messages between client and relay (`proto/relay.proto`).
 #[allow(missing_docs, unreachable_pub, clippy::all)]
