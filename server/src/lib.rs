@@ -26,6 +26,7 @@ mod commit;
 pub mod config;
 pub mod core;
 pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod store;
 pub mod tcp;
@@ -578,6 +579,14 @@ pub async fn start(data_dir: &Path) -> Result<Running> {
         trust_root: keys.trust_root,
     };
     let sweep_every = config.sweep_interval;
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|cause| Error::Bind { addr, cause })?,
+        ),
+        None => None,
+    };
     let relay = core::Relay::new(store, config, keys.signer);
     let shared = Arc::new(net::Shared::new(relay, links));
     let shutdown = CancellationToken::new();
@@ -592,6 +601,17 @@ pub async fn start(data_dir: &Path) -> Result<Running> {
         Arc::clone(&shared),
         shutdown.clone(),
     ));
+    if let Some(listener) = metrics_listener {
+        let metrics = listener
+            .local_addr()
+            .map_err(io("cannot read the metrics address"))?;
+        tracing::info!(%metrics, "serving Prometheus metrics at http://{metrics}/metrics");
+        tracker.spawn(metrics::serve(
+            listener,
+            Arc::clone(&shared),
+            shutdown.clone(),
+        ));
+    }
     tracker.spawn(net::sweep_loop(
         Arc::clone(&shared),
         sweep_every,

@@ -62,6 +62,8 @@ pub struct Shared {
     connections: AtomicUsize,
     pending_pushes: Arc<AtomicUsize>,
     limit: Arc<Semaphore>,
+    /// Counters for the metrics endpoint.
+    pub metrics: crate::metrics::Metrics,
     per_address: Arc<Mutex<HashMap<AddrKey, usize>>>,
 }
 
@@ -77,6 +79,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             pending_pushes: Arc::new(AtomicUsize::new(0)),
             limit: Arc::new(Semaphore::new(max)),
+            metrics: crate::metrics::Metrics::default(),
             per_address: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -420,6 +423,12 @@ pub(crate) async fn serve_request(
     ctx: &ConnCtx,
     req: Request,
 ) -> (Response, Vec<(DeviceKey, Envelope)>) {
+    let started = std::time::Instant::now();
+    let kind = crate::metrics::kind_index(req.kind.as_ref());
+    let acked = match &req.kind {
+        Some(sotto_wire::relay::request::Kind::Ack(a)) => a.seqs.len() as u64,
+        _ => 0,
+    };
     let version_ok = req.version == sotto_wire::PROTOCOL_VERSION;
     let (outcome, became) = {
         let mut state = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -451,6 +460,9 @@ pub(crate) async fn serve_request(
             push.clear();
         }
     }
+    shared
+        .metrics
+        .request(kind, started.elapsed(), response.kind.as_ref(), acked);
     (response, push)
 }
 
@@ -488,6 +500,7 @@ pub(crate) fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
             continue;
         };
         let msg = msg.clone();
+        shared.metrics.pushed();
         let pending = PendingPush::new(&shared.pending_pushes);
         tokio::spawn(async move {
             let _held = (pending, permit);

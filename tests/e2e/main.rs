@@ -15,6 +15,7 @@ mod identity;
 mod limits;
 mod listen;
 mod messaging;
+mod operations;
 mod prekeys;
 mod relay_disk;
 mod rotation;
