@@ -40,8 +40,26 @@ use uuid::Uuid;
 
 use crate::commit::GroupCommit;
 
-/// The schema version this build writes and understands.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes and understands: 1, plus one per
+/// entry in [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u32 = 1 + MIGRATIONS.len() as u32;
+
+/// One upgrade step of the on-disk format, from `from` to `from + 1`.
+///
+/// A step must be idempotent: the version is written after the step has
+/// run and been flushed, so a crash in between runs it again on the next
+/// start. Add a step (never edit a shipped one) whenever a tree's key or
+/// value format changes, and say what it does in `what` (it is logged).
+pub(crate) struct Migration {
+    pub(crate) from: u32,
+    pub(crate) what: &'static str,
+    pub(crate) run: fn(&sled::Db) -> StoreResult<()>,
+}
+
+/// Every upgrade step, oldest first. Empty: the format has not changed
+/// since version 1 (new trees such as `groups` need no step; they start
+/// empty). Older relays refuse a directory once a step has run.
+const MIGRATIONS: &[Migration] = &[];
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const SEQ_BASE_KEY: &[u8] = b"seq_base";
@@ -81,6 +99,45 @@ impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
         StoreError::Db(e)
     }
+}
+
+/// Brings the database to `target` with `steps`: a new database is stamped
+/// `target`, an older one is upgraded step by step, a newer one is refused
+/// untouched (so a rollback after an upgrade fails safely).
+fn migrate(db: &sled::Db, meta: &sled::Tree, steps: &[Migration], target: u32) -> StoreResult<()> {
+    let Some(v) = meta.get(SCHEMA_KEY)? else {
+        meta.insert(SCHEMA_KEY, &target.to_be_bytes())?;
+        return Ok(());
+    };
+    let mut found = u32::from_be_bytes(
+        v.as_ref()
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("meta"))?,
+    );
+    if found > target {
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: target,
+        });
+    }
+    while found < target {
+        let step = steps
+            .iter()
+            .find(|m| m.from == found)
+            .ok_or(StoreError::Corrupt("meta"))?;
+        tracing::info!(
+            from = found,
+            to = found + 1,
+            step = step.what,
+            "upgrading the database"
+        );
+        (step.run)(db)?;
+        db.flush()?;
+        found += 1;
+        meta.insert(SCHEMA_KEY, &found.to_be_bytes())?;
+        db.flush()?;
+    }
+    Ok(())
 }
 
 /// Result alias for storage calls.
@@ -439,24 +496,7 @@ impl SledStore {
 
     pub(crate) fn from_db(db: sled::Db) -> StoreResult<Self> {
         let meta = db.open_tree("meta")?;
-        match meta.get(SCHEMA_KEY)? {
-            None => {
-                meta.insert(SCHEMA_KEY, &SCHEMA_VERSION.to_be_bytes())?;
-            }
-            Some(v) => {
-                let found = u32::from_be_bytes(
-                    v.as_ref()
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("meta"))?,
-                );
-                if found > SCHEMA_VERSION {
-                    return Err(StoreError::SchemaTooNew {
-                        found,
-                        supported: SCHEMA_VERSION,
-                    });
-                }
-            }
-        }
+        migrate(&db, &meta, MIGRATIONS, SCHEMA_VERSION)?;
         let seq_base = match meta.get(SEQ_BASE_KEY)? {
             None => 0,
             Some(v) => u64::from_be_bytes(
@@ -1518,6 +1558,66 @@ mod tests {
         };
         assert_eq!(s.sweep_expired(200, 5000).expect("sweep"), 1);
         assert_eq!((s.queued_count(), s.expiry.len()), (0, 0));
+    }
+
+    #[test]
+    fn older_schemas_are_migrated_step_by_step_and_once() {
+        fn add_marker(db: &sled::Db) -> StoreResult<()> {
+            db.open_tree("migrated")?.insert(b"v2", b"done")?;
+            Ok(())
+        }
+        fn count_runs(db: &sled::Db) -> StoreResult<()> {
+            let t = db.open_tree("migrated")?;
+            let n = t.get(b"runs")?.map_or(0, |v| v[0]);
+            t.insert(b"runs", &[n + 1])?;
+            Ok(())
+        }
+        let steps = [
+            Migration {
+                from: 1,
+                what: "test step 1",
+                run: add_marker,
+            },
+            Migration {
+                from: 2,
+                what: "test step 2",
+                run: count_runs,
+            },
+        ];
+        let db = sled::Config::new().temporary(true).open().expect("db");
+        let meta = db.open_tree("meta").expect("meta");
+        migrate(&db, &meta, &[], 1).expect("stamp v1");
+        migrate(&db, &meta, &steps, 3).expect("1 -> 3");
+        let version = |m: &sled::Tree| {
+            u32::from_be_bytes(
+                m.get(SCHEMA_KEY)
+                    .expect("get")
+                    .expect("set")
+                    .as_ref()
+                    .try_into()
+                    .expect("4 bytes"),
+            )
+        };
+        assert_eq!(version(&meta), 3);
+        let t = db.open_tree("migrated").expect("tree");
+        assert_eq!(t.get(b"v2").expect("get").as_deref(), Some(&b"done"[..]));
+        // Opening again at the same version runs nothing.
+        migrate(&db, &meta, &steps, 3).expect("again");
+        assert_eq!(t.get(b"runs").expect("get").as_deref(), Some(&[1u8][..]));
+        // This build (version 3) is now "old" for a relay that knows only 2.
+        assert!(matches!(
+            migrate(&db, &meta, &steps[..1], 2),
+            Err(StoreError::SchemaTooNew {
+                found: 3,
+                supported: 2
+            })
+        ));
+        // A gap in the steps is refused rather than skipped.
+        let fresh = sled::Config::new().temporary(true).open().expect("db");
+        let m = fresh.open_tree("meta").expect("meta");
+        migrate(&fresh, &m, &[], 1).expect("stamp");
+        assert!(migrate(&fresh, &m, &steps[1..], 3).is_err());
+        assert_eq!(version(&m), 1, "nothing half-done");
     }
 
     #[test]

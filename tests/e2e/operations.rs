@@ -130,3 +130,49 @@ fn metrics_count_traffic_and_logs_hold_no_content() {
         );
     }
 }
+
+/// A data directory written by a newer relay is refused with a message that
+/// says what to do, and is left untouched (a rollback fails safely).
+#[test]
+fn a_schema_from_the_future_is_refused() {
+    use std::process::Command;
+
+    use sotto_tests::{binary, describe, run_with_timeout};
+
+    let mut relay = Relay::start();
+    let alice = User::new(&relay, "Alice");
+    relay.kill9();
+    let db_dir = relay.data_dir().join("db");
+    {
+        let db = sled::open(&db_dir).expect("open the stopped relay's db");
+        db.open_tree("meta")
+            .expect("meta")
+            .insert(b"schema_version", &99u32.to_be_bytes())
+            .expect("write");
+        db.flush().expect("flush");
+    }
+    let out = run_with_timeout(
+        Command::new(binary("sotto-relay"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(relay.data_dir()),
+        "sotto-relay serve on a future schema",
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("schema version 99") && err.contains("run the newer sotto-relay"),
+        "{err}"
+    );
+    // Untouched: still version 99, and the account is still there.
+    let db = sled::open(&db_dir).expect("reopen");
+    let version = db
+        .open_tree("meta")
+        .expect("meta")
+        .get(b"schema_version")
+        .expect("get")
+        .expect("set");
+    assert_eq!(version.as_ref(), &99u32.to_be_bytes());
+    assert!(!db.open_tree("accounts").expect("accounts").is_empty());
+    drop(alice);
+}
