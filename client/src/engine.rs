@@ -499,7 +499,18 @@ impl Engine {
                      `sotto send`, `sync` or `listen`"
                 )));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                // Whatever the refusal, say so if the message is still queued
+                // (a ban, say): otherwise the user sends it again and it
+                // arrives twice once the cause is gone.
+                if self.store.outbox()?.iter().any(|o| o.id == entry.id) {
+                    return Err(EngineError::Invalid(format!(
+                        "{e}. The message is saved and will be sent by a later \
+                         `sotto send`, `sync` or `listen` once this is resolved"
+                    )));
+                }
+                return Err(e);
+            }
         }
         let record = self
             .store
@@ -1371,12 +1382,13 @@ fn is_offline(e: &EngineError) -> bool {
     )
 }
 
-/// The relay asked us to slow down; what was refused stays in the outbox.
+/// The relay asked us to slow down or wait (rate limit, full disk); what
+/// was refused stays in the outbox.
 fn is_rate_limited(e: &EngineError) -> bool {
     matches!(
         e,
         EngineError::Transport(TransportError::Refused {
-            code: ErrorCode::RateLimited,
+            code: ErrorCode::RateLimited | ErrorCode::Unavailable,
             ..
         })
     )

@@ -78,6 +78,9 @@ pub struct Config {
     /// One-time prekeys handed out per device per hour; past it, bundles
     /// carry only the signed and last-resort keys.
     pub one_time_keys_per_hour: u32,
+    /// Free disk space kept in reserve: below it, writes that grow the
+    /// database are refused (see `disk.rs`).
+    pub min_free_disk_bytes: u64,
     /// Loopback address for the Prometheus text metrics endpoint; `None` is off.
     pub metrics_listen: Option<SocketAddr>,
     /// Operator-supplied TLS certificate chain (PEM); `None` uses the self-signed one.
@@ -120,6 +123,7 @@ impl Default for Config {
             sends_per_minute: 3000,
             bundle_fetches_per_hour: 1000,
             one_time_keys_per_hour: 20,
+            min_free_disk_bytes: 64 * 1024 * 1024,
             metrics_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -152,6 +156,7 @@ pub struct RawConfig {
     sends_per_minute: Option<u64>,
     bundle_fetches_per_hour: Option<u64>,
     one_time_keys_per_hour: Option<u64>,
+    min_free_disk_bytes: Option<u64>,
     metrics_listen: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -179,6 +184,7 @@ const KEYS: &[&str] = &[
     "sends_per_minute",
     "bundle_fetches_per_hour",
     "one_time_keys_per_hour",
+    "min_free_disk_bytes",
     "metrics_listen",
     "tls_cert",
     "tls_key",
@@ -236,6 +242,7 @@ impl RawConfig {
                 "sends_per_minute" => self.sends_per_minute = Some(num(&value)?),
                 "bundle_fetches_per_hour" => self.bundle_fetches_per_hour = Some(num(&value)?),
                 "one_time_keys_per_hour" => self.one_time_keys_per_hour = Some(num(&value)?),
+                "min_free_disk_bytes" => self.min_free_disk_bytes = Some(num(&value)?),
                 "metrics_listen" => self.metrics_listen = Some(value),
                 "tls_cert" => self.tls_cert = Some(value),
                 "tls_key" => self.tls_key = Some(value),
@@ -445,6 +452,8 @@ impl RawConfig {
                 self.one_time_keys_per_hour,
                 d.one_time_keys_per_hour,
             )?,
+            // 0 turns the check off (the relay then stops on the first failed write).
+            min_free_disk_bytes: self.min_free_disk_bytes.unwrap_or(d.min_free_disk_bytes),
             metrics_listen,
             tls_cert,
             tls_key,
@@ -493,7 +502,7 @@ impl Config {
              max_join_request_bytes = {}\nmax_join_requests_per_group = {}\n\
              connections_per_address = {}\nregistrations_per_address_per_hour = {}\n\
              sends_per_minute = {}\nbundle_fetches_per_hour = {}\none_time_keys_per_hour = {}\n\
-             {metrics}{tls}log_format = \"{log}\"\n",
+             min_free_disk_bytes = {}\n{metrics}{tls}log_format = \"{log}\"\n",
             self.listen,
             self.max_frame_bytes,
             self.max_envelope_bytes,
@@ -513,6 +522,7 @@ impl Config {
             self.sends_per_minute,
             self.bundle_fetches_per_hour,
             self.one_time_keys_per_hour,
+            self.min_free_disk_bytes,
         )
     }
 }
@@ -663,6 +673,13 @@ sends_per_minute = {sends}
 bundle_fetches_per_hour = {bundles}
 one_time_keys_per_hour = {otk}
 
+# Free disk space to keep: below it the relay refuses new messages and
+# registrations (clients keep them and retry) instead of filling the disk.
+# Deliveries go on, and it recovers by itself once space is freed. 0 turns the
+# check off: a write that then meets a full disk stops the relay (to be
+# restarted by systemd) rather than leave it answering with errors.
+min_free_disk_bytes = {min_free}
+
 # Prometheus text metrics (counts and timings, never content) on a loopback
 # address, e.g. "127.0.0.1:9464". "off" disables them.
 metrics_listen = "off"
@@ -694,6 +711,7 @@ log_format = "human"
         sends = d.sends_per_minute,
         bundles = d.bundle_fetches_per_hour,
         otk = d.one_time_keys_per_hour,
+        min_free = d.min_free_disk_bytes,
     )
 }
 

@@ -155,6 +155,19 @@ fn error_response_naming(code: ErrorCode, message: &str, accounts: Vec<Vec<u8>>)
     }
 }
 
+/// Builds an `UNAVAILABLE` response, retryable after `wait_ms`.
+pub fn unavailable_response(message: &str, wait_ms: u64) -> Response {
+    Response {
+        version: sotto_wire::PROTOCOL_VERSION,
+        kind: Some(response::Kind::Error(relay::Error {
+            code: ErrorCode::Unavailable as i32,
+            message: message.to_string(),
+            accounts: Vec::new(),
+            retry_after_ms: wait_ms,
+        })),
+    }
+}
+
 /// Builds a `RATE_LIMITED` response for `what`, retryable after `wait_ms`.
 pub fn rate_limited_response(what: &str, wait_ms: u64) -> Response {
     Response {
@@ -551,7 +564,11 @@ impl<S: Store> Relay<S> {
             Err(Fail::Peer(..)) => {
                 // Still burn the nonce so a failed attempt cannot be retried with it.
                 conn.nonce = None;
-                return Err(Fail::Peer(ErrorCode::Unauthenticated, "unknown account"));
+                return Err(Fail::Peer(
+                    ErrorCode::Unauthenticated,
+                    "unknown account: the relay operator may have removed it; ask them for a \
+                     new invite",
+                ));
             }
             Err(e) => return Err(e),
         };

@@ -25,6 +25,7 @@ pub mod backup;
 mod commit;
 pub mod config;
 pub mod core;
+pub mod disk;
 pub mod limits;
 pub mod metrics;
 pub mod net;
@@ -587,9 +588,14 @@ pub async fn start(data_dir: &Path) -> Result<Running> {
         ),
         None => None,
     };
+    let disk = disk::DiskGuard::new(&dir.db(), config.min_free_disk_bytes);
     let relay = core::Relay::new(store, config, keys.signer);
-    let shared = Arc::new(net::Shared::new(relay, links));
     let shutdown = CancellationToken::new();
+    let shared = Arc::new(
+        net::Shared::new(relay, links)
+            .with_disk_guard(disk)
+            .with_stop(shutdown.clone()),
+    );
     let tracker = TaskTracker::new();
 
     let admin = admin::AdminServer::bind(&dir.admin_socket())?;
@@ -612,6 +618,7 @@ pub async fn start(data_dir: &Path) -> Result<Running> {
             shutdown.clone(),
         ));
     }
+    tracker.spawn(disk::watch(Arc::clone(&shared), shutdown.clone()));
     tracker.spawn(net::sweep_loop(
         Arc::clone(&shared),
         sweep_every,

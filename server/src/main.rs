@@ -546,8 +546,16 @@ fn serve(data_dir: &Path) -> anyhow::Result<()> {
             }
         }
         tracing::info!("shutting down");
+        let failed = running.shared.database_failed();
         running.shutdown().await;
         tracing::info!("stopped");
+        if failed {
+            // A non-zero exit, so systemd's Restart=on-failure brings it back.
+            anyhow::bail!(
+                "stopped because the database could not be written (disk full or I/O error); \
+                 free space or fix the disk, then start the relay again"
+            );
+        }
         Ok(())
     })
 }

@@ -48,7 +48,7 @@ const BUCKETS: &[f64] = &[
 ];
 
 /// Error codes counted as refusals (index = the proto enum value).
-const CODES: usize = 19;
+const CODES: usize = 20;
 
 /// Longest request the endpoint reads.
 const MAX_REQUEST: usize = 8 * 1024;
@@ -155,8 +155,15 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything, with `connections` and
     /// `queued` read by the caller.
-    pub fn render(&self, connections: usize, queued: usize) -> String {
+    pub fn render(&self, connections: usize, queued: usize, disk_free: u64) -> String {
         let mut out = String::new();
+        head(
+            &mut out,
+            "sotto_disk_free_bytes",
+            "gauge",
+            "Free space on the database's filesystem (refusals start below min_free_disk_bytes).",
+        );
+        let _ = writeln!(out, "sotto_disk_free_bytes {disk_free}");
         head(
             &mut out,
             "sotto_connections",
@@ -296,7 +303,9 @@ pub async fn serve(
                 let queued = shared.relay.store().queued_count();
                 (
                     "200 OK",
-                    shared.metrics.render(shared.connections(), queued),
+                    shared
+                        .metrics
+                        .render(shared.connections(), queued, shared.disk.free_bytes()),
                 )
             } else {
                 (
@@ -359,9 +368,10 @@ mod tests {
             Some(&response::Kind::Done(relay::Done {})),
             2,
         );
-        let text = m.render(3, 5);
+        let text = m.render(3, 5, 1024);
         for line in [
             "sotto_connections 3",
+            "sotto_disk_free_bytes 1024",
             "sotto_queued_envelopes 5",
             "sotto_envelopes_in_total 2",
             "sotto_envelopes_out_total 2",

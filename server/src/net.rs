@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sotto_wire::auth::{EXPORTER_LABEL, EXPORTER_LEN};
 use sotto_wire::frame::{self, FrameError};
-use sotto_wire::relay::{Envelope, ErrorCode, Push, Request, Response};
+use sotto_wire::relay::{Envelope, ErrorCode, Push, Request, Response, response};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,6 +64,11 @@ pub struct Shared {
     limit: Arc<Semaphore>,
     /// Counters for the metrics endpoint.
     pub metrics: crate::metrics::Metrics,
+    /// Free space of the database's filesystem.
+    pub disk: crate::disk::DiskGuard,
+    /// Cancelled when the database has failed and the relay must stop.
+    stop: CancellationToken,
+    failed: std::sync::atomic::AtomicBool,
     per_address: Arc<Mutex<HashMap<AddrKey, usize>>>,
 }
 
@@ -80,6 +85,11 @@ impl Shared {
             pending_pushes: Arc::new(AtomicUsize::new(0)),
             limit: Arc::new(Semaphore::new(max)),
             metrics: crate::metrics::Metrics::default(),
+            // Watches the working directory until `with_disk_guard` names
+            // the database's; a reserve of 1 byte never refuses.
+            disk: crate::disk::DiskGuard::new(std::path::Path::new("."), 1),
+            stop: CancellationToken::new(),
+            failed: std::sync::atomic::AtomicBool::new(false),
             per_address: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -98,6 +108,39 @@ impl Shared {
             key,
             map: Arc::clone(&self.per_address),
         })
+    }
+
+    /// Stops the relay through `token` if the database fails.
+    pub fn with_stop(mut self, token: CancellationToken) -> Self {
+        self.stop = token;
+        self
+    }
+
+    /// Whether the relay stopped because its database failed.
+    pub fn database_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// After a write error (a full disk, an I/O error), sled refuses every
+    /// later write until the process restarts, so staying up would answer
+    /// every request with an error. Stop instead, with the reason in the log;
+    /// the supervisor restarts the relay, and everything acknowledged is on
+    /// disk.
+    fn database_broken(&self, e: &dyn std::fmt::Display) {
+        if !self.failed.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                error = %e,
+                "the database cannot be written (disk full or I/O error); stopping so the relay \
+                 restarts clean once the cause is fixed. Acknowledged messages are safe on disk"
+            );
+        }
+        self.stop.cancel();
+    }
+
+    /// Watches the database's filesystem with `guard`.
+    pub fn with_disk_guard(mut self, guard: crate::disk::DiskGuard) -> Self {
+        self.disk = guard;
+        self
     }
 
     /// Invite link material as it is now.
@@ -429,6 +472,16 @@ pub(crate) async fn serve_request(
         Some(sotto_wire::relay::request::Kind::Ack(a)) => a.seqs.len() as u64,
         _ => 0,
     };
+    if shared.disk.is_low() && crate::disk::grows_store(req.kind.as_ref()) {
+        let response = crate::core::unavailable_response(
+            "the relay's disk is full; your message is kept and will be sent later",
+            crate::disk::RETRY_AFTER_MS,
+        );
+        shared
+            .metrics
+            .request(kind, started.elapsed(), response.kind.as_ref(), 0);
+        return (response, Vec::new());
+    }
     let version_ok = req.version == sotto_wire::PROTOCOL_VERSION;
     let (outcome, became) = {
         let mut state = ctx.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -458,6 +511,13 @@ pub(crate) async fn serve_request(
             tracing::error!(error = %e, "flush failed; answering INTERNAL");
             response = error_response(ErrorCode::Internal, "relay storage error; try later");
             push.clear();
+            shared.database_broken(&e);
+        }
+    } else if matches!(&response.kind, Some(response::Kind::Error(e)) if e.code() == ErrorCode::Internal)
+    {
+        // A store error inside the core: is the database still writable?
+        if let Err(e) = shared.relay.store().flush_async().await {
+            shared.database_broken(&e);
         }
     }
     shared

@@ -116,7 +116,17 @@ impl Relay {
     /// Like [`Relay::start`], with `SOTTO_RELAY_*` overrides for `serve`
     /// (kept across restarts; they win over [`LOOPBACK_LIMITS`]).
     pub fn start_with_env(env: &[(&str, &str)]) -> Relay {
-        let data = tempfile::tempdir().expect("temp dir for the relay");
+        Relay::start_in(None, env)
+    }
+
+    /// Like [`Relay::start_with_env`], with the data directory under
+    /// `parent` (for example a small filesystem a test mounted).
+    pub fn start_in(parent: Option<&Path>, env: &[(&str, &str)]) -> Relay {
+        let data = match parent {
+            Some(p) => tempfile::tempdir_in(p),
+            None => tempfile::tempdir(),
+        }
+        .expect("temp dir for the relay");
         let logs = tempfile::tempdir().expect("temp dir for relay logs");
         let out = run_with_timeout(
             Command::new(binary("sotto-relay"))
