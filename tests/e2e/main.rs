@@ -9,6 +9,7 @@
 mod abuse;
 mod certificate;
 mod cli_errors;
+mod disk_full;
 mod durability;
 mod groups;
 mod identity;
@@ -16,6 +17,7 @@ mod limits;
 mod listen;
 mod messaging;
 mod operations;
+mod operator;
 mod prekeys;
 mod relay_disk;
 mod rotation;
