@@ -39,7 +39,12 @@ pub(crate) struct Bench {
 impl Bench {
     /// Starts a relay and makes an invite for `accounts` registrations.
     pub(crate) fn start(accounts: u32) -> anyhow::Result<Bench> {
-        let mut relay = Relay::start();
+        Bench::start_with_env(accounts, &[])
+    }
+
+    /// Like [`Bench::start`], with `SOTTO_RELAY_*` overrides for the relay.
+    pub(crate) fn start_with_env(accounts: u32, env: &[(&str, &str)]) -> anyhow::Result<Bench> {
+        let mut relay = Relay::start_with_env(env);
         // The default cap (1,000 connections) is below what the scale
         // scenarios open; everything else stays at its default.
         let config = relay.data_dir().join("config.toml");

@@ -14,6 +14,7 @@ mod cold_sync;
 mod common;
 mod connections;
 mod fanout;
+mod hostile;
 mod throughput;
 
 use std::io::Write;
@@ -37,12 +38,22 @@ struct Cli {
     json: PathBuf,
 }
 
-const ALL: &[&str] = &["throughput", "fanout", "connections", "cold_sync"];
+const ALL: &[&str] = &[
+    "throughput",
+    "fanout",
+    "connections",
+    "cold_sync",
+    "hostile",
+];
 
 fn main() -> anyhow::Result<()> {
     // The connections scenario's ceiling re-executes this binary as a bare quinn server.
     if std::env::args().nth(1).as_deref() == Some(connections::BARE_SERVER_ARG) {
         return connections::bare_server_main();
+    }
+    // The hostile scenario's connection flood runs in a child process too.
+    if std::env::args().nth(1).as_deref() == Some(hostile::FLOOD_ARG) {
+        return hostile::flood_main();
     }
     let cli = Cli::parse();
     let runs = cli.runs.max(1);
@@ -71,6 +82,7 @@ fn main() -> anyhow::Result<()> {
                 "fanout" => fanout::run(runs).await,
                 "connections" => connections::run(runs).await,
                 "cold_sync" => cold_sync::run(runs).await,
+                "hostile" => hostile::run(runs).await,
                 _ => unreachable!("checked above"),
             }
         })?;

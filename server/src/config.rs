@@ -78,6 +78,12 @@ pub struct Config {
     /// One-time prekeys handed out per device per hour; past it, bundles
     /// carry only the signed and last-resort keys.
     pub one_time_keys_per_hour: u32,
+    /// New connections (handshakes) accepted per second from all addresses;
+    /// the burst is five seconds' worth. Past it, handshakes are refused
+    /// before any cryptography is done.
+    pub handshakes_per_second: u32,
+    /// New connections per second from one address (burst: ten seconds' worth).
+    pub handshakes_per_address_per_second: u32,
     /// Free disk space kept in reserve: below it, writes that grow the
     /// database are refused (see `disk.rs`).
     pub min_free_disk_bytes: u64,
@@ -124,6 +130,8 @@ impl Default for Config {
             bundle_fetches_per_hour: 1000,
             one_time_keys_per_hour: 20,
             min_free_disk_bytes: 64 * 1024 * 1024,
+            handshakes_per_second: 200,
+            handshakes_per_address_per_second: 20,
             metrics_listen: None,
             tls_cert: None,
             tls_key: None,
@@ -157,6 +165,8 @@ pub struct RawConfig {
     bundle_fetches_per_hour: Option<u64>,
     one_time_keys_per_hour: Option<u64>,
     min_free_disk_bytes: Option<u64>,
+    handshakes_per_second: Option<u64>,
+    handshakes_per_address_per_second: Option<u64>,
     metrics_listen: Option<String>,
     tls_cert: Option<String>,
     tls_key: Option<String>,
@@ -185,6 +195,8 @@ const KEYS: &[&str] = &[
     "bundle_fetches_per_hour",
     "one_time_keys_per_hour",
     "min_free_disk_bytes",
+    "handshakes_per_second",
+    "handshakes_per_address_per_second",
     "metrics_listen",
     "tls_cert",
     "tls_key",
@@ -243,6 +255,10 @@ impl RawConfig {
                 "bundle_fetches_per_hour" => self.bundle_fetches_per_hour = Some(num(&value)?),
                 "one_time_keys_per_hour" => self.one_time_keys_per_hour = Some(num(&value)?),
                 "min_free_disk_bytes" => self.min_free_disk_bytes = Some(num(&value)?),
+                "handshakes_per_second" => self.handshakes_per_second = Some(num(&value)?),
+                "handshakes_per_address_per_second" => {
+                    self.handshakes_per_address_per_second = Some(num(&value)?)
+                }
                 "metrics_listen" => self.metrics_listen = Some(value),
                 "tls_cert" => self.tls_cert = Some(value),
                 "tls_key" => self.tls_key = Some(value),
@@ -454,6 +470,16 @@ impl RawConfig {
             )?,
             // 0 turns the check off (the relay then stops on the first failed write).
             min_free_disk_bytes: self.min_free_disk_bytes.unwrap_or(d.min_free_disk_bytes),
+            handshakes_per_second: rate(
+                "handshakes_per_second",
+                self.handshakes_per_second,
+                d.handshakes_per_second,
+            )?,
+            handshakes_per_address_per_second: rate(
+                "handshakes_per_address_per_second",
+                self.handshakes_per_address_per_second,
+                d.handshakes_per_address_per_second,
+            )?,
             metrics_listen,
             tls_cert,
             tls_key,
@@ -502,7 +528,8 @@ impl Config {
              max_join_request_bytes = {}\nmax_join_requests_per_group = {}\n\
              connections_per_address = {}\nregistrations_per_address_per_hour = {}\n\
              sends_per_minute = {}\nbundle_fetches_per_hour = {}\none_time_keys_per_hour = {}\n\
-             min_free_disk_bytes = {}\n{metrics}{tls}log_format = \"{log}\"\n",
+             min_free_disk_bytes = {}\nhandshakes_per_second = {}\n\
+             handshakes_per_address_per_second = {}\n{metrics}{tls}log_format = \"{log}\"\n",
             self.listen,
             self.max_frame_bytes,
             self.max_envelope_bytes,
@@ -523,6 +550,8 @@ impl Config {
             self.bundle_fetches_per_hour,
             self.one_time_keys_per_hour,
             self.min_free_disk_bytes,
+            self.handshakes_per_second,
+            self.handshakes_per_address_per_second,
         )
     }
 }
@@ -665,6 +694,13 @@ max_join_requests_per_group = {join_pending}
 # keep them generous, because a whole office often shares one NAT address.
 connections_per_address = {conn_addr}
 registrations_per_address_per_hour = {reg_addr}
+# New connections per second, in all and from one address. Past them the
+# relay refuses handshakes before doing any cryptography, so a flood of
+# connections cannot take the CPU from members already connected. Bursts of
+# five (in all) and ten (per address) seconds' worth are allowed, so members
+# reconnecting after a restart get straight in.
+handshakes_per_second = {hs}
+handshakes_per_address_per_second = {hs_addr}
 # Sends (1:1 or to a group) per account per minute.
 sends_per_minute = {sends}
 # Prekey bundles one account may fetch per hour, and one-time prekeys handed
@@ -712,6 +748,8 @@ log_format = "human"
         bundles = d.bundle_fetches_per_hour,
         otk = d.one_time_keys_per_hour,
         min_free = d.min_free_disk_bytes,
+        hs = d.handshakes_per_second,
+        hs_addr = d.handshakes_per_address_per_second,
     )
 }
 

@@ -69,6 +69,15 @@ impl<K: Hash + Eq + Copy> RateLimiter<K> {
         }
     }
 
+    /// Allows a burst of `burst`, refilling `per_second` each second.
+    pub fn per_second(per_second: u32, burst: u32) -> Self {
+        Self {
+            capacity: f64::from(burst.max(1)),
+            per_ms: f64::from(per_second.max(1)) / 1000.0,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Takes one token for `key`, or says how many milliseconds until one is free.
     pub fn take(&self, key: K, now_ms: u64) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -137,6 +146,16 @@ mod tests {
             assert_eq!(limit.take(1u8, 100_000), Ok(()));
         }
         assert!(limit.take(1u8, 100_000).is_err());
+    }
+
+    #[test]
+    fn per_second_with_a_burst() {
+        let limit = RateLimiter::per_second(10, 20);
+        for _ in 0..20 {
+            assert_eq!(limit.take((), 0), Ok(()));
+        }
+        assert_eq!(limit.take((), 0), Err(100), "one token per 100 ms");
+        assert_eq!(limit.take((), 100), Ok(()));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::LinkInfo;
 use crate::core::{ConnState, Relay, error_response};
-use crate::limits::AddrKey;
+use crate::limits::{AddrKey, RateLimiter};
 use crate::store::DeviceKey;
 
 /// Application close code: the relay is shutting down.
@@ -70,12 +70,18 @@ pub struct Shared {
     stop: CancellationToken,
     failed: std::sync::atomic::AtomicBool,
     per_address: Arc<Mutex<HashMap<AddrKey, usize>>>,
+    handshakes: RateLimiter<()>,
+    handshakes_per_address: RateLimiter<AddrKey>,
 }
 
 impl Shared {
     /// Wraps a relay core.
     pub fn new(relay: Relay, links: LinkInfo) -> Self {
         let max = relay.config().max_connections;
+        let (hs, hs_addr) = (
+            relay.config().handshakes_per_second,
+            relay.config().handshakes_per_address_per_second,
+        );
         Self {
             relay,
             links: Mutex::new(links),
@@ -91,7 +97,19 @@ impl Shared {
             stop: CancellationToken::new(),
             failed: std::sync::atomic::AtomicBool::new(false),
             per_address: Arc::new(Mutex::new(HashMap::new())),
+            handshakes: RateLimiter::per_second(hs, hs.saturating_mul(5)),
+            handshakes_per_address: RateLimiter::per_second(hs_addr, hs_addr.saturating_mul(10)),
         }
+    }
+
+    /// Whether a new connection from `ip` may start its handshake now. Checked
+    /// before any cryptography, so refusing costs next to nothing.
+    pub(crate) fn handshake_allowed(&self, ip: std::net::IpAddr) -> bool {
+        let now = crate::now_ms();
+        self.handshakes_per_address
+            .take(AddrKey::from(ip), now)
+            .is_ok()
+            && self.handshakes.take((), now).is_ok()
     }
 
     /// Counts a connection from `ip` for as long as the returned guard
@@ -308,6 +326,11 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
             inc = endpoint.accept() => inc,
         };
         let Some(incoming) = incoming else { break };
+        if !shared.handshake_allowed(incoming.remote_address().ip()) {
+            tracing::debug!("handshake rate limit; refusing a connection");
+            incoming.refuse();
+            continue;
+        }
         let Some(permit) = shared.connection_permit() else {
             // At the connection cap: refuse cheaply instead of queueing handshakes.
             tracing::warn!("connection limit reached; refusing a connection");

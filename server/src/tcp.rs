@@ -85,6 +85,11 @@ pub async fn serve(
                 }
             },
         };
+        if !shared.handshake_allowed(addr.ip()) {
+            tracing::debug!("handshake rate limit; refusing a TCP connection");
+            drop(tcp);
+            continue;
+        }
         let Some(permit) = shared.connection_permit() else {
             tracing::warn!("connection limit reached; refusing a TCP connection");
             drop(tcp);
