@@ -43,7 +43,12 @@ use crate::store::{
 use crate::transport::{Connection, Route, TransportError};
 
 mod groups;
+mod warnings;
+
 pub use groups::{GroupInfo, MemberInfo};
+pub use warnings::{
+    KINDS, SubjectSummary, WarningInput, WarningView, check_when, day_of, subject_key,
+};
 
 /// One-time keys of each kind uploaded at registration and at each top-up.
 pub const ONE_TIME_KEYS: u32 = 100;

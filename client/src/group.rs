@@ -141,6 +141,11 @@ pub struct Settings {
     pub approval: bool,
     /// Messages disappear this long after they are sent; 0 = never.
     pub disappearing_ms: u64,
+    /// Warnings are kept this long after they are sent, whatever the
+    /// disappearing timer says (they are the point of the group); 0 = until
+    /// deleted. Missing in groups made before warnings existed: 0.
+    #[serde(default)]
+    pub warning_retention_ms: u64,
 }
 
 /// One line of the moderation log, visible to every member.
@@ -600,6 +605,12 @@ fn describe_settings(old: &Settings, new: &Settings) -> String {
         parts.push(match new.disappearing_ms {
             0 => "turned disappearing messages off".to_string(),
             ms => format!("set disappearing messages to {}", human_duration(ms)),
+        });
+    }
+    if old.warning_retention_ms != new.warning_retention_ms {
+        parts.push(match new.warning_retention_ms {
+            0 => "set warnings to be kept until deleted".to_string(),
+            ms => format!("set warnings to be kept for {}", human_duration(ms)),
         });
     }
     if parts.is_empty() {

@@ -15,5 +15,6 @@
 pub mod control;
 pub mod engine;
 pub mod group;
+pub mod routes;
 pub mod store;
 pub mod transport;

@@ -104,6 +104,209 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Post a structured warning about someone to a group
+    ///
+    ///   sotto warn "Staff network" --about "Sir John Smith MP" --role "MP for Anytown" \
+    ///     --kind harassment --firsthand --where "late votes" --when 2024-03 \
+    ///     --advice "don't share taxis" "He followed me to the car park."
+    ///
+    /// Members see it in `sotto warnings`, grouped by the person across all
+    /// their groups, with counts of who reported it first- and second-hand.
+    #[command(verbatim_doc_comment)]
+    Warn {
+        /// Group title or id prefix
+        group: String,
+        /// Who it is about (titles like Sir or MP and accents do not matter for matching)
+        #[arg(long)]
+        about: String,
+        /// Their role, e.g. "MP for Anytown"
+        #[arg(long, default_value = "")]
+        role: String,
+        /// harassment, sexual-misconduct, bullying, inappropriate-conduct or other
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(sotto_client::engine::KINDS))]
+        kind: String,
+        /// It happened to you or in front of you (the default)
+        #[arg(long, conflicts_with = "secondhand")]
+        firsthand: bool,
+        /// You heard it from someone else
+        #[arg(long)]
+        secondhand: bool,
+        /// The setting, e.g. "constituency office"
+        #[arg(long = "where", default_value = "")]
+        place: String,
+        /// When: a month (2024-03) or a day (2024-03-14)
+        #[arg(long, default_value = "", value_parser = when_arg)]
+        when: String,
+        /// What others should do, e.g. "don't share taxis"
+        #[arg(long, default_value = "")]
+        advice: String,
+        /// Anything else to say
+        text: Option<String>,
+    },
+    /// Where a warning can go next: helplines, advisers, police, unions,
+    /// ACAS, solicitors, with deadlines counted from the date of the behaviour
+    ///
+    ///   sotto routes                          # every route and the kinds it covers
+    ///   sotto routes --kind harassment --when 2024-03-14
+    ///
+    /// The routes are data: the built-in file is for UK parliamentary staff
+    /// (routes/uk-parliament.toml); set SOTTO_ROUTES=FILE to use your own.
+    #[command(verbatim_doc_comment)]
+    Routes {
+        /// harassment, sexual-misconduct, bullying, inappropriate-conduct or other
+        #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(sotto_client::engine::KINDS))]
+        kind: Option<String>,
+        /// The date of the behaviour (2024-03 or 2024-03-14), to work out deadlines
+        #[arg(long, requires = "kind", value_parser = when_arg)]
+        when: Option<String>,
+        /// One JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// List warnings grouped by the person they are about, across my groups
+    Warnings {
+        /// Only this group (title or id prefix)
+        group: Option<String>,
+        /// Only the person this name matches
+        #[arg(long)]
+        about: Option<String>,
+        /// One JSON object per person, with their warnings
+        #[arg(long)]
+        json: bool,
+        /// Treat this name as the same person as --into (in this app only)
+        #[arg(long, requires = "into", value_name = "NAME")]
+        merge: Option<String>,
+        /// The name to merge into
+        #[arg(long, requires = "merge", value_name = "NAME")]
+        into: Option<String>,
+    },
+}
+
+/// A subject and its warnings, for people.
+fn print_subject(out: &mut impl Write, s: &sotto_client::engine::SubjectSummary) -> Result<()> {
+    let name = s.names.first().cloned().unwrap_or_else(|| s.key.clone());
+    let mut head = name.clone();
+    if s.names.len() > 1 {
+        head.push_str(&format!(" (also written: {})", s.names[1..].join(", ")));
+    }
+    if !s.roles.is_empty() {
+        head.push_str(&format!(" — {}", s.roles.join("; ")));
+    }
+    writeln!(out, "{head}")?;
+    let kinds: Vec<String> = s
+        .kinds
+        .iter()
+        .map(|(k, n)| {
+            if *n > 1 {
+                format!("{k} x{n}")
+            } else {
+                k.clone()
+            }
+        })
+        .collect();
+    writeln!(
+        out,
+        "  reported by {} first-hand, {} second-hand; newest {}; {}; in {}",
+        s.firsthand_reporters,
+        s.secondhand_reporters,
+        s.newest,
+        kinds.join(", "),
+        s.groups.join(", ")
+    )?;
+    for w in &s.warnings {
+        let mut line = format!(
+            "  - {} {}",
+            w.kind,
+            if w.firsthand {
+                "(first-hand)"
+            } else {
+                "(second-hand)"
+            }
+        );
+        for v in [&w.when, &w.place] {
+            if !v.is_empty() {
+                line.push_str(&format!(", {v}"));
+            }
+        }
+        if !w.advice.is_empty() {
+            line.push_str(&format!("; advice: {}", w.advice));
+        }
+        if !w.text.is_empty() {
+            line.push_str(&format!("; \"{}\"", w.text));
+        }
+        line.push_str(&format!(" [{} {}]", w.group, &w.id[..8]));
+        writeln!(out, "{line}")?;
+        if let Some(card) = &w.routes {
+            let next: Vec<String> = card
+                .routes
+                .iter()
+                .map(|r| match &r.deadline {
+                    Some(d) => match (d.date, d.days_left) {
+                        (Some(date), Some(left)) => format!(
+                            "{} (by {date}, {})",
+                            r.name,
+                            sotto_client::routes::status_text(left)
+                        ),
+                        _ => format!("{} ({} from the date)", r.name, d.rule),
+                    },
+                    None => r.name.clone(),
+                })
+                .collect();
+            writeln!(out, "    can go to: {}", next.join("; "))?;
+        }
+    }
+    writeln!(
+        out,
+        "  Details and contacts: `sotto routes --kind KIND --when DATE`."
+    )?;
+    Ok(())
+}
+
+/// `sotto routes`: needs no profile.
+fn routes(kind: Option<String>, when: Option<String>, json: bool) -> Result<()> {
+    let routes = sotto_client::routes::Routes::from_env()
+        .context("cannot read the routes file named by SOTTO_ROUTES")?;
+    let today = sotto_client::routes::today();
+    let mut out = std::io::stdout().lock();
+    match kind {
+        Some(kind) => {
+            let date = when
+                .as_deref()
+                .map(sotto_client::routes::GivenDate::parse)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--when: {e}"))?;
+            let card = routes.card_data(&kind, date, today)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string(&card)?)?;
+            } else {
+                write!(out, "{}", card.render())?;
+            }
+        }
+        None if json => {
+            let all: Vec<_> = sotto_client::engine::KINDS
+                .iter()
+                .filter_map(|k| routes.card_data(k, None, today).ok())
+                .collect();
+            writeln!(out, "{}", serde_json::to_string(&all)?)?;
+        }
+        None => {
+            let meta = routes.meta();
+            writeln!(out, "{} ({})", meta.name, meta.jurisdiction)?;
+            for r in routes.routes() {
+                writeln!(out, "- {}: {}", r.name, r.kinds.join(", "))?;
+            }
+            writeln!(
+                out,
+                "See one kind, with deadlines: sotto routes --kind KIND --when 2024-03-14"
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn when_arg(s: &str) -> std::result::Result<String, String> {
+    sotto_client::engine::check_when(s.trim())?;
+    Ok(s.trim().to_string())
 }
 
 /// GROUP is a group's title or the start of its id (see `sotto groups`).
@@ -177,6 +380,10 @@ enum GroupCommand {
         /// Delete messages this long after sending, e.g. 7d, 12h, 30m, or off
         #[arg(long, value_name = "DURATION|off", value_parser = duration_or_off)]
         disappearing: Option<u64>,
+        /// Keep warnings this long, whatever the disappearing timer, e.g.
+        /// 365d, or off to keep them until deleted
+        #[arg(long, value_name = "DURATION|off", value_parser = duration_or_off)]
+        warning_retention: Option<u64>,
     },
     /// Print the group's join link (admins); --reset makes the old link useless
     Link {
@@ -320,6 +527,9 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Command::Routes { kind, when, json } = cli.command {
+        return routes(kind, when, json);
+    }
     let home = match cli.home {
         Some(home) => home,
         None => default_home()?,
@@ -537,6 +747,59 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             }
         }
         Command::Group(group) => group_command(engine, &mut out, group).await?,
+        Command::Warn {
+            group,
+            about,
+            role,
+            kind,
+            firsthand: _,
+            secondhand,
+            place,
+            when,
+            advice,
+            text,
+        } => {
+            let input = sotto_client::engine::WarningInput {
+                subject: about,
+                role,
+                kind,
+                firsthand: !secondhand,
+                place,
+                when,
+                advice,
+                text: text.unwrap_or_default(),
+            };
+            let w = engine.warn(&group, input).await?;
+            writeln!(out, "posted warning {} to {:?}", w.id, w.group)?;
+        }
+        Command::Routes { .. } => unreachable!("handled before the store is opened"),
+        Command::Warnings {
+            group,
+            about,
+            json,
+            merge,
+            into,
+        } => {
+            if let (Some(from), Some(into)) = (merge, into) {
+                engine.merge_subjects(&from, &into)?;
+                writeln!(
+                    out,
+                    "Warnings about {from:?} now count with those about {into:?} (in this app only)."
+                )?;
+                return Ok(());
+            }
+            let summaries = engine.warnings(group.as_deref(), about.as_deref())?;
+            if summaries.is_empty() && !json {
+                writeln!(out, "No warnings.")?;
+            }
+            for s in summaries {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&s)?)?;
+                    continue;
+                }
+                print_subject(&mut out, &s)?;
+            }
+        }
         Command::Keys { json, no_top_up } => {
             let counts = if no_top_up {
                 engine.counts().await?
@@ -668,6 +931,12 @@ async fn group_command_inner(
                 "Add members with `sotto group add {:?} CONTACT...` or share `sotto group link`.",
                 g.title
             )?;
+            writeln!(
+                out,
+                "Messages disappear after 7 days (warnings are kept until deleted); change \
+                 this with `sotto group settings {:?} --disappearing DURATION|off`.",
+                g.title
+            )?;
         }
         GroupCommand::Add { group, contacts } => {
             let state = engine.group_add(&group, &contacts).await?;
@@ -723,9 +992,16 @@ async fn group_command_inner(
             announcements_only,
             approval,
             disappearing,
+            warning_retention,
         } => {
             let s = engine
-                .group_settings(&group, announcements_only, approval, disappearing)
+                .group_settings(
+                    &group,
+                    announcements_only,
+                    approval,
+                    disappearing,
+                    warning_retention,
+                )
                 .await?;
             let on = |b: bool| if b { "on" } else { "off" };
             writeln!(out, "announcements-only: {}", on(s.announcements_only))?;
@@ -735,6 +1011,14 @@ async fn group_command_inner(
                 "disappearing: {}",
                 match s.disappearing_ms {
                     0 => "off".to_string(),
+                    ms => sotto_client::group::human_duration(ms),
+                }
+            )?;
+            writeln!(
+                out,
+                "warnings kept: {}",
+                match s.warning_retention_ms {
+                    0 => "until deleted".to_string(),
                     ms => sotto_client::group::human_duration(ms),
                 }
             )?;

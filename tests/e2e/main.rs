@@ -23,3 +23,4 @@ mod relay_disk;
 mod rotation;
 mod store;
 mod udp_blocked;
+mod warnings;

@@ -154,7 +154,10 @@ fn refused_code(e: &EngineError) -> Option<ErrorCode> {
     }
 }
 
-fn content(sender_name: &str, body: content::content::Body) -> (/* id */ [u8; 16], Content) {
+pub(super) fn content(
+    sender_name: &str,
+    body: content::content::Body,
+) -> (/* id */ [u8; 16], Content) {
     let id: [u8; 16] = rand::rng().random();
     (
         id,
@@ -172,7 +175,7 @@ impl Engine {
     // ----- lookups -------------------------------------------------------
 
     /// Finds a group by title (case-insensitive) or by a prefix of its hex id.
-    fn find_group(&self, query: &str) -> Result<LocalGroup> {
+    pub(super) fn find_group(&self, query: &str) -> Result<LocalGroup> {
         let q = query.trim().to_lowercase();
         let all = self.store.groups()?;
         let mut found: Vec<&LocalGroup> = all
@@ -255,14 +258,14 @@ impl Engine {
         }
     }
 
-    fn my_role(&self, g: &LocalGroup) -> Option<Role> {
+    pub(super) fn my_role(&self, g: &LocalGroup) -> Option<Role> {
         if !g.active {
             return None;
         }
         g.state.role_of(self.account.account_id)
     }
 
-    fn require_active(&self, g: &LocalGroup) -> Result<()> {
+    pub(super) fn require_active(&self, g: &LocalGroup) -> Result<()> {
         if self.my_role(g).is_none() {
             return Err(EngineError::Invalid(format!(
                 "you are no longer a member of {:?}",
@@ -575,10 +578,19 @@ impl Engine {
         let change = self.signed_change(
             &start,
             1,
-            vec![Op::Create {
-                title: title.trim().to_string(),
-                creator: self.me_member(),
-            }],
+            vec![
+                Op::Create {
+                    title: title.trim().to_string(),
+                    creator: self.me_member(),
+                },
+                // Disappearing messages on by default: a seized or lost phone
+                // then holds a week of chat, not years (warnings keep their
+                // own retention).
+                Op::SetSettings(Settings {
+                    disappearing_ms: DEFAULT_DISAPPEARING_MS,
+                    ..Settings::default()
+                }),
+            ],
         )?;
         let state = apply(&start, &change).map_err(group_err)?;
         let keys = GroupKeys::derive(&key).map_err(group_err)?;
@@ -720,12 +732,16 @@ impl Engine {
         announcements_only: Option<bool>,
         approval: Option<bool>,
         disappearing_ms: Option<u64>,
+        warning_retention_ms: Option<u64>,
     ) -> Result<Settings> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
         let state = self
             .commit(g.id, &|state| {
                 let mut s = state.settings;
+                if let Some(v) = warning_retention_ms {
+                    s.warning_retention_ms = v;
+                }
                 if let Some(v) = announcements_only {
                     s.announcements_only = v;
                 }
@@ -1086,7 +1102,7 @@ impl Engine {
     }
 
     /// The outbox entry of a group message (sent to the members current at delivery).
-    fn group_entry(&self, g: &LocalGroup, id: [u8; 16], body: &Content) -> OutboxEntry {
+    pub(super) fn group_entry(&self, g: &LocalGroup, id: [u8; 16], body: &Content) -> OutboxEntry {
         OutboxEntry {
             id,
             recipient: self.account.account_id,
@@ -1247,7 +1263,7 @@ impl Engine {
             let answer = conn
                 .request(Req::SendMulti(relay::SendMulti {
                     envelope,
-                    ttl_ms: g.state.settings.disappearing_ms,
+                    ttl_ms: relay_ttl(&g.state.settings, &entry.content),
                 }))
                 .await;
             match answer {
@@ -1370,6 +1386,7 @@ impl Engine {
         use content::content::Body;
         match body {
             Body::GroupText(t) => self.on_group_text(sender, content, t).await,
+            Body::Warning(w) => self.on_warning(sender, content, w).await,
             Body::GroupDelete(d) => {
                 // The record key includes the author: one can only delete one's own.
                 if let Ok(id) = <[u8; 16]>::try_from(d.message_id.as_slice())
@@ -1479,6 +1496,46 @@ impl Engine {
         Ok(())
     }
 
+    /// Whether a post by `sender` to `group_id` is let in: the sender must
+    /// be a current member (an admin in an announcements-only group). Gives
+    /// the name to show and the group's settings; `None` drops the post (with
+    /// a notice). An unknown group is let in with default settings: the update
+    /// adding us is still on its way, and the sender key it came with shows
+    /// the sender meant it for us.
+    pub(super) async fn admit_group_post(
+        &mut self,
+        sender: Uuid,
+        content: &Content,
+        group_id: [u8; 16],
+    ) -> Result<Option<(String, Settings)>> {
+        let name = content.sender_name.chars().take(64).collect::<String>();
+        let Some(mut g) = self.store.group(group_id)? else {
+            return Ok(Some((name, Settings::default())));
+        };
+        if !g.active {
+            return Ok(None);
+        }
+        if g.state.member(sender).is_none() {
+            // Perhaps they joined after our last update: look again.
+            self.refresh(&mut g).await?;
+        }
+        let Some(member) = g.state.member(sender) else {
+            self.notices.push(Notice::Group(format!(
+                "dropped a message to {:?} from someone who is not a member",
+                g.state.title
+            )));
+            return Ok(None);
+        };
+        if g.state.settings.announcements_only && !member.role.is_admin() {
+            self.notices.push(Notice::Group(format!(
+                "dropped a post by a non-admin in announcements-only group {:?}",
+                g.state.title
+            )));
+            return Ok(None);
+        }
+        Ok(Some((member.name.clone(), g.state.settings)))
+    }
+
     async fn on_group_text(
         &mut self,
         sender: Uuid,
@@ -1491,33 +1548,10 @@ impl Engine {
         let Ok(group_id) = <[u8; 16]>::try_from(t.group_id.as_slice()) else {
             return Ok(None);
         };
-        let mut timer = 0;
-        let mut name = content.sender_name.chars().take(64).collect::<String>();
-        if let Some(mut g) = self.store.group(group_id)? {
-            if !g.active {
-                return Ok(None);
-            }
-            if g.state.member(sender).is_none() {
-                // Perhaps they joined after our last update: look again.
-                self.refresh(&mut g).await?;
-            }
-            let Some(member) = g.state.member(sender) else {
-                self.notices.push(Notice::Group(format!(
-                    "dropped a message to {:?} from someone who is not a member",
-                    g.state.title
-                )));
-                return Ok(None);
-            };
-            if g.state.settings.announcements_only && !member.role.is_admin() {
-                self.notices.push(Notice::Group(format!(
-                    "dropped a post by a non-admin in announcements-only group {:?}",
-                    g.state.title
-                )));
-                return Ok(None);
-            }
-            name = member.name.clone();
-            timer = g.state.settings.disappearing_ms;
-        }
+        let Some((name, settings)) = self.admit_group_post(sender, content, group_id).await? else {
+            return Ok(None);
+        };
+        let timer = settings.disappearing_ms;
         // Unknown group: the update adding us is still on its way; the sender
         // key it came with shows the sender meant it for us.
         let received = now_ms();
@@ -1666,5 +1700,22 @@ impl Engine {
         let g = self.find_group(query)?;
         self.commit_with(g.id, &|_| Ok(ops.clone()), false).await?;
         Ok(())
+    }
+}
+
+/// Disappearing-message timer of a new group: 7 days.
+pub(crate) const DEFAULT_DISAPPEARING_MS: u64 = 7 * 86_400_000;
+
+/// How long the relay may keep an undelivered group message: a warning
+/// follows the warning retention, anything else the disappearing timer
+/// (0 = the relay's own limit).
+fn relay_ttl(settings: &Settings, content: &[u8]) -> u64 {
+    let is_warning = Content::decode(content)
+        .ok()
+        .is_some_and(|c| matches!(c.body, Some(content::content::Body::Warning(_))));
+    if is_warning {
+        settings.warning_retention_ms
+    } else {
+        settings.disappearing_ms
     }
 }

@@ -197,6 +197,48 @@ pub enum MessageStatus {
     Failed,
 }
 
+/// A structured warning, as received or posted, keyed by its message id.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarningRecord {
+    /// The id of the group message that carried it.
+    pub id: [u8; 16],
+    /// The group it was posted to.
+    pub group: [u8; 16],
+    /// Who posted it (a member; never shown, only counted).
+    #[serde(with = "uuid_bytes")]
+    pub author: Uuid,
+    /// The subject as the author wrote it.
+    pub subject: String,
+    /// Their role, as written; may be empty.
+    pub role: String,
+    /// The kind of behaviour (`harassment`, `sexual-misconduct`, ...).
+    pub kind: String,
+    /// First-hand (true) or second-hand.
+    pub firsthand: bool,
+    /// Setting; may be empty.
+    pub place: String,
+    /// `YYYY-MM` or `YYYY-MM-DD`; may be empty.
+    pub when: String,
+    /// Advice; may be empty.
+    pub advice: String,
+    /// Free text; may be empty.
+    pub text: String,
+    /// The author's timestamp.
+    pub sent_at_ms: u64,
+    /// When the group's warning retention deletes it; `None` keeps it.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl fmt::Debug for WarningRecord {
+    // Subjects, places and text stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WarningRecord")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One message in a conversation, keyed by `(peer, id)`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageRecord {
@@ -326,6 +368,11 @@ const TREE_GROUP_TITLES: &str = "group_titles";
 /// timer, so purging does not read the whole history.
 const TREE_EXPIRING: &str = "expiring";
 const TREE_JOINS: &str = "joins";
+/// Message id -> [`WarningRecord`]: warnings, kept apart from the history so
+/// they follow their own retention and can be grouped by subject.
+const TREE_WARNINGS: &str = "warnings";
+/// Subject key -> the subject key it was merged into by hand.
+const TREE_SUBJECT_MERGES: &str = "subject_merges";
 pub(crate) const TREE_IDENTITIES: &str = "identities";
 pub(crate) const TREE_SESSIONS: &str = "sessions";
 pub(crate) const TREE_PREKEYS: &str = "prekeys";
@@ -670,13 +717,52 @@ impl Store {
         }
         self.remove(TREE_MESSAGES, &key)?;
         self.remove(TREE_EXPIRING, &key)?;
+        // A deleted warning message takes its warning with it, if the
+        // warning is the same author's.
+        if let Some(w) = self.get_json::<WarningRecord>(TREE_WARNINGS, &id)?
+            && w.author == peer
+        {
+            self.remove(TREE_WARNINGS, &id)?;
+        }
         Ok(true)
     }
 
-    /// Deletes every message whose disappearing timer ran out by `now_ms`.
+    /// Saves a warning; false if one with this id was already stored.
+    pub fn insert_warning(&self, w: &WarningRecord) -> Result<bool> {
+        let _guard = self.lock();
+        if self.get_raw(TREE_WARNINGS, &w.id)?.is_some() {
+            return Ok(false);
+        }
+        self.put_json(TREE_WARNINGS, &w.id, w)?;
+        Ok(true)
+    }
+
+    /// Every warning we hold.
+    pub fn warnings(&self) -> Result<Vec<WarningRecord>> {
+        self.scan_json(TREE_WARNINGS)
+    }
+
+    /// Records that subject key `from` is the same person as `into`.
+    pub fn merge_subject(&self, from: &str, into: &str) -> Result<()> {
+        self.put_json(TREE_SUBJECT_MERGES, from.as_bytes(), &(from, into))
+    }
+
+    /// Every hand-made merge, as `(from, into)` subject keys.
+    pub fn subject_merges(&self) -> Result<Vec<(String, String)>> {
+        self.scan_json(TREE_SUBJECT_MERGES)
+    }
+
+    /// Deletes every message whose disappearing timer ran out by `now_ms`,
+    /// and every warning past its group's warning retention.
     pub fn purge_expired(&self, now_ms: u64) -> Result<usize> {
         let timed: Vec<(Uuid, [u8; 16], u64)> = self.scan_json(TREE_EXPIRING)?;
         let mut n = 0;
+        for w in self.warnings()? {
+            if w.expires_at_ms.is_some_and(|at| at <= now_ms) {
+                self.remove(TREE_WARNINGS, &w.id)?;
+                n += 1;
+            }
+        }
         for (peer, id, at) in timed {
             if at <= now_ms {
                 let key = message_key(peer, id);

@@ -1,0 +1,731 @@
+//! Structured warnings: the point of a whisper network.
+//!
+//! A warning is a group message with structure (who it is about, what kind
+//! of behaviour, first- or second-hand, where, when, advice), sent with the
+//! group's sender key like any group text, so the relay sees one more opaque
+//! envelope. Each member's app keeps warnings in their own store tree, for
+//! the group's warning retention rather than its disappearing timer, and
+//! lists them by subject across all groups: subjects are matched leniently
+//! ([`subject_key`]) and can be merged by hand.
+//!
+//! Counts are of distinct authors as this app knows them (a member who warns
+//! twice about the same person counts once). The author of each warning is
+//! visible to the other members, as for any group message.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::groups::content as new_content;
+use super::{Content, Engine, EngineError, MAX_TEXT_BYTES, Result, content, hex, now_ms};
+use crate::routes::{Card, GivenDate, Routes, today};
+use crate::store::{MessageDirection, MessageRecord, MessageStatus, WarningRecord};
+
+/// The kinds of behaviour a warning can name.
+pub const KINDS: &[&str] = &[
+    "harassment",
+    "sexual-misconduct",
+    "bullying",
+    "inappropriate-conduct",
+    "other",
+];
+
+/// Words dropped when matching subjects: titles, honours and post-nominals
+/// that one author writes and another leaves out.
+const TITLES: &[&str] = &[
+    "sir",
+    "dame",
+    "lord",
+    "lady",
+    "baroness",
+    "baron",
+    "viscount",
+    "earl",
+    "rt",
+    "hon",
+    "right",
+    "honourable",
+    "the",
+    "mp",
+    "msp",
+    "ms",
+    "mr",
+    "mrs",
+    "miss",
+    "mx",
+    "dr",
+    "prof",
+    "professor",
+    "cllr",
+    "councillor",
+    "qc",
+    "kc",
+    "obe",
+    "mbe",
+    "cbe",
+    "kbe",
+    "dbe",
+    "ma",
+    "phd",
+    "esq",
+];
+
+/// What a member fills in to post a warning.
+#[derive(Debug, Clone, Default)]
+pub struct WarningInput {
+    /// Who it is about.
+    pub subject: String,
+    /// Their role; may be empty.
+    pub role: String,
+    /// One of [`KINDS`].
+    pub kind: String,
+    /// First-hand (true) or second-hand.
+    pub firsthand: bool,
+    /// Setting; may be empty.
+    pub place: String,
+    /// `YYYY-MM` or `YYYY-MM-DD`; may be empty.
+    pub when: String,
+    /// Advice; may be empty.
+    pub advice: String,
+    /// Free text; may be empty.
+    pub text: String,
+}
+
+/// Everything known about one subject, across groups.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubjectSummary {
+    /// The matching key (lowercase, no accents or titles).
+    pub key: String,
+    /// The names authors used, most used first.
+    pub names: Vec<String>,
+    /// The roles authors gave.
+    pub roles: Vec<String>,
+    /// Distinct members who reported it first-hand.
+    pub firsthand_reporters: usize,
+    /// Distinct members who reported it second-hand only.
+    pub secondhand_reporters: usize,
+    /// Kinds named, with how many warnings named each.
+    pub kinds: BTreeMap<String, usize>,
+    /// The latest `when` given (or, when no warning gives one, the latest
+    /// posting date).
+    pub newest: String,
+    /// The titles of the groups the warnings came from.
+    pub groups: Vec<String>,
+    /// The warnings themselves, newest first.
+    pub warnings: Vec<WarningView>,
+}
+
+/// One warning as shown (without its author: counts are what members need).
+#[derive(Debug, Clone, Serialize)]
+pub struct WarningView {
+    /// Message id, hex.
+    pub id: String,
+    /// Group title.
+    pub group: String,
+    /// The subject as written.
+    pub subject: String,
+    /// Role, as written.
+    pub role: String,
+    /// Kind of behaviour.
+    pub kind: String,
+    /// First- or second-hand.
+    pub firsthand: bool,
+    /// Setting.
+    pub place: String,
+    /// When it happened.
+    pub when: String,
+    /// Advice.
+    pub advice: String,
+    /// Free text.
+    pub text: String,
+    /// Sent at (ms since the epoch).
+    pub sent_at_ms: u64,
+    /// Whether I posted it.
+    pub mine: bool,
+    /// Where it can go next, with deadlines from its date (see `routes.rs`).
+    pub routes: Option<Card>,
+}
+
+/// The matching key of a subject's name: case, accents, punctuation,
+/// spacing and titles ("Sir", "MP", "Rt Hon") do not matter.
+pub fn subject_key(name: &str) -> String {
+    let folded: String = name
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(fold_accent)
+        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
+        .collect();
+    let words: Vec<&str> = folded
+        .split_whitespace()
+        .filter(|w| !TITLES.contains(w))
+        .collect();
+    if words.is_empty() {
+        // A name made only of titles ("The Minister") still needs a key.
+        folded.split_whitespace().collect::<Vec<_>>().join(" ")
+    } else {
+        words.join(" ")
+    }
+}
+
+/// The base letter of a lowercase Latin letter with a diacritic (no tables
+/// crate: the names people type here are Latin-script).
+fn fold_accent(c: char) -> char {
+    match c {
+        'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => 'a',
+        'ç' | 'ć' | 'č' | 'ĉ' | 'ċ' => 'c',
+        'ď' | 'đ' => 'd',
+        'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => 'e',
+        'ĝ' | 'ğ' | 'ġ' | 'ģ' => 'g',
+        'ĥ' | 'ħ' => 'h',
+        'ì' | 'í' | 'î' | 'ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' | 'ı' => 'i',
+        'ĵ' => 'j',
+        'ķ' => 'k',
+        'ĺ' | 'ļ' | 'ľ' | 'ŀ' | 'ł' => 'l',
+        'ñ' | 'ń' | 'ņ' | 'ň' => 'n',
+        'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ŏ' | 'ő' => 'o',
+        'ŕ' | 'ŗ' | 'ř' => 'r',
+        'ś' | 'ŝ' | 'ş' | 'š' | 'ș' => 's',
+        'ţ' | 'ť' | 'ŧ' | 'ț' => 't',
+        'ù' | 'ú' | 'û' | 'ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => 'u',
+        'ŵ' => 'w',
+        'ý' | 'ÿ' | 'ŷ' => 'y',
+        'ź' | 'ż' | 'ž' => 'z',
+        other => other,
+    }
+}
+
+/// Checks a `when`: empty, `YYYY-MM` or `YYYY-MM-DD` with a real month and day.
+pub fn check_when(when: &str) -> std::result::Result<(), String> {
+    if when.is_empty() {
+        return Ok(());
+    }
+    let bad = || format!("--when {when:?}: expected a month like 2024-03 or a day like 2024-03-14");
+    let parts: Vec<&str> = when.split('-').collect();
+    let num = |s: &str, len: usize| -> std::result::Result<u32, String> {
+        if s.len() != len || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        s.parse().map_err(|_| bad())
+    };
+    match parts.as_slice() {
+        [y, m] | [y, m, _] => {
+            let year = num(y, 4)?;
+            let month = num(m, 2)?;
+            if !(1..=12).contains(&month) || year < 1900 {
+                return Err(bad());
+            }
+            if let [_, _, d] = parts.as_slice() {
+                let day = num(d, 2)?;
+                let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+                let days = match month {
+                    2 if leap => 29,
+                    2 => 28,
+                    4 | 6 | 9 | 11 => 30,
+                    _ => 31,
+                };
+                if !(1..=days).contains(&day) {
+                    return Err(bad());
+                }
+            }
+            Ok(())
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Longest subject, role, place, `when` or advice, in bytes.
+const MAX_FIELD_BYTES: usize = 512;
+
+impl WarningInput {
+    /// Trims fields and refuses what other members' apps would drop.
+    fn checked(mut self) -> Result<WarningInput> {
+        for f in [
+            &mut self.subject,
+            &mut self.role,
+            &mut self.kind,
+            &mut self.place,
+            &mut self.when,
+            &mut self.advice,
+        ] {
+            *f = f.trim().to_string();
+        }
+        let invalid = |m: String| Err(EngineError::Invalid(m));
+        if subject_key(&self.subject).is_empty() {
+            return invalid("--about needs the name of the person the warning is about".into());
+        }
+        if !KINDS.contains(&self.kind.as_str()) {
+            return invalid(format!(
+                "--kind {:?} is not a kind; use one of: {}",
+                self.kind,
+                KINDS.join(", ")
+            ));
+        }
+        check_when(&self.when).map_err(EngineError::Invalid)?;
+        for (name, f) in [
+            ("--about", &self.subject),
+            ("--role", &self.role),
+            ("--where", &self.place),
+            ("--advice", &self.advice),
+        ] {
+            if f.len() > MAX_FIELD_BYTES {
+                return invalid(format!(
+                    "{name} is too long: {} bytes, the limit is {MAX_FIELD_BYTES}",
+                    f.len()
+                ));
+            }
+        }
+        if self.text.len() > MAX_TEXT_BYTES {
+            return invalid(format!(
+                "the text is too long: {} bytes, the limit is {MAX_TEXT_BYTES}",
+                self.text.len()
+            ));
+        }
+        Ok(self)
+    }
+}
+
+/// The warning as a line of history, for members who read the group's
+/// messages rather than `sotto warnings`.
+fn history_text(w: &WarningRecord) -> String {
+    let mut out = format!("[warning] about {}", w.subject);
+    if !w.role.is_empty() {
+        out.push_str(&format!(" ({})", w.role));
+    }
+    out.push_str(&format!(
+        ": {}, {}",
+        w.kind,
+        if w.firsthand {
+            "first-hand"
+        } else {
+            "second-hand"
+        }
+    ));
+    for (label, v) in [
+        ("where", &w.place),
+        ("when", &w.when),
+        ("advice", &w.advice),
+    ] {
+        if !v.is_empty() {
+            out.push_str(&format!("; {label}: {v}"));
+        }
+    }
+    if !w.text.is_empty() {
+        out.push_str(&format!(". {}", w.text));
+    }
+    out
+}
+
+impl Engine {
+    /// Posts a warning to a group. Returns once the relay has it for every member.
+    pub async fn warn(&mut self, query: &str, input: WarningInput) -> Result<WarningView> {
+        let input = input.checked()?;
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        let role = self.my_role(&g).ok_or_else(|| {
+            EngineError::Invalid(format!("you are no longer a member of {:?}", g.state.title))
+        })?;
+        if g.state.settings.announcements_only && !role.is_admin() {
+            return Err(EngineError::Invalid(format!(
+                "{:?} is announcements-only: only admins can post. Nothing was sent",
+                g.state.title
+            )));
+        }
+        let (id, body) = new_content(
+            &self.account.name,
+            content::content::Body::Warning(content::Warning {
+                group_id: g.id.to_vec(),
+                subject: input.subject.clone(),
+                role: input.role.clone(),
+                kind: input.kind.clone(),
+                firsthand: input.firsthand,
+                place: input.place.clone(),
+                when: input.when.clone(),
+                advice: input.advice.clone(),
+                text: input.text.clone(),
+            }),
+        );
+        let me = self.account.account_id;
+        let retention = g.state.settings.warning_retention_ms;
+        let warning = WarningRecord {
+            id,
+            group: g.id,
+            author: me,
+            subject: input.subject,
+            role: input.role,
+            kind: input.kind,
+            firsthand: input.firsthand,
+            place: input.place,
+            when: input.when,
+            advice: input.advice,
+            text: input.text,
+            sent_at_ms: body.sent_at_ms,
+            expires_at_ms: (retention > 0).then(|| body.sent_at_ms + retention),
+        };
+        let record = MessageRecord {
+            id,
+            peer: me,
+            direction: MessageDirection::Outgoing,
+            sender_name: self.account.name.clone(),
+            text: history_text(&warning),
+            sent_at_ms: body.sent_at_ms,
+            received_at_ms: body.sent_at_ms,
+            status: MessageStatus::Pending,
+            group: Some(g.id.to_vec()),
+            expires_at_ms: warning.expires_at_ms,
+        };
+        // Stored with the message, so a crash cannot leave one without the other.
+        self.store.insert_warning(&warning)?;
+        let entry = self.group_entry(&g, id, &body);
+        self.send_stored(&record, &entry).await?;
+        Ok(self.view(&warning, &g.state.title))
+    }
+
+    /// A warning from a member arrived. Returns its history record.
+    pub(super) async fn on_warning(
+        &mut self,
+        sender: Uuid,
+        content: &Content,
+        w: &content::Warning,
+    ) -> Result<Option<MessageRecord>> {
+        let Ok(id) = <[u8; 16]>::try_from(content.id.as_slice()) else {
+            return Ok(None);
+        };
+        let Ok(group_id) = <[u8; 16]>::try_from(w.group_id.as_slice()) else {
+            return Ok(None);
+        };
+        let Some((name, settings)) = self.admit_group_post(sender, content, group_id).await? else {
+            return Ok(None);
+        };
+        let clip = |s: &str| s.trim().chars().take(MAX_FIELD_BYTES).collect::<String>();
+        let kind = if KINDS.contains(&w.kind.as_str()) {
+            w.kind.clone()
+        } else {
+            // A newer app's kind: keep the warning, under "other".
+            "other".to_string()
+        };
+        let when = if check_when(w.when.trim()).is_ok() {
+            w.when.trim().to_string()
+        } else {
+            String::new()
+        };
+        let received = now_ms();
+        let retention = settings.warning_retention_ms;
+        let expires_at_ms = (retention > 0).then(|| content.sent_at_ms.min(received) + retention);
+        if expires_at_ms.is_some_and(|t| t <= received) {
+            return Ok(None);
+        }
+        let warning = WarningRecord {
+            id,
+            group: group_id,
+            author: sender,
+            subject: clip(&w.subject),
+            role: clip(&w.role),
+            kind,
+            firsthand: w.firsthand,
+            place: clip(&w.place),
+            when,
+            advice: clip(&w.advice),
+            text: w.text.chars().take(MAX_TEXT_BYTES).collect(),
+            sent_at_ms: content.sent_at_ms,
+            expires_at_ms,
+        };
+        if subject_key(&warning.subject).is_empty() {
+            return Ok(None);
+        }
+        let record = MessageRecord {
+            id,
+            peer: sender,
+            direction: MessageDirection::Incoming,
+            sender_name: name,
+            text: history_text(&warning),
+            sent_at_ms: content.sent_at_ms,
+            received_at_ms: received,
+            status: MessageStatus::Received,
+            group: Some(group_id.to_vec()),
+            expires_at_ms,
+        };
+        if !self.store.insert_message(&record)? {
+            return Ok(None);
+        }
+        self.store.insert_warning(&warning)?;
+        Ok(Some(record))
+    }
+
+    /// Warnings grouped by subject across my groups (or one group), most
+    /// reported first. `about` keeps the subject that name matches.
+    pub fn warnings(
+        &mut self,
+        group: Option<&str>,
+        about: Option<&str>,
+    ) -> Result<Vec<SubjectSummary>> {
+        self.store.purge_expired(now_ms())?;
+        let routes =
+            Routes::from_env().map_err(|e| EngineError::Invalid(format!("SOTTO_ROUTES: {e}")))?;
+        let today = today();
+        let card = |kind: &str, when: &str| {
+            let date = GivenDate::parse(when).ok();
+            routes.card_data(kind, date, today).ok()
+        };
+        let only = match group {
+            Some(q) => Some(self.find_group(q)?.id),
+            None => None,
+        };
+        let merges: HashMap<String, String> = self.store.subject_merges()?.into_iter().collect();
+        let resolve = |key: String| -> String {
+            let mut key = key;
+            // Follow merges, guarding against a loop made by hand.
+            for _ in 0..16 {
+                match merges.get(&key) {
+                    Some(next) if *next != key => key = next.clone(),
+                    _ => break,
+                }
+            }
+            key
+        };
+        let wanted = about.map(|a| resolve(subject_key(a)));
+        let mut titles: HashMap<[u8; 16], String> = HashMap::new();
+        let mut by_key: BTreeMap<String, Vec<WarningRecord>> = BTreeMap::new();
+        for w in self.store.warnings()? {
+            if only.is_some_and(|g| g != w.group) {
+                continue;
+            }
+            let key = resolve(subject_key(&w.subject));
+            if wanted.as_ref().is_some_and(|k| *k != key) {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = titles.entry(w.group) {
+                let title = self.store.group_title(w.group)?;
+                slot.insert(title.unwrap_or_else(|| "(a group)".into()));
+            }
+            by_key.entry(key).or_default().push(w);
+        }
+        let mut out: Vec<SubjectSummary> = by_key
+            .into_iter()
+            .map(|(key, mut ws)| {
+                ws.sort_by_key(|w| std::cmp::Reverse((w.sent_at_ms, w.id)));
+                let first: BTreeSet<Uuid> = ws
+                    .iter()
+                    .filter(|w| w.firsthand)
+                    .map(|w| w.author)
+                    .collect();
+                let second: BTreeSet<Uuid> = ws
+                    .iter()
+                    .filter(|w| !w.firsthand && !first.contains(&w.author))
+                    .map(|w| w.author)
+                    .collect();
+                let mut name_counts: BTreeMap<&str, usize> = BTreeMap::new();
+                let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+                let mut roles: Vec<String> = Vec::new();
+                let mut groups: Vec<String> = Vec::new();
+                for w in &ws {
+                    *name_counts.entry(w.subject.as_str()).or_default() += 1;
+                    *kinds.entry(w.kind.clone()).or_default() += 1;
+                    if !w.role.is_empty() && !roles.contains(&w.role) {
+                        roles.push(w.role.clone());
+                    }
+                    let title = &titles[&w.group];
+                    if !groups.contains(title) {
+                        groups.push(title.clone());
+                    }
+                }
+                let mut names: Vec<(&str, usize)> = name_counts.into_iter().collect();
+                names.sort_by_key(|(n, c)| (std::cmp::Reverse(*c), *n));
+                // The latest date of the behaviour itself; only when no
+                // warning gives one, the latest posting date.
+                let newest = ws
+                    .iter()
+                    .map(|w| w.when.clone())
+                    .filter(|w| !w.is_empty())
+                    .max()
+                    .or_else(|| ws.iter().map(|w| w.sent_at_ms).max().map(day_of))
+                    .unwrap_or_default();
+                let me = self.account.account_id;
+                SubjectSummary {
+                    key,
+                    names: names.into_iter().map(|(n, _)| n.to_string()).collect(),
+                    roles,
+                    firsthand_reporters: first.len(),
+                    secondhand_reporters: second.len(),
+                    kinds,
+                    newest,
+                    groups,
+                    warnings: ws
+                        .iter()
+                        .map(|w| WarningView {
+                            id: hex(&w.id),
+                            group: titles[&w.group].clone(),
+                            subject: w.subject.clone(),
+                            role: w.role.clone(),
+                            kind: w.kind.clone(),
+                            firsthand: w.firsthand,
+                            place: w.place.clone(),
+                            when: w.when.clone(),
+                            advice: w.advice.clone(),
+                            text: w.text.clone(),
+                            sent_at_ms: w.sent_at_ms,
+                            mine: w.author == me,
+                            routes: card(&w.kind, &w.when),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        out.sort_by_key(|s| {
+            (
+                std::cmp::Reverse(s.firsthand_reporters + s.secondhand_reporters),
+                s.key.clone(),
+            )
+        });
+        Ok(out)
+    }
+
+    /// Treats `from` as the same person as `into` in `sotto warnings` (this
+    /// app only). Both must name subjects I hold warnings about.
+    pub fn merge_subjects(&mut self, from: &str, into: &str) -> Result<(String, String)> {
+        let (from_key, into_key) = (subject_key(from), subject_key(into));
+        if from_key.is_empty() || into_key.is_empty() {
+            return Err(EngineError::Invalid(
+                "give two names to merge, e.g. --merge \"J. Smith\" --into \"John Smith\"".into(),
+            ));
+        }
+        if from_key == into_key {
+            return Err(EngineError::Invalid(format!(
+                "{from:?} and {into:?} already match the same subject"
+            )));
+        }
+        let known: BTreeSet<String> = self
+            .store
+            .warnings()?
+            .iter()
+            .map(|w| subject_key(&w.subject))
+            .collect();
+        for (name, key) in [(from, &from_key), (into, &into_key)] {
+            if !known.contains(key) {
+                return Err(EngineError::Invalid(format!(
+                    "no warning is about {name:?}; see `sotto warnings` for the names in use"
+                )));
+            }
+        }
+        self.store.merge_subject(&from_key, &into_key)?;
+        Ok((from_key, into_key))
+    }
+
+    fn view(&self, w: &WarningRecord, group: &str) -> WarningView {
+        WarningView {
+            id: hex(&w.id),
+            group: group.to_string(),
+            subject: w.subject.clone(),
+            role: w.role.clone(),
+            kind: w.kind.clone(),
+            firsthand: w.firsthand,
+            place: w.place.clone(),
+            when: w.when.clone(),
+            advice: w.advice.clone(),
+            text: w.text.clone(),
+            sent_at_ms: w.sent_at_ms,
+            mine: w.author == self.account.account_id,
+            routes: Routes::from_env().ok().and_then(|r| {
+                r.card_data(&w.kind, GivenDate::parse(&w.when).ok(), today())
+                    .ok()
+            }),
+        }
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) of a time in ms since the epoch.
+pub fn day_of(ms: u64) -> String {
+    let days = (ms / 86_400_000) as i64;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_match_across_case_accents_titles_and_spacing() {
+        let same = [
+            "Sir John Smith MP",
+            "john smith",
+            "JOHN  SMITH",
+            "Jöhn Smíth",
+            "The Rt Hon. John Smith, MP",
+            "Mr John Smith",
+        ];
+        for name in same {
+            assert_eq!(subject_key(name), "john smith", "{name:?}");
+        }
+        assert_ne!(subject_key("John Smith"), subject_key("Jane Smith"));
+        assert_ne!(subject_key("John Smith"), subject_key("John Smithson"));
+        assert_eq!(subject_key("Dame Joan O'Brien"), "joan o brien");
+        assert_eq!(subject_key("The Minister"), "minister");
+        // Only titles: keep them rather than match everyone.
+        assert_eq!(subject_key("The MP"), "the mp");
+        assert_eq!(subject_key("  "), "");
+    }
+
+    #[test]
+    fn when_is_a_month_or_a_real_day() {
+        for ok in ["", "2024-03", "2024-03-14", "2024-02-29"] {
+            assert!(check_when(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "2024",
+            "2024-13",
+            "2023-02-29",
+            "2024-3-1",
+            "March 2024",
+            "2024-04-31",
+        ] {
+            assert!(check_when(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn days_of_known_times() {
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(951_782_400_000), "2000-02-29");
+        assert_eq!(day_of(1_709_164_800_000), "2024-02-29");
+    }
+
+    #[test]
+    fn input_is_checked_before_anything_is_sent() {
+        let ok = WarningInput {
+            subject: " Sir John Smith ".into(),
+            kind: "bullying".into(),
+            when: "2024-03".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            ok.clone().checked().expect("valid").subject,
+            "Sir John Smith"
+        );
+        let bad_kind = WarningInput {
+            kind: "rudeness".into(),
+            ..ok.clone()
+        };
+        let err = bad_kind.checked().expect_err("bad kind").to_string();
+        assert!(err.contains("sexual-misconduct"), "{err}");
+        let no_subject = WarningInput {
+            subject: "  ".into(),
+            ..ok.clone()
+        };
+        assert!(no_subject.checked().is_err());
+        let bad_when = WarningInput {
+            when: "last spring".into(),
+            ..ok
+        };
+        assert!(bad_when.checked().is_err());
+    }
+}
