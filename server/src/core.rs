@@ -65,6 +65,9 @@ pub const MAX_MULTI_DEVICES: usize = 1000;
 /// admin deletes the ones it handled.
 const GROUP_REQUESTS_BUDGET: usize = sotto_wire::DEFAULT_MAX_FRAME_BYTES - 16 * 1024;
 
+/// Room left in a `Fetch` answer's frame for everything but its envelopes.
+const FRAME_HEADROOM: usize = 64;
+
 /// What a group request signed by the wrong key is told.
 const NOT_GROUP_KEY: &str = "not signed by the group's current key";
 
@@ -471,7 +474,29 @@ impl<S: Store> Relay<S> {
                             0 => FETCH_DEFAULT,
                             n => n.min(FETCH_MAX),
                         };
-                        let (envelopes, more) = self.store.envelopes(me, limit, now_ms)?;
+                        let (mut envelopes, mut more) = self.store.envelopes(me, limit, now_ms)?;
+                        // The answer must fit in one frame the client reads
+                        // (found by fuzzing: nine 64 KiB envelopes made a
+                        // mailbox unreadable). Stop before the envelope that
+                        // would pass the cap, but always send one.
+                        let budget = self
+                            .config
+                            .max_frame_bytes
+                            .min(sotto_wire::DEFAULT_MAX_FRAME_BYTES)
+                            .saturating_sub(FRAME_HEADROOM);
+                        let mut used = 0;
+                        let keep = envelopes
+                            .iter()
+                            .position(|e| {
+                                let len = prost::Message::encoded_len(e);
+                                used += 1 + prost::length_delimiter_len(len) + len;
+                                used > budget
+                            })
+                            .map_or(envelopes.len(), |i| i.max(1));
+                        if keep < envelopes.len() {
+                            envelopes.truncate(keep);
+                            more = true;
+                        }
                         reply(response::Kind::Envelopes(relay::Envelopes {
                             envelopes,
                             more,
@@ -928,10 +953,10 @@ impl<S: Store> Relay<S> {
         }
         // A key that does not decode could never sign again: storing it would
         // lock every member out of the group (or its link) for good.
-        if PublicKey::deserialize(&w.auth_key).is_err() {
+        if !is_one_public_key(&w.auth_key) {
             return Err(Fail::Peer(ErrorCode::Malformed, "auth key does not decode"));
         }
-        if !w.link_key.is_empty() && PublicKey::deserialize(&w.link_key).is_err() {
+        if !w.link_key.is_empty() && !is_one_public_key(&w.link_key) {
             return Err(Fail::Peer(ErrorCode::Malformed, "link key does not decode"));
         }
         let message = group_transcript(
@@ -1165,6 +1190,13 @@ fn decode_identity(bytes: &[u8]) -> Result<IdentityKey, Fail> {
 }
 
 /// A checked set of uploaded keys.
+/// Whether `key` is exactly one serialized public key: libsignal's parser
+/// accepts trailing bytes, and group keys are stored behind a one-byte length
+/// (found by fuzzing: an over-long key made the write fail as INTERNAL).
+fn is_one_public_key(key: &[u8]) -> bool {
+    PublicKey::deserialize(key).is_ok_and(|k| k.serialize().len() == key.len())
+}
+
 struct KeySet {
     signed: Option<SignedPreKey>,
     last_resort: Option<SignedPreKey>,
@@ -1187,6 +1219,14 @@ impl KeySet {
             return Err(Fail::Peer(
                 ErrorCode::Malformed,
                 "a signed prekey and a last-resort Kyber key are required",
+            ));
+        }
+        // Counted before any signature is checked: a frame can carry
+        // thousands of keys, and checking them costs the relay, not the sender.
+        if one_time.len() > MAX_ONE_TIME_KEYS as usize || kyber.len() > MAX_ONE_TIME_KEYS as usize {
+            return Err(Fail::Peer(
+                ErrorCode::TooLarge,
+                "too many prekeys in one upload",
             ));
         }
         // Unsigned or wrongly signed keys would let anyone who can reach the
@@ -1225,12 +1265,6 @@ impl KeySet {
                     "one-time prekey does not decode",
                 ));
             }
-        }
-        if one_time.len() > MAX_ONE_TIME_KEYS as usize || kyber.len() > MAX_ONE_TIME_KEYS as usize {
-            return Err(Fail::Peer(
-                ErrorCode::TooLarge,
-                "too many prekeys in one upload",
-            ));
         }
         Ok(Self {
             signed,
@@ -1789,6 +1823,71 @@ mod tests {
             })
             .expect("counts");
         assert_eq!(ec, 8);
+    }
+
+    #[test]
+    fn an_over_long_group_key_is_malformed_not_internal() {
+        // Found by fuzzing (fuzz/regressions/relay_handler/
+        // group_key_over_255_bytes_internal.bin).
+        let relay = relay();
+        let mut c = Client::new(3);
+        let auth = KeyPair::generate(&mut rand::rng());
+        let group_id = [9u8; 16];
+        let mut auth_key = auth.public_key.serialize().to_vec();
+        auth_key.extend_from_slice(&[5u8; 256]);
+        let body = group_body(&[&0u64.to_be_bytes(), b"blob", &auth_key, &[]]);
+        let msg = request::Kind::GroupWrite(relay::GroupWrite {
+            group_id: group_id.to_vec(),
+            expected_version: 0,
+            blob: b"blob".to_vec(),
+            signature: group_sig(
+                &c.conn.exporter,
+                &auth.private_key,
+                GroupPurpose::Write,
+                &group_id,
+                &body,
+            ),
+            auth_key,
+            link_key: Vec::new(),
+        });
+        assert_eq!(c.call(&relay, msg).error_code(), Some(ErrorCode::Malformed));
+    }
+
+    #[test]
+    fn a_fetch_answer_always_fits_in_the_clients_frame() {
+        // Found by fuzzing (fuzz/regressions/relay_handler/
+        // fetch_response_over_frame_cap.bin): max-size envelopes filled a
+        // Fetch answer past the cap the client reads with.
+        let relay = relay();
+        let mut bob = registered(&relay, 0);
+        let mut alice = registered(&relay, 0);
+        let big = vec![7u8; relay.config().max_envelope_bytes];
+        for _ in 0..12 {
+            assert_eq!(
+                send(&mut alice, &relay, &bob.account, 0, &big).error_code(),
+                None
+            );
+        }
+        let mut seen = 0;
+        loop {
+            let out = bob.call(&relay, request::Kind::Fetch(relay::Fetch { limit: 500 }));
+            let size = prost::Message::encoded_len(&out.response) + 4;
+            assert!(
+                size <= sotto_wire::DEFAULT_MAX_FRAME_BYTES,
+                "a {size}-byte answer is over the client's frame cap"
+            );
+            let Some(response::Kind::Envelopes(e)) = out.response.kind else {
+                panic!("expected envelopes");
+            };
+            assert!(!e.envelopes.is_empty());
+            seen += e.envelopes.len();
+            let seqs = e.envelopes.iter().map(|x| x.seq).collect();
+            bob.call(&relay, request::Kind::Ack(relay::Ack { seqs }));
+            if !e.more {
+                break;
+            }
+        }
+        assert_eq!(seen, 12, "paging loses nothing");
     }
 
     #[test]
