@@ -193,6 +193,50 @@ pub struct Engine {
     notices: Vec<Notice>,
 }
 
+/// What `sotto panic` did.
+#[derive(Debug)]
+pub struct PanicReport {
+    /// Whether the erase key was destroyed (`Ok(false)`: a profile made
+    /// before erase keys, whose files could only be deleted).
+    pub erased: std::result::Result<bool, String>,
+    /// How long destroying the key took, in ms.
+    pub erase_ms: f64,
+    /// The relay deleting the account, when it was asked.
+    pub deregistered: Option<std::result::Result<(), String>>,
+    /// Deleting the profile's files.
+    pub files_removed: std::result::Result<(), String>,
+}
+
+/// `sotto panic` without the passphrase (or with the profile held by a
+/// running `sotto listen`): destroys the erase key and deletes the files;
+/// the relay keeps the account until its operator removes it.
+pub fn panic_offline(home: &Path) -> PanicReport {
+    let started = std::time::Instant::now();
+    let erased = Store::crypto_erase(&store_dir(home)).map_err(|e| e.to_string());
+    let erase_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let mut report = panic_files(home);
+    report.erased = erased;
+    report.erase_ms = erase_ms;
+    report
+}
+
+/// Deletes the profile's store and control socket.
+fn panic_files(home: &Path) -> PanicReport {
+    let dir = store_dir(home);
+    let files_removed = match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.to_string()),
+    };
+    let _ = std::fs::remove_file(home.join("control.sock"));
+    PanicReport {
+        erased: Ok(false),
+        erase_ms: 0.0,
+        deregistered: None,
+        files_removed,
+    }
+}
+
 /// Where the store lives inside a profile directory.
 pub fn store_dir(home: &Path) -> PathBuf {
     home.join("store")
@@ -283,6 +327,43 @@ impl Engine {
         engine.store.flush().await?;
         engine.conn = Some(conn);
         Ok(engine)
+    }
+
+    /// `sotto panic` with the profile open: destroys the store's erase key
+    /// first (the store is unreadable from that instant, even to someone who
+    /// later learns the passphrase), then deletes the account at the relay
+    /// with the keys still in memory, then deletes the profile's files.
+    pub async fn panic(mut self, home: &Path, deregister: bool) -> PanicReport {
+        let started = std::time::Instant::now();
+        let erased = Store::crypto_erase(&store_dir(home));
+        let erase_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let deregistered = if deregister {
+            let attempt = async {
+                let conn = self.connection().await?;
+                match conn
+                    .request(Req::DeleteAccount(relay::DeleteAccount {}))
+                    .await?
+                {
+                    Resp::Done(_) => Ok(()),
+                    _ => Err(EngineError::from(TransportError::Unexpected)),
+                }
+            };
+            Some(
+                match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("the relay did not answer within 10 s".into()),
+                },
+            )
+        } else {
+            None
+        };
+        drop(self);
+        let mut report = panic_files(home);
+        report.erased = erased.map_err(|e| e.to_string());
+        report.erase_ms = erase_ms;
+        report.deregistered = deregistered;
+        report
     }
 
     /// Opens an existing profile.

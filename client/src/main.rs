@@ -143,6 +143,19 @@ enum Command {
         /// Anything else to say
         text: Option<String>,
     },
+    /// Destroy this profile now: nothing in it can be read again
+    ///
+    /// Destroys the key that the store's encryption depends on (so even the
+    /// passphrase, or a copy of the disk, opens nothing), deletes the
+    /// account at the relay, and deletes the profile's files. There is no
+    /// undo and no confirmation. With the passphrase unavailable (or
+    /// --offline) the relay is not contacted: it keeps the account until
+    /// its messages expire or its operator removes it.
+    Panic {
+        /// Do not contact the relay
+        #[arg(long)]
+        offline: bool,
+    },
     /// Where a warning can go next: helplines, advisers, police, unions,
     /// ACAS, solicitors, with deadlines counted from the date of the behaviour
     ///
@@ -259,6 +272,60 @@ fn print_subject(out: &mut impl Write, s: &sotto_client::engine::SubjectSummary)
         out,
         "  Details and contacts: `sotto routes --kind KIND --when DATE`."
     )?;
+    Ok(())
+}
+
+/// `sotto panic`: erase first, ask nothing that could fail before it.
+async fn panic_command(home: &Path, offline: bool) -> Result<()> {
+    if !store_dir(home).exists() {
+        bail!("there is no Sotto profile in {}", home.display());
+    }
+    let listening = home.join("control.sock").exists();
+    // The passphrase only lets us tell the relay; without it, erase anyway.
+    let engine = match (offline, std::env::var("SOTTO_PASSPHRASE")) {
+        (false, Ok(p)) if !p.is_empty() => match Engine::open(home, &p) {
+            Ok(engine) => Some(engine),
+            Err(e) => {
+                eprintln!("cannot open the profile to tell the relay ({e}); erasing it anyway");
+                None
+            }
+        },
+        _ => None,
+    };
+    let report = match engine {
+        Some(engine) => engine.panic(home, true).await,
+        None => sotto_client::engine::panic_offline(home),
+    };
+    match &report.erased {
+        Ok(true) => println!(
+            "Erased: the key to this profile was destroyed in {:.0} ms; nothing in it can be read again.",
+            report.erase_ms
+        ),
+        Ok(false) => println!(
+            "This profile predates erase keys: its files were deleted, but may be recoverable \
+             from the disk."
+        ),
+        Err(e) => eprintln!("could not destroy the erase key: {e}"),
+    }
+    match &report.deregistered {
+        Some(Ok(())) => println!("The relay deleted the account and its waiting messages."),
+        Some(Err(e)) => println!(
+            "The relay could not be told ({e}); it keeps the account until its messages expire."
+        ),
+        None => println!(
+            "The relay was not told (no SOTTO_PASSPHRASE, or --offline); it keeps the account \
+             until its messages expire or its operator removes it."
+        ),
+    }
+    if let Err(e) = &report.files_removed {
+        eprintln!("some files could not be deleted: {e}");
+    }
+    if listening {
+        println!("A running `sotto listen` still holds the keys in memory: stop it now.");
+    }
+    if report.erased.is_err() {
+        bail!("the profile may still be readable");
+    }
     Ok(())
 }
 
@@ -534,6 +601,9 @@ async fn run(cli: Cli) -> Result<()> {
         Some(home) => home,
         None => default_home()?,
     };
+    if let Command::Panic { offline } = cli.command {
+        return panic_command(&home, offline).await;
+    }
     if let Command::Init { invite, name } = &cli.command {
         if store_dir(&home).exists() {
             bail!(
@@ -772,7 +842,9 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             let w = engine.warn(&group, input).await?;
             writeln!(out, "posted warning {} to {:?}", w.id, w.group)?;
         }
-        Command::Routes { .. } => unreachable!("handled before the store is opened"),
+        Command::Routes { .. } | Command::Panic { .. } => {
+            unreachable!("handled before the store is opened")
+        }
         Command::Warnings {
             group,
             about,

@@ -507,6 +507,14 @@ impl<S: Store> Relay<S> {
                         durable(response::Kind::Done(relay::Done {}))
                     }
                     K::ResetIdentity(r) => self.reset_identity(conn, me, r),
+                    K::DeleteAccount(_) => {
+                        // The user's own panic button: nothing of the account
+                        // stays (keys, mailbox), and the connection is
+                        // anonymous from here on.
+                        self.store.remove_account(me.account)?;
+                        conn.auth = None;
+                        durable(response::Kind::Done(relay::Done {}))
+                    }
                     K::Challenge(_)
                     | K::Register(_)
                     | K::Authenticate(_)
@@ -1823,6 +1831,30 @@ mod tests {
             })
             .expect("counts");
         assert_eq!(ec, 8);
+    }
+
+    #[test]
+    fn an_account_can_delete_itself() {
+        let relay = relay();
+        let mut bob = registered(&relay, 5);
+        let mut alice = registered(&relay, 0);
+        assert_eq!(
+            send(&mut alice, &relay, &bob.account, 0, b"queued").error_code(),
+            None
+        );
+        let out = bob.call(
+            &relay,
+            request::Kind::DeleteAccount(relay::DeleteAccount {}),
+        );
+        assert_eq!(out.error_code(), None);
+        assert!(out.durable);
+        assert!(bob.conn.authenticated().is_none());
+        let stats = relay.stats().expect("stats");
+        assert_eq!((stats.accounts, stats.queued_envelopes), (1, 0));
+        assert_eq!(
+            send(&mut alice, &relay, &bob.account, 0, b"late").error_code(),
+            Some(ErrorCode::UnknownRecipient)
+        );
     }
 
     #[test]

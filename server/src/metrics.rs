@@ -39,6 +39,7 @@ const KINDS: &[&str] = &[
     "group_join_request",
     "group_fetch_requests",
     "group_delete_requests",
+    "delete_account",
     "empty",
 ];
 
@@ -104,7 +105,8 @@ pub fn kind_index(kind: Option<&request::Kind>) -> usize {
         Some(K::GroupJoinRequest(_)) => 15,
         Some(K::GroupFetchRequests(_)) => 16,
         Some(K::GroupDeleteRequests(_)) => 17,
-        None => 18,
+        Some(K::DeleteAccount(_)) => 18,
+        None => 19,
     }
 }
 

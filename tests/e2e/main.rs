@@ -18,6 +18,7 @@ mod listen;
 mod messaging;
 mod operations;
 mod operator;
+mod panic;
 mod prekeys;
 mod relay_disk;
 mod rotation;

@@ -24,6 +24,10 @@ const NONCE_LEN: usize = 24;
 const SEALED_VERSION: u8 = 1;
 /// Label for the value-encryption key.
 const ENC_LABEL: &[u8] = b"sotto store v1: value encryption key";
+/// Label mixing the erase key into the Argon2 output (format 2).
+const ERASE_LABEL: &[u8] = b"sotto store v2: erase key";
+/// Length of the erase key.
+pub(crate) const ERASE_KEY_LEN: usize = 32;
 /// Label for the sled-key MAC key.
 const MAC_LABEL: &[u8] = b"sotto store v1: key hashing key";
 
@@ -80,6 +84,18 @@ impl Keys {
         salt: &[u8],
         params: &KdfParams,
     ) -> Result<Keys, KdfError> {
+        Self::derive_with_erase_key(passphrase, salt, params, None)
+    }
+
+    /// Like [`Keys::derive`], mixing in the profile's erase key (format 2):
+    /// without it the passphrase opens nothing, so destroying that one small
+    /// file makes the whole store unreadable (`sotto panic`).
+    pub(crate) fn derive_with_erase_key(
+        passphrase: &str,
+        salt: &[u8],
+        params: &KdfParams,
+        erase_key: Option<&[u8]>,
+    ) -> Result<Keys, KdfError> {
         if params.alg != ALG_ARGON2ID {
             return Err(KdfError::BadParams);
         }
@@ -90,6 +106,9 @@ impl Keys {
         argon
             .hash_password_into(passphrase.as_bytes(), salt, master.as_mut())
             .map_err(|_| KdfError::BadParams)?;
+        if let Some(erase_key) = erase_key {
+            *master = hmac32(master.as_ref(), &[ERASE_LABEL, erase_key]);
+        }
         // Separate keys for separate jobs, so a weakness in one use cannot
         // leak into the other.
         Ok(Keys {
@@ -158,6 +177,13 @@ impl Keys {
             .ok()
             .map(Zeroizing::new)
     }
+}
+
+/// A fresh random erase key.
+pub(crate) fn random_erase_key() -> [u8; ERASE_KEY_LEN] {
+    let mut key = [0u8; ERASE_KEY_LEN];
+    rand::rng().fill_bytes(&mut key);
+    key
 }
 
 /// A fresh random salt.

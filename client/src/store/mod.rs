@@ -55,6 +55,9 @@ pub enum StoreError {
     /// `create` found a store already there.
     #[error("a Sotto profile already exists at {}", .0.display())]
     AlreadyExists(PathBuf),
+    /// The profile's erase key was destroyed (`sotto panic`).
+    #[error("this profile was erased with `sotto panic`; nothing in it can be read any more")]
+    Erased,
     /// Another process (or another handle in this one) holds sled's lock.
     #[error("this profile is in use by another sotto command (is `sotto listen` running?)")]
     Locked,
@@ -345,8 +348,10 @@ pub struct PendingJoin {
     pub requested_at_ms: u64,
 }
 
-/// Current on-disk format.
-const FORMAT_VERSION: u32 = 1;
+/// Current on-disk format: 2 mixes the erase key file into the store key.
+const FORMAT_VERSION: u32 = 2;
+/// The erase key, beside sled's files; see [`Store::crypto_erase`].
+const ERASE_KEY_FILE: &str = "erase.key";
 /// Constant sealed under the key to check the passphrase.
 const VERIFIER_PLAINTEXT: &[u8] = b"sotto store verifier v1";
 /// Plaintext header tree.
@@ -418,6 +423,8 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
+    /// The store's directory (the erase key lives beside sled's files).
+    dir: PathBuf,
     /// Zeroized when the last handle drops.
     keys: Keys,
     /// Serialises read-modify-write sequences (sled's file lock already
@@ -447,7 +454,12 @@ impl Store {
             return Err(StoreError::AlreadyExists(dir.to_path_buf()));
         }
         let salt = crypto::random_salt();
-        let keys = derive(passphrase, &salt, &kdf)?;
+        // The erase key goes to disk before the header marks the profile
+        // finished, so a finished profile always has one.
+        let erase_key = crypto::random_erase_key();
+        write_erase_key(dir, &erase_key)?;
+        let keys = Keys::derive_with_erase_key(passphrase, &salt, &kdf, Some(&erase_key))
+            .map_err(|_| StoreError::Corrupt("unsupported key derivation parameters".into()))?;
         let header = Header {
             format: FORMAT_VERSION,
             salt: salt.to_vec(),
@@ -460,7 +472,7 @@ impl Store {
         meta.insert(META_VERIFIER, verifier)?;
         meta.insert(META_HEADER, header)?;
         db.flush()?;
-        Ok(Store::from_parts(db, keys))
+        Ok(Store::from_parts(db, dir, keys))
     }
 
     /// Opens the store in `dir`.
@@ -479,13 +491,7 @@ impl Store {
         };
         let header: Header = serde_json::from_slice(&header)
             .map_err(|_| StoreError::Corrupt("unreadable header".into()))?;
-        if header.format != FORMAT_VERSION {
-            return Err(StoreError::Corrupt(format!(
-                "unsupported store format {}",
-                header.format
-            )));
-        }
-        let keys = derive(passphrase, &header.salt, &header.kdf)?;
+        let keys = keys_for(dir, &header, passphrase)?;
         let verifier = meta
             .get(META_VERIFIER)?
             .ok_or_else(|| StoreError::Corrupt("missing verifier".into()))?;
@@ -493,7 +499,7 @@ impl Store {
             Some(plain) if plain.as_slice() == VERIFIER_PLAINTEXT => {}
             _ => return Err(StoreError::WrongPassphrase),
         }
-        let store = Store::from_parts(db, keys);
+        let store = Store::from_parts(db, dir, keys);
         if store.tree(TREE_CONTACT_IDS)?.is_empty() {
             // Profiles made before the index existed: build it once.
             for c in store.contacts()? {
@@ -501,6 +507,34 @@ impl Store {
             }
         }
         Ok(store)
+    }
+
+    /// Destroys the profile's erase key in place (random bytes, then zeros,
+    /// each synced to disk, then unlinked), so nothing in the store in `dir`
+    /// can be decrypted again, passphrase or not, even from disk blocks
+    /// recovered later. Works while another process holds the store open.
+    /// Returns false for a profile made before erase keys (format 1): its
+    /// files can only be deleted.
+    pub fn crypto_erase(dir: &Path) -> Result<bool> {
+        use std::io::{Seek, Write};
+        let path = dir.join(ERASE_KEY_FILE);
+        let mut f = match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::Io(e)),
+        };
+        for fill in [crypto::random_erase_key(), [0u8; crypto::ERASE_KEY_LEN]] {
+            f.seek(std::io::SeekFrom::Start(0))
+                .map_err(StoreError::Io)?;
+            f.write_all(&fill).map_err(StoreError::Io)?;
+            f.sync_all().map_err(StoreError::Io)?;
+        }
+        drop(f);
+        std::fs::remove_file(&path).map_err(StoreError::Io)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(true)
     }
 
     /// Whether `dir` looks like it holds a store (without opening or locking it).
@@ -530,7 +564,7 @@ impl Store {
         let verifier = meta
             .get(META_VERIFIER)?
             .ok_or_else(|| StoreError::Corrupt("missing verifier".into()))?;
-        let keys = derive(passphrase, &header.salt, &header.kdf)?;
+        let keys = keys_for(&self.inner.dir, &header, passphrase)?;
         Ok(matches!(
             keys.open(TREE_META, META_VERIFIER, &verifier),
             Some(plain) if plain.as_slice() == VERIFIER_PLAINTEXT
@@ -890,10 +924,11 @@ impl Store {
 
     // ---- internals ----
 
-    fn from_parts(db: sled::Db, keys: Keys) -> Store {
+    fn from_parts(db: sled::Db, dir: &Path, keys: Keys) -> Store {
         Store {
             inner: Arc::new(Inner {
                 db,
+                dir: dir.to_path_buf(),
                 keys,
                 write_lock: Mutex::new(()),
                 staged: Mutex::new(None),
@@ -1062,9 +1097,44 @@ fn message_key(peer: Uuid, id: [u8; 16]) -> [u8; 32] {
     key
 }
 
+/// The keys a profile's header and passphrase give: format 1 from the
+/// passphrase alone, format 2 with the erase key beside the database.
+fn keys_for(dir: &Path, header: &Header, passphrase: &str) -> Result<Keys> {
+    match header.format {
+        // Profiles made before the erase key: the passphrase alone.
+        1 => derive(passphrase, &header.salt, &header.kdf),
+        2 => {
+            let erase_key = match std::fs::read(dir.join(ERASE_KEY_FILE)) {
+                Ok(k) if k.len() == crypto::ERASE_KEY_LEN => Zeroizing::new(k),
+                Ok(_) | Err(_) => return Err(StoreError::Erased),
+            };
+            Keys::derive_with_erase_key(passphrase, &header.salt, &header.kdf, Some(&erase_key))
+                .map_err(|_| StoreError::Corrupt("unsupported key derivation parameters".into()))
+        }
+        other => Err(StoreError::Corrupt(format!(
+            "unsupported store format {other}; is this profile from a newer Sotto?"
+        ))),
+    }
+}
+
 fn derive(passphrase: &str, salt: &[u8], kdf: &KdfParams) -> Result<Keys> {
     Keys::derive(passphrase, salt, kdf)
         .map_err(|_| StoreError::Corrupt("unsupported key derivation parameters".into()))
+}
+
+/// Writes a new profile's erase key (0600, synced).
+fn write_erase_key(dir: &Path, key: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(ERASE_KEY_FILE))
+        .map_err(StoreError::Io)?;
+    f.write_all(key).map_err(StoreError::Io)?;
+    f.sync_all().map_err(StoreError::Io)
 }
 
 fn open_sled(dir: &Path) -> Result<sled::Db> {
@@ -1118,6 +1188,60 @@ mod tests {
             transport_hint: None,
             keys_rotated_at_ms: 0,
         }
+    }
+
+    fn copy_dir(from: &Path, to: &Path, skip: &str) {
+        fs::create_dir_all(to).expect("mkdir");
+        for entry in fs::read_dir(from).expect("read dir") {
+            let entry = entry.expect("entry");
+            let name = entry.file_name();
+            if name == skip {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                copy_dir(&path, &to.join(&name), skip);
+            } else {
+                fs::copy(&path, to.join(&name)).expect("copy");
+            }
+        }
+    }
+
+    #[test]
+    fn crypto_erase_leaves_nothing_the_passphrase_can_open() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("store");
+        let cheap = KdfParams {
+            alg: crypto::ALG_ARGON2ID.into(),
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        };
+        {
+            let store = Store::create_with_params(&dir, PASS, cheap).expect("create");
+            store.set_account(&account("Ann")).expect("account");
+            store
+                .insert_message(&message(Uuid::new_v4(), 1, 10, "secret text"))
+                .expect("message");
+            store.inner.db.flush().expect("flush");
+        }
+        // What an examiner could image from the disk: everything, and (the
+        // control) everything but the erase key, which is overwritten in place.
+        let with_key = tmp.path().join("with_key");
+        let without_key = tmp.path().join("without_key");
+        copy_dir(&dir, &with_key, "");
+        copy_dir(&dir, &without_key, ERASE_KEY_FILE);
+        assert!(Store::open(&with_key, PASS).is_ok(), "the control opens");
+
+        assert!(Store::crypto_erase(&dir).expect("erase"));
+        assert!(!dir.join(ERASE_KEY_FILE).exists());
+        assert!(matches!(Store::open(&dir, PASS), Err(StoreError::Erased)));
+        assert!(matches!(
+            Store::open(&without_key, PASS),
+            Err(StoreError::Erased)
+        ));
+        // Erasing twice is harmless.
+        assert!(!Store::crypto_erase(&dir).expect("erase again"));
     }
 
     fn message(peer: Uuid, id: u8, sent_at_ms: u64, text: &str) -> MessageRecord {
