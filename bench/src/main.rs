@@ -15,6 +15,8 @@ mod common;
 mod connections;
 mod fanout;
 mod hostile;
+mod nats;
+mod panic;
 mod throughput;
 
 use std::io::Write;
@@ -36,6 +38,18 @@ struct Cli {
     /// Where to write the JSON results
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
+    /// Also run the throughput scenario's relay workload through a mature
+    /// broker on this machine, in the same invocation: nats (NATS JetStream
+    /// with file storage; needs `apt-get install nats-server`)
+    #[arg(long, value_enum, value_name = "BROKER")]
+    baseline: Option<Baseline>,
+}
+
+/// Brokers `--baseline` can measure.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Baseline {
+    /// NATS JetStream (Debian's `nats-server`), beside the relay throughput figure.
+    Nats,
 }
 
 const ALL: &[&str] = &[
@@ -44,6 +58,7 @@ const ALL: &[&str] = &[
     "connections",
     "cold_sync",
     "hostile",
+    "panic",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -70,22 +85,39 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let nats_server = match cli.baseline {
+        Some(Baseline::Nats) => {
+            if !wanted.iter().any(|s| s == "throughput") {
+                anyhow::bail!(
+                    "--baseline nats compares with the throughput scenario: add --scenario throughput"
+                );
+            }
+            Some(nats::find_server()?)
+        }
+        None => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let mut figures: Vec<Figure> = Vec::new();
     for s in &wanted {
         eprintln!("== {s} ({runs} runs)");
-        let got = runtime.block_on(async {
+        let mut got = runtime.block_on(async {
             match s.as_str() {
                 "throughput" => throughput::run(runs).await,
                 "fanout" => fanout::run(runs).await,
                 "connections" => connections::run(runs).await,
                 "cold_sync" => cold_sync::run(runs).await,
                 "hostile" => hostile::run(runs).await,
+                "panic" => panic::run(runs).await,
                 _ => unreachable!("checked above"),
             }
         })?;
+        if let (Some(server), "throughput") = (&nats_server, s.as_str()) {
+            eprintln!("== NATS JetStream baseline ({runs} runs per sync mode)");
+            let baseline = runtime.block_on(nats::run(runs, server, &got))?;
+            got.extend(baseline);
+        }
         for f in &got {
             print_row(f);
         }
