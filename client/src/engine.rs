@@ -43,11 +43,14 @@ use crate::store::{
 use crate::transport::{Connection, Route, TransportError};
 
 mod groups;
+mod notes;
 mod warnings;
+
+pub use notes::{MAX_NOTE_FILE_BYTES, NoteView, ProofFile, Verified, note_hash, verify_proof};
 
 pub use groups::{GroupInfo, MemberInfo};
 pub use warnings::{
-    KINDS, SubjectSummary, WarningInput, WarningView, check_when, day_of, subject_key,
+    KINDS, SubjectSummary, WarningInput, WarningView, check_when, day_of, day_time, subject_key,
 };
 
 /// One-time keys of each kind uploaded at registration and at each top-up.

@@ -143,6 +143,9 @@ enum Command {
         /// Anything else to say
         text: Option<String>,
     },
+    /// The evidence locker: private notes and files, countersigned by the relay
+    #[command(subcommand)]
+    Note(NoteCommand),
     /// Destroy this profile now: nothing in it can be read again
     ///
     /// Destroys the key that the store's encryption depends on (so even the
@@ -369,6 +372,40 @@ fn routes(kind: Option<String>, when: Option<String>, json: bool) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Notes stay in this profile's encrypted store and are never sent to anyone;
+/// the relay sees only a hash, which it signs with its time, so you can later
+/// show a note existed then (`note export`, checked by `note verify`).
+#[derive(Subcommand)]
+enum NoteCommand {
+    /// Keep a note (and optionally a file), countersigned by the relay
+    Add {
+        /// The note
+        text: Option<String>,
+        /// A file to keep with it (a photo, a saved message), up to 16 MiB
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// List my notes
+    List {
+        /// One JSON object per note
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a note with its proof to a file you can give to someone
+    Export {
+        /// The note's id (or its start), from `sotto note list`
+        id: String,
+        /// Where to write the proof (JSON)
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Check a proof file: the note is unchanged and existed by the relay's time
+    Verify {
+        /// A file written by `sotto note export`
+        file: PathBuf,
+    },
 }
 
 fn when_arg(s: &str) -> std::result::Result<String, String> {
@@ -601,6 +638,26 @@ async fn run(cli: Cli) -> Result<()> {
         Some(home) => home,
         None => default_home()?,
     };
+    if let Command::Note(NoteCommand::Verify { file }) = &cli.command {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let v = sotto_client::engine::verify_proof(&bytes)
+            .map_err(|e| anyhow::anyhow!("the proof does not verify: {e}"))?;
+        println!(
+            "Valid: this note existed by {} (the relay's clock), unchanged since.",
+            sotto_client::engine::day_time(v.existed_by_ms)
+        );
+        println!(
+            "It rests on the relay whose trust root has fingerprint {}; check it against the \
+             relay's.",
+            v.trust_root_fingerprint
+        );
+        if let Some(name) = &v.file_name {
+            println!("Attached file: {name}");
+        }
+        println!("---\n{}", v.text);
+        return Ok(());
+    }
     if let Command::Panic { offline } = cli.command {
         return panic_command(&home, offline).await;
     }
@@ -842,7 +899,89 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             let w = engine.warn(&group, input).await?;
             writeln!(out, "posted warning {} to {:?}", w.id, w.group)?;
         }
-        Command::Routes { .. } | Command::Panic { .. } => {
+        Command::Note(NoteCommand::Add { text, file }) => {
+            let file = match file {
+                Some(path) => {
+                    let meta = std::fs::metadata(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    if meta.len() > sotto_client::engine::MAX_NOTE_FILE_BYTES as u64 {
+                        bail!(
+                            "{} is {} bytes; the limit is {}",
+                            path.display(),
+                            meta.len(),
+                            sotto_client::engine::MAX_NOTE_FILE_BYTES
+                        );
+                    }
+                    let bytes = std::fs::read(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let name = path
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "file".into());
+                    Some((name, bytes))
+                }
+                None => None,
+            };
+            match engine.note_add(text.as_deref().unwrap_or(""), file).await {
+                Ok(n) => match n.countersigned_at_ms {
+                    Some(at) => writeln!(
+                        out,
+                        "kept note {} (countersigned by the relay at {})",
+                        n.id,
+                        sotto_client::engine::day_time(at)
+                    )?,
+                    None => writeln!(out, "kept note {} (not countersigned yet)", n.id)?,
+                },
+                Err(e) => bail!(
+                    "{e}. The note is kept; it will be countersigned by a later \
+                                 `sotto note list` or `note export`"
+                ),
+            }
+        }
+        Command::Note(NoteCommand::List { json }) => {
+            for n in engine.notes().await? {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&n)?)?;
+                } else {
+                    let proof = match n.countersigned_at_ms {
+                        Some(at) => format!("countersigned {}", sotto_client::engine::day_time(at)),
+                        None => "not countersigned yet".into(),
+                    };
+                    let file = n
+                        .file_name
+                        .as_ref()
+                        .map(|f| format!(" [file: {f}, {} bytes]", n.file_bytes))
+                        .unwrap_or_default();
+                    writeln!(out, "{}  {proof}  {}{file}", &n.id[..12], n.text)?;
+                }
+            }
+        }
+        Command::Note(NoteCommand::Export { id, to }) => {
+            let proof = engine.note_export(&id).await?;
+            let bytes = serde_json::to_vec_pretty(&proof)?;
+            // Private: the note is in it, in the clear.
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&to)
+                .with_context(|| {
+                    format!("cannot create {} (does it exist already?)", to.display())
+                })?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            writeln!(
+                out,
+                "Wrote {} (the note in the clear, with its proof). Anyone can check it with \
+                 `sotto note verify {}`.",
+                to.display(),
+                to.display()
+            )?;
+        }
+        Command::Routes { .. }
+        | Command::Panic { .. }
+        | Command::Note(NoteCommand::Verify { .. }) => {
             unreachable!("handled before the store is opened")
         }
         Command::Warnings {

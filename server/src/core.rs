@@ -507,6 +507,13 @@ impl<S: Store> Relay<S> {
                         durable(response::Kind::Done(relay::Done {}))
                     }
                     K::ResetIdentity(r) => self.reset_identity(conn, me, r),
+                    K::Timestamp(t) => {
+                        self.limits
+                            .sends
+                            .take(me.account, now_ms)
+                            .map_err(|w| Fail::Limited("too many timestamps", w))?;
+                        self.timestamp(&t.hash, now_ms, rng)
+                    }
                     K::DeleteAccount(_) => {
                         // The user's own panic button: nothing of the account
                         // stays (keys, mailbox), and the connection is
@@ -741,6 +748,36 @@ impl<S: Store> Relay<S> {
                 expires_at_ms: expires,
             },
         ))
+    }
+
+    /// Countersigns `hash` with the relay's time. Nothing is stored: the
+    /// relay sees a hash and forgets it.
+    fn timestamp<R: Rng + CryptoRng>(&self, hash: &[u8], now_ms: u64, rng: &mut R) -> Handled {
+        if hash.len() != 32 {
+            return Err(Fail::Peer(
+                ErrorCode::Malformed,
+                "a timestamp request carries a 32-byte SHA-256 hash",
+            ));
+        }
+        let signature = self
+            .signer
+            .server_key
+            .calculate_signature(&sotto_wire::auth::timestamp_transcript(hash, now_ms), rng)
+            .map_err(|e| {
+                tracing::error!(error = %e, "signing a timestamp failed");
+                Fail::Peer(ErrorCode::Internal, "could not sign the timestamp")
+            })?;
+        let server_certificate = self
+            .signer
+            .server_cert
+            .serialized()
+            .map(<[u8]>::to_vec)
+            .map_err(|_| Fail::Peer(ErrorCode::Internal, "could not sign the timestamp"))?;
+        reply(response::Kind::Timestamped(relay::Timestamped {
+            time_ms: now_ms,
+            signature: signature.to_vec(),
+            server_certificate,
+        }))
     }
 
     fn send(&self, s: relay::Send, now_ms: u64) -> Handled {

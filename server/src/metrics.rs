@@ -40,6 +40,7 @@ const KINDS: &[&str] = &[
     "group_fetch_requests",
     "group_delete_requests",
     "delete_account",
+    "timestamp",
     "empty",
 ];
 
@@ -106,7 +107,8 @@ pub fn kind_index(kind: Option<&request::Kind>) -> usize {
         Some(K::GroupFetchRequests(_)) => 16,
         Some(K::GroupDeleteRequests(_)) => 17,
         Some(K::DeleteAccount(_)) => 18,
-        None => 19,
+        Some(K::Timestamp(_)) => 19,
+        None => 20,
     }
 }
 

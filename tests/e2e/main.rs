@@ -16,6 +16,7 @@ mod identity;
 mod limits;
 mod listen;
 mod messaging;
+mod notes;
 mod operations;
 mod operator;
 mod panic;

@@ -633,6 +633,18 @@ impl Engine {
     }
 }
 
+/// `YYYY-MM-DD HH:MM:SS UTC` of a time in ms since the epoch.
+pub fn day_time(ms: u64) -> String {
+    let secs = ms / 1000 % 86_400;
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        day_of(ms),
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
 /// `YYYY-MM-DD` (UTC) of a time in ms since the epoch.
 pub fn day_of(ms: u64) -> String {
     let days = (ms / 86_400_000) as i64;

@@ -200,6 +200,46 @@ pub enum MessageStatus {
     Failed,
 }
 
+/// A private, timestamped note (the evidence locker), never sent to anyone.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteRecord {
+    /// Random id.
+    pub id: [u8; 16],
+    /// The note.
+    pub text: String,
+    /// An attached file's name, if any.
+    pub file_name: Option<String>,
+    /// The attached file.
+    pub file: Vec<u8>,
+    /// When it was written (this device's clock).
+    pub created_at_ms: u64,
+    /// Random bytes hashed with the note, so the relay cannot confirm a
+    /// guess of a short note from its hash.
+    pub nonce: [u8; 32],
+    /// The relay's countersignature, once it has one.
+    pub proof: Option<NoteProof>,
+}
+
+/// The relay's countersignature of a note's hash.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoteProof {
+    /// The relay's time.
+    pub time_ms: u64,
+    /// Its signature over `sotto_wire::auth::timestamp_transcript`.
+    pub signature: Vec<u8>,
+    /// Its serialized server certificate (ties the key to the trust root).
+    pub server_certificate: Vec<u8>,
+}
+
+impl fmt::Debug for NoteRecord {
+    // Notes stay out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NoteRecord")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A structured warning, as received or posted, keyed by its message id.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WarningRecord {
@@ -376,6 +416,8 @@ const TREE_JOINS: &str = "joins";
 /// Message id -> [`WarningRecord`]: warnings, kept apart from the history so
 /// they follow their own retention and can be grouped by subject.
 const TREE_WARNINGS: &str = "warnings";
+/// Note id -> [`NoteRecord`]: the evidence locker.
+const TREE_NOTES: &str = "notes";
 /// Subject key -> the subject key it was merged into by hand.
 const TREE_SUBJECT_MERGES: &str = "subject_merges";
 pub(crate) const TREE_IDENTITIES: &str = "identities";
@@ -769,6 +811,18 @@ impl Store {
         }
         self.put_json(TREE_WARNINGS, &w.id, w)?;
         Ok(true)
+    }
+
+    /// Saves (or replaces) a note.
+    pub fn put_note(&self, n: &NoteRecord) -> Result<()> {
+        self.put_json(TREE_NOTES, &n.id, n)
+    }
+
+    /// Every note, oldest first.
+    pub fn notes(&self) -> Result<Vec<NoteRecord>> {
+        let mut all: Vec<NoteRecord> = self.scan_json(TREE_NOTES)?;
+        all.sort_by_key(|n| (n.created_at_ms, n.id));
+        Ok(all)
     }
 
     /// Every warning we hold.

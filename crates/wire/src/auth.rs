@@ -38,6 +38,20 @@ impl Purpose {
     }
 }
 
+/// What the relay signs to countersign a hash (`Timestamp`): a domain label,
+/// the hash and the relay's time, so the signature cannot be mistaken for
+/// any other the server key makes.
+pub fn timestamp_transcript(hash: &[u8], time_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(TIMESTAMP_LABEL.len() + hash.len() + 8);
+    out.extend_from_slice(TIMESTAMP_LABEL);
+    out.extend_from_slice(hash);
+    out.extend_from_slice(&time_ms.to_be_bytes());
+    out
+}
+
+/// Domain label of [`timestamp_transcript`].
+pub const TIMESTAMP_LABEL: &[u8] = b"sotto-timestamp-v1\0";
+
 /// Builds the bytes to sign for `purpose` on the connection whose exporter is `exporter`.
 pub fn transcript(purpose: Purpose, exporter: &[u8], nonce: &[u8]) -> Vec<u8> {
     let tag = purpose.tag();
