@@ -5,7 +5,6 @@
 //! certificate serving.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use sotto_tests::raw::RawClient;
 use sotto_tests::{Relay, User, texts};
@@ -58,19 +57,6 @@ fn hup(relay: &Relay) {
     assert!(status.success());
 }
 
-/// Waits until the relay log has `needle` `times` times.
-fn wait_for_log(relay: &Relay, needle: &str, times: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while relay.stderr().matches(needle).count() < times {
-        assert!(
-            Instant::now() < deadline,
-            "relay never logged {needle:?}\n{}",
-            relay.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn sighup_reloads_the_operator_certificate_and_keeps_queued_messages() {
     let mut relay = Relay::start();
@@ -101,7 +87,7 @@ fn sighup_reloads_the_operator_certificate_and_keeps_queued_messages() {
     assert_ne!(der_of(&renewed), der_of(&first));
     std::fs::write(tls.join("fullchain.pem"), &renewed).expect("write cert");
     hup(&relay);
-    wait_for_log(&relay, "same key, members are unaffected", 1);
+    relay.wait_for_log("same key, members are unaffected", 1);
     assert_eq!(served_cert(&relay), der_of(&renewed));
     alice.ok(&["send", "bob", "sent after the renewal"]);
     assert_eq!(
@@ -116,7 +102,7 @@ fn sighup_reloads_the_operator_certificate_and_keeps_queued_messages() {
     // A broken file: the old certificate keeps serving.
     std::fs::write(tls.join("fullchain.pem"), "not a certificate").expect("write");
     hup(&relay);
-    wait_for_log(&relay, "still serving the old one", 1);
+    relay.wait_for_log("still serving the old one", 1);
     assert_eq!(served_cert(&relay), der_of(&renewed));
     bob.ok(&["send", "alice", "still connected"]);
     assert_eq!(
@@ -130,7 +116,7 @@ fn sighup_reloads_the_operator_certificate_and_keeps_queued_messages() {
     std::fs::write(tls.join("fullchain.pem"), &rekeyed).expect("write cert");
     std::fs::write(tls.join("privkey.pem"), new_key.serialize_pem()).expect("write key");
     hup(&relay);
-    wait_for_log(&relay, "NEW key", 1);
+    relay.wait_for_log("NEW key", 1);
     assert_eq!(served_cert(&relay), der_of(&rekeyed));
     let carol = User::new(&relay, "Carol");
     carol.add_contact("bob", &bob);

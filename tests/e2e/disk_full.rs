@@ -69,18 +69,6 @@ fn fill(disk: &SmallDisk, leave: u64) -> PathBuf {
     path
 }
 
-fn wait_for_log(relay: &Relay, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !relay.stderr().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "relay never logged {needle:?}\n{}",
-            relay.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_full_disk_refuses_new_messages_loses_nothing_and_recovers() {
     let disk = match SmallDisk::mount("48m") {
@@ -106,7 +94,7 @@ fn a_full_disk_refuses_new_messages_loses_nothing_and_recovers() {
 
     // Something else on the machine fills the disk to below the reserve.
     let filler = fill(&disk, 4 << 20);
-    wait_for_log(&relay, "disk space is below min_free_disk_bytes");
+    relay.wait_for_log("disk space is below min_free_disk_bytes", 1);
     let err = alice.fails(&["send", "bob", "while the disk is full"]);
     assert!(
         err.contains("disk is full") && err.contains("saved"),
@@ -119,7 +107,7 @@ fn a_full_disk_refuses_new_messages_loses_nothing_and_recovers() {
     // Space is freed: the relay takes messages again without a restart, and
     // the kept message goes out with the next send.
     std::fs::remove_file(&filler).expect("remove filler");
-    wait_for_log(&relay, "disk space is back");
+    relay.wait_for_log("disk space is back", 1);
     alice.ok(&["send", "bob", "after space was freed"]);
     assert_eq!(
         texts(&bob.sync_json()),

@@ -2,33 +2,10 @@
 //! profile, `sotto send` from another process goes through it (with the
 //! passphrase checked) instead of failing on the store lock.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use sotto_tests::{Relay, User};
-
-/// Starts `sotto listen --json` and returns the child and a channel of its stdout lines.
-fn listen(user: &User) -> (Child, mpsc::Receiver<String>) {
-    let mut child = user
-        .command()
-        .args(["listen", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sotto listen");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (child, rx)
-}
 
 fn next_text(lines: &mpsc::Receiver<String>, what: &str) -> String {
     let line = lines
@@ -46,7 +23,7 @@ fn listen_receives_pushes_and_relays_sends() {
     alice.add_contact("bob", &bob);
     bob.add_contact("alice", &alice);
 
-    let (mut bob_listen, bob_lines) = listen(&bob);
+    let (mut bob_listen, bob_lines) = bob.listen();
     // Give the listener time to connect before the first push.
     std::thread::sleep(Duration::from_millis(500));
     alice.ok(&["send", "bob", "pushed while bob listens"]);
@@ -105,7 +82,7 @@ fn listen_receives_group_pushes_and_relays_group_sends() {
     alice.ok(&["group", "add", "Rota", "bob"]);
     bob.ok(&["sync"]);
 
-    let (mut bob_listen, bob_lines) = listen(&bob);
+    let (mut bob_listen, bob_lines) = bob.listen();
     std::thread::sleep(Duration::from_millis(500));
     alice.ok(&["group", "send", "Rota", "group push while bob listens"]);
     assert_eq!(

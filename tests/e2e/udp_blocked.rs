@@ -2,9 +2,6 @@
 //! the client falls back to TLS over TCP on the relay's port and registers,
 //! sends, receives, and gets pushes while `listen` runs.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use sotto_tests::{Relay, UdpBlocked, User, texts};
@@ -36,22 +33,7 @@ fn with_udp_blocked_a_client_still_sends_and_receives() {
     assert_eq!(front.udp_datagrams_dropped(), 0);
 
     // Pushes reach a listener on TCP too.
-    let mut listen = alice
-        .command()
-        .args(["listen", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sotto listen");
-    let stdout = listen.stdout.take().expect("piped stdout");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut listen, lines) = alice.listen();
     // Let the listener connect (over TCP after the fallback delay).
     std::thread::sleep(Duration::from_secs(3));
     bob.ok(&["send", "alice", "pushed over tcp"]);

@@ -235,6 +235,20 @@ impl Relay {
         );
     }
 
+    /// Waits (up to 20 s) until the relay's log holds `needle` at least
+    /// `times` times; panics with the log otherwise.
+    pub fn wait_for_log(&self, needle: &str, times: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.stderr().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "relay never logged {needle:?}\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// What the relay has written to stderr so far, across restarts.
     pub fn stderr(&self) -> String {
         let mut all = String::new();
@@ -350,6 +364,27 @@ impl User {
             .env_remove("SOTTO_HOME")
             .env_remove("SOTTO_DANGER_CRASH_BEFORE_ACK");
         cmd
+    }
+
+    /// Starts `sotto listen --json`; returns the child and its stdout lines.
+    pub fn listen(&self) -> (Child, mpsc::Receiver<String>) {
+        let mut child = self
+            .command()
+            .args(["listen", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sotto listen");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
     }
 
     /// Runs `sotto ARGS` and returns its output, whatever the exit status.

@@ -1506,11 +1506,22 @@ impl Engine {
         &mut self,
         sender: Uuid,
         content: &Content,
-        group_id: [u8; 16],
-    ) -> Result<Option<(String, Settings)>> {
+        group_id: &[u8],
+    ) -> Result<Option<Admitted>> {
+        let (Ok(id), Ok(group_id)) = (
+            <[u8; 16]>::try_from(content.id.as_slice()),
+            <[u8; 16]>::try_from(group_id),
+        ) else {
+            return Ok(None);
+        };
         let name = content.sender_name.chars().take(64).collect::<String>();
         let Some(mut g) = self.store.group(group_id)? else {
-            return Ok(Some((name, Settings::default())));
+            return Ok(Some(Admitted {
+                id,
+                group_id,
+                name,
+                settings: Settings::default(),
+            }));
         };
         if !g.active {
             return Ok(None);
@@ -1533,7 +1544,12 @@ impl Engine {
             )));
             return Ok(None);
         }
-        Ok(Some((member.name.clone(), g.state.settings)))
+        Ok(Some(Admitted {
+            id,
+            group_id,
+            name: member.name.clone(),
+            settings: g.state.settings,
+        }))
     }
 
     async fn on_group_text(
@@ -1542,13 +1558,13 @@ impl Engine {
         content: &Content,
         t: &content::GroupText,
     ) -> Result<Option<MessageRecord>> {
-        let Ok(id) = <[u8; 16]>::try_from(content.id.as_slice()) else {
-            return Ok(None);
-        };
-        let Ok(group_id) = <[u8; 16]>::try_from(t.group_id.as_slice()) else {
-            return Ok(None);
-        };
-        let Some((name, settings)) = self.admit_group_post(sender, content, group_id).await? else {
+        let Some(Admitted {
+            id,
+            group_id,
+            name,
+            settings,
+        }) = self.admit_group_post(sender, content, &t.group_id).await?
+        else {
             return Ok(None);
         };
         let timer = settings.disappearing_ms;
@@ -1701,6 +1717,18 @@ impl Engine {
         self.commit_with(g.id, &|_| Ok(ops.clone()), false).await?;
         Ok(())
     }
+}
+
+/// A group post let in by [`Engine::admit_group_post`].
+pub(super) struct Admitted {
+    /// The message id.
+    pub(super) id: [u8; 16],
+    /// The group.
+    pub(super) group_id: [u8; 16],
+    /// The sender's name as the group knows it.
+    pub(super) name: String,
+    /// The group's settings (defaults for a group we do not know yet).
+    pub(super) settings: Settings,
 }
 
 /// Disappearing-message timer of a new group: 7 days.

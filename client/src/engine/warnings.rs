@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use uuid::Uuid;
 
-use super::groups::content as new_content;
+use super::groups::{Admitted, content as new_content};
 use super::{Content, Engine, EngineError, MAX_TEXT_BYTES, Result, content, hex, now_ms};
 use crate::routes::{Card, GivenDate, Routes, today};
 use crate::store::{MessageDirection, MessageRecord, MessageStatus, WarningRecord};
@@ -378,7 +378,11 @@ impl Engine {
         self.store.insert_warning(&warning)?;
         let entry = self.group_entry(&g, id, &body);
         self.send_stored(&record, &entry).await?;
-        Ok(self.view(&warning, &g.state.title))
+        let card = Routes::from_env().ok().and_then(|r| {
+            r.card_data(&warning.kind, GivenDate::parse(&warning.when).ok(), today())
+                .ok()
+        });
+        Ok(view(&warning, &g.state.title, me, card))
     }
 
     /// A warning from a member arrived. Returns its history record.
@@ -388,13 +392,13 @@ impl Engine {
         content: &Content,
         w: &content::Warning,
     ) -> Result<Option<MessageRecord>> {
-        let Ok(id) = <[u8; 16]>::try_from(content.id.as_slice()) else {
-            return Ok(None);
-        };
-        let Ok(group_id) = <[u8; 16]>::try_from(w.group_id.as_slice()) else {
-            return Ok(None);
-        };
-        let Some((name, settings)) = self.admit_group_post(sender, content, group_id).await? else {
+        let Some(Admitted {
+            id,
+            group_id,
+            name,
+            settings,
+        }) = self.admit_group_post(sender, content, &w.group_id).await?
+        else {
             return Ok(None);
         };
         let clip = |s: &str| s.trim().chars().take(MAX_FIELD_BYTES).collect::<String>();
@@ -552,21 +556,7 @@ impl Engine {
                     groups,
                     warnings: ws
                         .iter()
-                        .map(|w| WarningView {
-                            id: hex(&w.id),
-                            group: titles[&w.group].clone(),
-                            subject: w.subject.clone(),
-                            role: w.role.clone(),
-                            kind: w.kind.clone(),
-                            firsthand: w.firsthand,
-                            place: w.place.clone(),
-                            when: w.when.clone(),
-                            advice: w.advice.clone(),
-                            text: w.text.clone(),
-                            sent_at_ms: w.sent_at_ms,
-                            mine: w.author == me,
-                            routes: card(&w.kind, &w.when),
-                        })
+                        .map(|w| view(w, &titles[&w.group], me, card(&w.kind, &w.when)))
                         .collect(),
                 }
             })
@@ -610,26 +600,23 @@ impl Engine {
         self.store.merge_subject(&from_key, &into_key)?;
         Ok((from_key, into_key))
     }
+}
 
-    fn view(&self, w: &WarningRecord, group: &str) -> WarningView {
-        WarningView {
-            id: hex(&w.id),
-            group: group.to_string(),
-            subject: w.subject.clone(),
-            role: w.role.clone(),
-            kind: w.kind.clone(),
-            firsthand: w.firsthand,
-            place: w.place.clone(),
-            when: w.when.clone(),
-            advice: w.advice.clone(),
-            text: w.text.clone(),
-            sent_at_ms: w.sent_at_ms,
-            mine: w.author == self.account.account_id,
-            routes: Routes::from_env().ok().and_then(|r| {
-                r.card_data(&w.kind, GivenDate::parse(&w.when).ok(), today())
-                    .ok()
-            }),
-        }
+fn view(w: &WarningRecord, group: &str, me: Uuid, routes: Option<Card>) -> WarningView {
+    WarningView {
+        id: hex(&w.id),
+        group: group.to_string(),
+        subject: w.subject.clone(),
+        role: w.role.clone(),
+        kind: w.kind.clone(),
+        firsthand: w.firsthand,
+        place: w.place.clone(),
+        when: w.when.clone(),
+        advice: w.advice.clone(),
+        text: w.text.clone(),
+        sent_at_ms: w.sent_at_ms,
+        mine: w.author == me,
+        routes,
     }
 }
 
