@@ -13,6 +13,7 @@
 mod cold_sync;
 mod common;
 mod connections;
+mod e2e;
 mod fanout;
 mod hostile;
 mod nats;
@@ -57,6 +58,7 @@ const ALL: &[&str] = &[
     "fanout",
     "connections",
     "cold_sync",
+    "e2e",
     "hostile",
     "panic",
 ];
@@ -108,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                 "fanout" => fanout::run(runs).await,
                 "connections" => connections::run(runs).await,
                 "cold_sync" => cold_sync::run(runs).await,
+                "e2e" => e2e::run(runs).await,
                 "hostile" => hostile::run(runs).await,
                 "panic" => panic::run(runs).await,
                 _ => unreachable!("checked above"),

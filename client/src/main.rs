@@ -625,6 +625,14 @@ fn main() {
     };
     // libsignal's futures are !Send, so everything runs on this one thread.
     if let Err(e) = runtime.block_on(run(cli)) {
+        // `sotto whoami | head -1`: the reader left; that is not an error.
+        let broken_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if broken_pipe {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
