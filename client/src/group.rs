@@ -130,6 +130,19 @@ pub struct Pending {
     pub name: String,
     /// When the request was filed.
     pub requested_at_ms: u64,
+    /// Members who vouched for them (groups with `vouches_required`).
+    #[serde(default)]
+    pub vouches: Vec<Uuid>,
+}
+
+impl Pending {
+    /// Vouches from accounts that are still members.
+    pub fn vouch_count(&self, state: &GroupState) -> usize {
+        self.vouches
+            .iter()
+            .filter(|v| state.member(**v).is_some())
+            .count()
+    }
 }
 
 /// Group settings.
@@ -146,6 +159,10 @@ pub struct Settings {
     /// deleted. Missing in groups made before warnings existed: 0.
     #[serde(default)]
     pub warning_retention_ms: u64,
+    /// Vetting: a join request is admitted only once this many current
+    /// members have vouched for it (0 = off). Missing in older groups: 0.
+    #[serde(default)]
+    pub vouches_required: u32,
 }
 
 /// One line of the moderation log, visible to every member.
@@ -244,6 +261,8 @@ pub enum Op {
     SetLink(Option<String>),
     /// Record a link request for approval.
     Request(Pending),
+    /// The author, a member, vouches for a pending join request.
+    Vouch(Uuid),
     /// Approve (add as member) or deny a pending request.
     Resolve {
         /// Whom.
@@ -454,6 +473,17 @@ fn apply_op(
                 return refused(format!("{} is already a member", m.name));
             }
             m.identity()?;
+            // A vetted group's join request cannot be side-stepped by adding
+            // the requester directly.
+            let needed = s.settings.vouches_required as usize;
+            if let Some(p) = s.pending.iter().find(|p| p.account == m.account)
+                && p.vouch_count(s) < needed
+            {
+                return refused(format!(
+                    "{} asked to join and needs {needed} vouches from members first",
+                    p.name
+                ));
+            }
             let mut m = m.clone();
             m.role = Role::Member;
             m.joined_at_ms = at_ms;
@@ -549,11 +579,41 @@ fn apply_op(
             s.pending.push(p.clone());
             format!("received a join request from {}", p.name)
         }
+        Op::Vouch(account) => {
+            if role.is_none() {
+                return refused("only members can vouch");
+            }
+            let needed = s.settings.vouches_required;
+            let state = s.clone();
+            let Some(p) = s.pending.iter_mut().find(|p| p.account == *account) else {
+                return refused("no such join request");
+            };
+            if p.vouches.contains(&by) {
+                return refused(format!("already vouched for {}", p.name));
+            }
+            p.vouches.push(by);
+            let have = p.vouch_count(&state);
+            if needed > 0 {
+                format!("vouched for {} ({have} of {needed})", p.name)
+            } else {
+                format!("vouched for {}", p.name)
+            }
+        }
         Op::Resolve { account, approve } => {
             require_admin(role, "approve or deny join requests")?;
             let Some(i) = s.pending.iter().position(|p| p.account == *account) else {
                 return refused("no such join request");
             };
+            // Vetting holds against admins too: every member's app refuses
+            // an admission with fewer vouches than the group requires.
+            let needed = s.settings.vouches_required as usize;
+            let have = s.pending[i].vouch_count(s);
+            if *approve && have < needed {
+                return refused(format!(
+                    "{} needs {needed} vouches from members and has {have}",
+                    s.pending[i].name
+                ));
+            }
             let p = s.pending.remove(i);
             if *approve {
                 s.members.push(Member {
@@ -605,6 +665,12 @@ fn describe_settings(old: &Settings, new: &Settings) -> String {
         parts.push(match new.disappearing_ms {
             0 => "turned disappearing messages off".to_string(),
             ms => format!("set disappearing messages to {}", human_duration(ms)),
+        });
+    }
+    if old.vouches_required != new.vouches_required {
+        parts.push(match new.vouches_required {
+            0 => "turned vetting by vouches off".to_string(),
+            n => format!("required {n} vouches from members before a join request is admitted"),
         });
     }
     if old.warning_retention_ms != new.warning_retention_ms {
@@ -992,6 +1058,7 @@ mod tests {
             identity_key: d.member().identity_key,
             name: "Dee".into(),
             requested_at_ms: 5,
+            vouches: Vec::new(),
         };
         let s = apply(&s, &a.change(&s, vec![Op::Request(p)])).expect("request");
         assert_eq!(s.pending.len(), 1);
@@ -1007,6 +1074,57 @@ mod tests {
         )
         .expect("approve");
         assert!(s.pending.is_empty());
+        assert_eq!(s.role_of(d.id), Some(Role::Member));
+    }
+
+    #[test]
+    fn vetting_needs_vouches_from_current_members_and_holds_against_admins() {
+        let (a, b, c) = (Person::new("Ann"), Person::new("Bob"), Person::new("Cat"));
+        let (d, m) = (Person::new("Dee"), Person::new("Mallory"));
+        let s = group(&a, &[&b, &c]);
+        let s = apply(
+            &s,
+            &a.change(
+                &s,
+                vec![Op::SetSettings(Settings {
+                    vouches_required: 2,
+                    ..s.settings
+                })],
+            ),
+        )
+        .expect("settings");
+        let p = Pending {
+            account: d.id,
+            identity_key: d.member().identity_key,
+            name: "Dee".into(),
+            requested_at_ms: 5,
+            vouches: Vec::new(),
+        };
+        let s = apply(&s, &a.change(&s, vec![Op::Request(p)])).expect("request");
+        let approve = Op::Resolve {
+            account: d.id,
+            approve: true,
+        };
+        // An admin cannot admit before enough members vouch, nor side-step it.
+        assert!(matches!(
+            apply(&s, &a.change(&s, vec![approve.clone()])),
+            Err(GroupError::Refused(why)) if why.contains("needs 2 vouches")
+        ));
+        assert!(apply(&s, &a.change(&s, vec![Op::Add(d.member())])).is_err());
+        // A non-member's vouch is refused; a member counts once.
+        assert!(apply(&s, &m.change(&s, vec![Op::Vouch(d.id)])).is_err());
+        let s = apply(&s, &b.change(&s, vec![Op::Vouch(d.id)])).expect("bob vouches");
+        assert!(apply(&s, &b.change(&s, vec![Op::Vouch(d.id)])).is_err());
+        assert!(apply(&s, &a.change(&s, vec![approve.clone()])).is_err());
+        // A vouch from someone removed since no longer counts.
+        let removed = apply(&s, &a.change(&s, vec![Op::Remove(b.id)])).expect("remove");
+        assert_eq!(removed.pending[0].vouch_count(&removed), 0);
+        let s = apply(&s, &c.change(&s, vec![Op::Vouch(d.id)])).expect("cat vouches");
+        assert_eq!(
+            s.log.last().map(|l| l.action.as_str()),
+            Some("vouched for Dee (2 of 2)")
+        );
+        let s = apply(&s, &a.change(&s, vec![approve])).expect("admitted");
         assert_eq!(s.role_of(d.id), Some(Role::Member));
     }
 

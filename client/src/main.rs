@@ -488,6 +488,17 @@ enum GroupCommand {
         /// 365d, or off to keep them until deleted
         #[arg(long, value_name = "DURATION|off", value_parser = duration_or_off)]
         warning_retention: Option<u64>,
+        /// Vetting: admit a join request only after N members vouch for it
+        /// (`sotto group vouch`); 0 turns it off
+        #[arg(long, value_name = "N")]
+        vouches: Option<u32>,
+    },
+    /// Vouch for someone's join request (any member); see `settings --vouches`
+    Vouch {
+        /// Group title or id prefix
+        group: String,
+        /// The requester's display name or contact code
+        who: String,
     },
     /// Print the group's join link (admins); --reset makes the old link useless
     Link {
@@ -1212,6 +1223,7 @@ async fn group_command_inner(
             approval,
             disappearing,
             warning_retention,
+            vouches,
         } => {
             let s = engine
                 .group_settings(
@@ -1220,6 +1232,7 @@ async fn group_command_inner(
                     approval,
                     disappearing,
                     warning_retention,
+                    vouches,
                 )
                 .await?;
             let on = |b: bool| if b { "on" } else { "off" };
@@ -1235,12 +1248,31 @@ async fn group_command_inner(
             )?;
             writeln!(
                 out,
+                "vouches needed to join: {}",
+                match s.vouches_required {
+                    0 => "off".to_string(),
+                    n => n.to_string(),
+                }
+            )?;
+            writeln!(
+                out,
                 "warnings kept: {}",
                 match s.warning_retention_ms {
                     0 => "until deleted".to_string(),
                     ms => sotto_client::group::human_duration(ms),
                 }
             )?;
+        }
+        GroupCommand::Vouch { group, who } => {
+            let have = engine.group_vouch(&group, &who).await?;
+            if have == usize::MAX {
+                writeln!(out, "Vouched; {who} is now a member.")?;
+            } else {
+                writeln!(
+                    out,
+                    "Vouched for {who} ({have} so far); an admin's app admits them once enough members have."
+                )?;
+            }
         }
         GroupCommand::Link { group, reset } => {
             let link = engine.group_link(&group, reset).await?;
@@ -1264,15 +1296,17 @@ async fn group_command_inner(
                         "name": p.name,
                         "code": code,
                         "requested_at": p.requested_at_ms,
+                        "vouches": p.vouches.len(),
                     });
                     writeln!(out, "{line}")?;
                 } else {
                     writeln!(
                         out,
-                        "~{}  {}  asked {}",
+                        "~{}  {}  asked {}  ({} vouches)",
                         p.name,
                         code,
-                        clock(p.requested_at_ms)
+                        clock(p.requested_at_ms),
+                        p.vouches.len()
                     )?;
                 }
             }

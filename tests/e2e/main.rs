@@ -25,4 +25,5 @@ mod relay_disk;
 mod rotation;
 mod store;
 mod udp_blocked;
+mod vetting;
 mod warnings;

@@ -733,6 +733,7 @@ impl Engine {
         approval: Option<bool>,
         disappearing_ms: Option<u64>,
         warning_retention_ms: Option<u64>,
+        vouches_required: Option<u32>,
     ) -> Result<Settings> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
@@ -741,6 +742,9 @@ impl Engine {
                 let mut s = state.settings;
                 if let Some(v) = warning_retention_ms {
                     s.warning_retention_ms = v;
+                }
+                if let Some(v) = vouches_required {
+                    s.vouches_required = v;
                 }
                 if let Some(v) = announcements_only {
                     s.announcements_only = v;
@@ -928,6 +932,7 @@ impl Engine {
                 identity_key: body.identity_key,
                 name,
                 requested_at_ms: r.received_at_ms,
+                vouches: Vec::new(),
             });
         }
         if !valid.is_empty() {
@@ -939,7 +944,7 @@ impl Engine {
                             && !state.pending.iter().any(|q| q.account == p.account)
                     })
                     .map(|p| {
-                        if state.settings.approval {
+                        if state.settings.approval || state.settings.vouches_required > 0 {
                             Op::Request(p.clone())
                         } else {
                             Op::Add(Member {
@@ -983,10 +988,87 @@ impl Engine {
     pub async fn group_requests(&mut self, query: &str) -> Result<Vec<Pending>> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
-        self.process_join_requests(g.id).await?;
+        // Admins bring new requests in; members see those already recorded
+        // (to vouch for them).
+        if self.my_role(&g).is_some_and(Role::is_admin) {
+            self.process_join_requests(g.id).await?;
+        }
         let mut g = self.find_group(&hex(&g.id))?;
         self.refresh(&mut g).await?;
         Ok(g.state.pending)
+    }
+
+    /// Vouches for a pending join request (any member). When that brings it
+    /// to the group's required number and I am an admin, it is admitted in
+    /// the same change; otherwise an admin's app admits it on its next sync.
+    pub async fn group_vouch(&mut self, query: &str, who: &str) -> Result<usize> {
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        let mut g2 = g.clone();
+        self.refresh(&mut g2).await?;
+        let target = self.find_pending(&g2.state, who)?;
+        let me = self.account.account_id;
+        let admin = self.my_role(&g2).is_some_and(Role::is_admin);
+        let state = self
+            .commit(g.id, &|state| {
+                let Some(p) = state.pending.iter().find(|p| p.account == target) else {
+                    return Ok(vec![]);
+                };
+                if p.vouches.contains(&me) {
+                    return Err(EngineError::Invalid(format!(
+                        "you already vouched for {}",
+                        p.name
+                    )));
+                }
+                let mut ops = vec![Op::Vouch(target)];
+                if admin && p.vouch_count(state) + 1 >= state.settings.vouches_required as usize {
+                    ops.push(Op::Resolve {
+                        account: target,
+                        approve: true,
+                    });
+                }
+                Ok(ops)
+            })
+            .await?;
+        Ok(state
+            .pending
+            .iter()
+            .find(|p| p.account == target)
+            .map_or(usize::MAX, |p| p.vouch_count(&state)))
+    }
+
+    /// Admits join requests that have gathered enough vouches (admins'
+    /// apps, on sync).
+    pub(super) async fn admit_vouched(&mut self, id: [u8; 16]) -> Result<()> {
+        let Some(mut g) = self.store.group(id)? else {
+            return Ok(());
+        };
+        // Members' vouches are written by their apps: look at the relay's state.
+        self.refresh(&mut g).await?;
+        let needed = g.state.settings.vouches_required as usize;
+        if needed == 0
+            || !g
+                .state
+                .pending
+                .iter()
+                .any(|p| p.vouch_count(&g.state) >= needed)
+        {
+            return Ok(());
+        }
+        self.commit(id, &|state| {
+            let needed = state.settings.vouches_required as usize;
+            Ok(state
+                .pending
+                .iter()
+                .filter(|p| needed > 0 && p.vouch_count(state) >= needed)
+                .map(|p| Op::Resolve {
+                    account: p.account,
+                    approve: true,
+                })
+                .collect())
+        })
+        .await?;
+        Ok(())
     }
 
     /// Approves or denies a pending join request (admins only).
@@ -1612,6 +1694,9 @@ impl Engine {
             }
             if g.state.link.is_some() {
                 self.process_join_requests(g.id).await?;
+            }
+            if g.state.settings.vouches_required > 0 {
+                self.admit_vouched(g.id).await?;
             }
         }
         self.store.flush().await?;
