@@ -163,6 +163,10 @@ pub struct Settings {
     /// members have vouched for it (0 = off). Missing in older groups: 0.
     #[serde(default)]
     pub vouches_required: u32,
+    /// Members (not the owner) must re-confirm their membership within this
+    /// long, or admins' apps remove them (0 = off).
+    #[serde(default)]
+    pub reconfirm_ms: u64,
 }
 
 /// One line of the moderation log, visible to every member.
@@ -199,12 +203,41 @@ pub struct GroupState {
     pub rekey_needed: bool,
     /// Moderation log, oldest first (the last [`KEPT_LOG`]).
     pub log: Vec<LogEntry>,
+    /// When each member last re-confirmed their membership (groups with
+    /// `reconfirm_ms`); a member not listed counts from when they joined.
+    #[serde(default)]
+    pub confirmations: Vec<Confirmation>,
+}
+
+/// A member's latest re-confirmation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// Whose.
+    pub account: Uuid,
+    /// When (their clock, ms since the epoch).
+    pub at_ms: u64,
 }
 
 impl GroupState {
     /// The member with this account id.
     pub fn member(&self, account: Uuid) -> Option<&Member> {
         self.members.iter().find(|m| m.account == account)
+    }
+
+    /// When `account` must re-confirm by (ms since the epoch), in a group
+    /// with `reconfirm_ms`; `None` for the owner, non-members, or no setting.
+    pub fn reconfirm_due(&self, account: Uuid) -> Option<u64> {
+        let every = self.settings.reconfirm_ms;
+        let m = self.member(account)?;
+        if every == 0 || m.role == Role::Owner {
+            return None;
+        }
+        let last = self
+            .confirmations
+            .iter()
+            .find(|c| c.account == account)
+            .map_or(m.joined_at_ms, |c| c.at_ms.max(m.joined_at_ms));
+        Some(last.saturating_add(every))
     }
 
     /// The role of `account`, if a member.
@@ -263,6 +296,8 @@ pub enum Op {
     Request(Pending),
     /// The author, a member, vouches for a pending join request.
     Vouch(Uuid),
+    /// The author re-confirms their membership.
+    Reconfirm,
     /// Approve (add as member) or deny a pending request.
     Resolve {
         /// Whom.
@@ -361,6 +396,7 @@ pub fn genesis(id: &str) -> GroupState {
         pending: Vec::new(),
         rekey_needed: false,
         log: Vec::new(),
+        confirmations: Vec::new(),
     }
 }
 
@@ -504,6 +540,7 @@ fn apply_op(
             }
             let line = format!("removed {}", name_of(s, *who));
             s.members.retain(|m| m.account != *who);
+            s.confirmations.retain(|c| c.account != *who);
             s.rekey_needed = true;
             line
         }
@@ -512,6 +549,7 @@ fn apply_op(
                 return refused("not a member");
             };
             s.members.retain(|m| m.account != by);
+            s.confirmations.retain(|c| c.account != by);
             if leaving == Role::Owner {
                 // Ownership passes to the longest-serving admin, else member.
                 let heir = s
@@ -599,6 +637,14 @@ fn apply_op(
                 format!("vouched for {}", p.name)
             }
         }
+        Op::Reconfirm => {
+            if role.is_none() {
+                return refused("only members can re-confirm");
+            }
+            s.confirmations.retain(|c| c.account != by);
+            s.confirmations.push(Confirmation { account: by, at_ms });
+            "re-confirmed their membership".into()
+        }
         Op::Resolve { account, approve } => {
             require_admin(role, "approve or deny join requests")?;
             let Some(i) = s.pending.iter().position(|p| p.account == *account) else {
@@ -671,6 +717,15 @@ fn describe_settings(old: &Settings, new: &Settings) -> String {
         parts.push(match new.vouches_required {
             0 => "turned vetting by vouches off".to_string(),
             n => format!("required {n} vouches from members before a join request is admitted"),
+        });
+    }
+    if old.reconfirm_ms != new.reconfirm_ms {
+        parts.push(match new.reconfirm_ms {
+            0 => "turned re-confirmation off".to_string(),
+            ms => format!(
+                "required members to re-confirm every {}",
+                human_duration(ms)
+            ),
         });
     }
     if old.warning_retention_ms != new.warning_retention_ms {
@@ -1126,6 +1181,33 @@ mod tests {
         );
         let s = apply(&s, &a.change(&s, vec![approve])).expect("admitted");
         assert_eq!(s.role_of(d.id), Some(Role::Member));
+    }
+
+    #[test]
+    fn reconfirmation_moves_the_deadline_and_only_members_can() {
+        let (a, b, m) = (Person::new("Ann"), Person::new("Bob"), Person::new("Mallory"));
+        let s = group(&a, &[&b]);
+        assert_eq!(s.reconfirm_due(b.id), None, "off by default");
+        let s = apply(
+            &s,
+            &a.change(
+                &s,
+                vec![Op::SetSettings(Settings {
+                    reconfirm_ms: 500,
+                    ..s.settings
+                })],
+            ),
+        )
+        .expect("settings");
+        // Joined at 1000 (the test clock): due at 1500; the owner never is.
+        assert_eq!(s.reconfirm_due(b.id), Some(1500));
+        assert_eq!(s.reconfirm_due(a.id), None);
+        assert!(apply(&s, &m.change(&s, vec![Op::Reconfirm])).is_err());
+        let mut change = b.change(&s, vec![Op::Reconfirm]);
+        change.body.at_ms = 4000;
+        let change = SignedChange::sign(change.body, &b.key, &mut rand::rng()).expect("sign");
+        let s = apply(&s, &change).expect("reconfirm");
+        assert_eq!(s.reconfirm_due(b.id), Some(4500));
     }
 
     proptest::proptest! {

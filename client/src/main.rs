@@ -492,6 +492,15 @@ enum GroupCommand {
         /// (`sotto group vouch`); 0 turns it off
         #[arg(long, value_name = "N")]
         vouches: Option<u32>,
+        /// Members must re-confirm (`sotto group reconfirm`) within this long,
+        /// e.g. 180d, or admins' apps remove them; off turns it off
+        #[arg(long, value_name = "DURATION|off", value_parser = duration_or_off)]
+        reconfirm: Option<u64>,
+    },
+    /// Re-confirm that you still want to be in the group (see `settings --reconfirm`)
+    Reconfirm {
+        /// Group title or id prefix
+        group: String,
     },
     /// Vouch for someone's join request (any member); see `settings --vouches`
     Vouch {
@@ -1224,6 +1233,7 @@ async fn group_command_inner(
             disappearing,
             warning_retention,
             vouches,
+            reconfirm,
         } => {
             let s = engine
                 .group_settings(
@@ -1233,6 +1243,7 @@ async fn group_command_inner(
                     disappearing,
                     warning_retention,
                     vouches,
+                    reconfirm,
                 )
                 .await?;
             let on = |b: bool| if b { "on" } else { "off" };
@@ -1256,6 +1267,14 @@ async fn group_command_inner(
             )?;
             writeln!(
                 out,
+                "re-confirm every: {}",
+                match s.reconfirm_ms {
+                    0 => "off".to_string(),
+                    ms => sotto_client::group::human_duration(ms),
+                }
+            )?;
+            writeln!(
+                out,
                 "warnings kept: {}",
                 match s.warning_retention_ms {
                     0 => "until deleted".to_string(),
@@ -1263,6 +1282,14 @@ async fn group_command_inner(
                 }
             )?;
         }
+        GroupCommand::Reconfirm { group } => match engine.group_reconfirm(&group).await? {
+            Some(due) => writeln!(
+                out,
+                "Re-confirmed; next due by {}.",
+                sotto_client::engine::day_time(due)
+            )?,
+            None => writeln!(out, "Re-confirmed.")?,
+        },
         GroupCommand::Vouch { group, who } => {
             let have = engine.group_vouch(&group, &who).await?;
             if have == usize::MAX {

@@ -62,3 +62,62 @@ fn a_join_request_needs_vouches_from_members() {
         assert!(log.contains(line), "missing {line:?} in\n{log}");
     }
 }
+
+/// `--reconfirm`: members who do not re-confirm in time are removed by an
+/// admin's app (with the usual key rotation); those who do stay; the owner
+/// is exempt.
+#[test]
+fn members_who_do_not_reconfirm_are_removed() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann");
+    let bob = User::new(&relay, "Bob");
+    let cat = User::new(&relay, "Cat");
+    ann.add_contact("bob", &bob);
+    ann.add_contact("cat", &cat);
+    ann.ok(&["group", "create", TITLE]);
+    ann.ok(&["group", "add", TITLE, "bob", "cat"]);
+    bob.ok(&["sync"]);
+    cat.ok(&["sync"]);
+    let start = std::time::Instant::now();
+    let out = ann.ok(&["group", "settings", TITLE, "--reconfirm", "12s"]);
+    assert!(out.contains("re-confirm every: 12s"), "{out}");
+    // Members are told when their re-confirmation is near.
+    let out = bob.run(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sotto group reconfirm"),
+        "{out:?}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(6).saturating_sub(start.elapsed()));
+    let out = bob.ok(&["group", "reconfirm", TITLE]);
+    assert!(out.contains("next due by"), "{out}");
+    // Past Cat's deadline (joined before the setting), well before Bob's.
+    std::thread::sleep(std::time::Duration::from_secs(14).saturating_sub(start.elapsed()));
+    ann.ok(&["sync"]);
+    let members: Vec<String> =
+        parse_json_lines(&ann.ok(&["group", "members", TITLE, "--json"]), "members")
+            .iter()
+            .filter_map(|m| m["name"].as_str().map(String::from))
+            .collect();
+    assert!(
+        members.contains(&"Ann".to_string()),
+        "the owner stays: {members:?}"
+    );
+    assert!(
+        members.contains(&"bob".to_string()),
+        "Bob re-confirmed: {members:?}"
+    );
+    assert!(
+        !members.contains(&"cat".to_string()),
+        "Cat did not: {members:?}"
+    );
+    let log = ann.ok(&["group", "log", TITLE]);
+    assert!(
+        log.contains("removed cat") && log.contains("rotated the group key"),
+        "{log}"
+    );
+    // Cat no longer gets the group's messages.
+    bob.ok(&["sync"]);
+    bob.ok(&["group", "send", TITLE, "after the purge"]);
+    let _ = cat.run(&["sync"]);
+    assert!(!texts(&cat.history_json(TITLE)).contains(&"after the purge".to_string()));
+}

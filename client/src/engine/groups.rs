@@ -734,6 +734,7 @@ impl Engine {
         disappearing_ms: Option<u64>,
         warning_retention_ms: Option<u64>,
         vouches_required: Option<u32>,
+        reconfirm_ms: Option<u64>,
     ) -> Result<Settings> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
@@ -745,6 +746,9 @@ impl Engine {
                 }
                 if let Some(v) = vouches_required {
                     s.vouches_required = v;
+                }
+                if let Some(v) = reconfirm_ms {
+                    s.reconfirm_ms = v;
                 }
                 if let Some(v) = announcements_only {
                     s.announcements_only = v;
@@ -1035,6 +1039,80 @@ impl Engine {
             .iter()
             .find(|p| p.account == target)
             .map_or(usize::MAX, |p| p.vouch_count(&state)))
+    }
+
+    /// Re-confirms my membership (groups with `--reconfirm`). Returns when
+    /// the next re-confirmation is due.
+    pub async fn group_reconfirm(&mut self, query: &str) -> Result<Option<u64>> {
+        let g = self.find_group(query)?;
+        self.require_active(&g)?;
+        let state = self.commit(g.id, &|_| Ok(vec![Op::Reconfirm])).await?;
+        Ok(state.reconfirm_due(self.account.account_id))
+    }
+
+    /// Removes members whose re-confirmation is overdue (admins' apps, on
+    /// sync), then rotates the key as for any removal.
+    pub(super) async fn remove_unconfirmed(&mut self, id: [u8; 16]) -> Result<()> {
+        let Some(mut g) = self.store.group(id)? else {
+            return Ok(());
+        };
+        self.refresh(&mut g).await?;
+        let now = now_ms();
+        let overdue = |state: &GroupState| -> Vec<Uuid> {
+            state
+                .members
+                .iter()
+                .filter(|m| state.reconfirm_due(m.account).is_some_and(|due| due < now))
+                .map(|m| m.account)
+                .collect()
+        };
+        if overdue(&g.state).is_empty() {
+            return Ok(());
+        }
+        let me = self.account.account_id;
+        let state = self
+            .commit(id, &|state| {
+                Ok(overdue(state)
+                    .into_iter()
+                    .filter(|a| *a != me)
+                    .map(Op::Remove)
+                    .collect())
+            })
+            .await?;
+        if state.rekey_needed {
+            self.commit(id, &|state| {
+                Ok(if state.rekey_needed {
+                    vec![Op::RotateKey]
+                } else {
+                    vec![]
+                })
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Tells me about groups where my re-confirmation is due within two weeks.
+    fn reconfirm_notices(&mut self) -> Result<()> {
+        let me = self.account.account_id;
+        let soon = now_ms() + 14 * 86_400_000;
+        for g in self.store.groups()? {
+            if !g.active {
+                continue;
+            }
+            if let Some(due) = g.state.reconfirm_due(me)
+                && due < soon
+            {
+                self.notices.push(Notice::Group(format!(
+                    "re-confirm your membership of {:?} by {} or you will be removed: \
+                     sotto group reconfirm {:?}",
+                    g.state.title,
+                    super::day_time(due),
+                    g.state.title
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Admits join requests that have gathered enough vouches (admins'
@@ -1678,6 +1756,7 @@ impl Engine {
     /// in; everyone deletes messages whose timer ran out.
     pub(super) async fn group_housekeeping(&mut self) -> Result<()> {
         self.store.purge_expired(now_ms())?;
+        self.reconfirm_notices()?;
         for g in self.store.groups()? {
             if !self.my_role(&g).is_some_and(Role::is_admin) {
                 continue;
@@ -1697,6 +1776,9 @@ impl Engine {
             }
             if g.state.settings.vouches_required > 0 {
                 self.admit_vouched(g.id).await?;
+            }
+            if g.state.settings.reconfirm_ms > 0 {
+                self.remove_unconfirmed(g.id).await?;
             }
         }
         self.store.flush().await?;
