@@ -43,6 +43,7 @@ use crate::store::{
 use crate::transport::{Connection, Route, TransportError};
 
 mod groups;
+pub use groups::SettingsChange;
 mod notes;
 mod warnings;
 

@@ -1185,7 +1185,11 @@ mod tests {
 
     #[test]
     fn reconfirmation_moves_the_deadline_and_only_members_can() {
-        let (a, b, m) = (Person::new("Ann"), Person::new("Bob"), Person::new("Mallory"));
+        let (a, b, m) = (
+            Person::new("Ann"),
+            Person::new("Bob"),
+            Person::new("Mallory"),
+        );
         let s = group(&a, &[&b]);
         assert_eq!(s.reconfirm_due(b.id), None, "off by default");
         let s = apply(

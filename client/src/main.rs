@@ -1238,12 +1238,14 @@ async fn group_command_inner(
             let s = engine
                 .group_settings(
                     &group,
-                    announcements_only,
-                    approval,
-                    disappearing,
-                    warning_retention,
-                    vouches,
-                    reconfirm,
+                    sotto_client::engine::SettingsChange {
+                        announcements_only,
+                        approval,
+                        disappearing_ms: disappearing,
+                        warning_retention_ms: warning_retention,
+                        vouches_required: vouches,
+                        reconfirm_ms: reconfirm,
+                    },
                 )
                 .await?;
             let on = |b: bool| if b { "on" } else { "off" };

@@ -725,40 +725,17 @@ impl Engine {
         Ok(())
     }
 
-    /// Changes settings; `None` leaves one as it is. Returns the settings now in force.
+    /// Changes the settings `change` names. Returns the settings now in force.
     pub async fn group_settings(
         &mut self,
         query: &str,
-        announcements_only: Option<bool>,
-        approval: Option<bool>,
-        disappearing_ms: Option<u64>,
-        warning_retention_ms: Option<u64>,
-        vouches_required: Option<u32>,
-        reconfirm_ms: Option<u64>,
+        change: SettingsChange,
     ) -> Result<Settings> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
         let state = self
             .commit(g.id, &|state| {
-                let mut s = state.settings;
-                if let Some(v) = warning_retention_ms {
-                    s.warning_retention_ms = v;
-                }
-                if let Some(v) = vouches_required {
-                    s.vouches_required = v;
-                }
-                if let Some(v) = reconfirm_ms {
-                    s.reconfirm_ms = v;
-                }
-                if let Some(v) = announcements_only {
-                    s.announcements_only = v;
-                }
-                if let Some(v) = approval {
-                    s.approval = v;
-                }
-                if let Some(v) = disappearing_ms {
-                    s.disappearing_ms = v;
-                }
+                let s = change.applied_to(state.settings);
                 Ok(if s == state.settings {
                     vec![]
                 } else {
@@ -1883,6 +1860,47 @@ impl Engine {
         let g = self.find_group(query)?;
         self.commit_with(g.id, &|_| Ok(ops.clone()), false).await?;
         Ok(())
+    }
+}
+
+/// Settings to change; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SettingsChange {
+    /// Only admins may post.
+    pub announcements_only: Option<bool>,
+    /// Link joins wait for approval.
+    pub approval: Option<bool>,
+    /// Disappearing timer, ms (0 = off).
+    pub disappearing_ms: Option<u64>,
+    /// Warning retention, ms (0 = until deleted).
+    pub warning_retention_ms: Option<u64>,
+    /// Vouches a join request needs (0 = off).
+    pub vouches_required: Option<u32>,
+    /// Re-confirmation period, ms (0 = off).
+    pub reconfirm_ms: Option<u64>,
+}
+
+impl SettingsChange {
+    fn applied_to(self, mut s: Settings) -> Settings {
+        if let Some(v) = self.announcements_only {
+            s.announcements_only = v;
+        }
+        if let Some(v) = self.approval {
+            s.approval = v;
+        }
+        if let Some(v) = self.disappearing_ms {
+            s.disappearing_ms = v;
+        }
+        if let Some(v) = self.warning_retention_ms {
+            s.warning_retention_ms = v;
+        }
+        if let Some(v) = self.vouches_required {
+            s.vouches_required = v;
+        }
+        if let Some(v) = self.reconfirm_ms {
+            s.reconfirm_ms = v;
+        }
+        s
     }
 }
 
