@@ -39,7 +39,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::common::{Account, Bench, Figure, local_keys, ms, register, session_from_relay};
+use crate::common::{
+    Account, Bench, Figure, local_keys, ms, register, sender_certificate, session_from_relay,
+};
 
 /// Messages waiting in the mailbox when the recipient comes back (the
 /// relay's default mailbox cap is exactly this many).
@@ -205,17 +207,6 @@ async fn one_run() -> anyhow::Result<Measured> {
         drain,
         ceiling,
     })
-}
-
-/// A sender certificate for the sender's authenticated connection.
-async fn sender_certificate(conn: &Connection) -> anyhow::Result<SenderCertificate> {
-    let Resp::SenderCertificate(cert) = conn
-        .request(Req::SenderCertificate(relay::SenderCertificateRequest {}))
-        .await?
-    else {
-        anyhow::bail!("unexpected answer to SenderCertificate");
-    };
-    Ok(SenderCertificate::deserialize(&cert.certificate)?)
 }
 
 /// Encrypts and sends `MESSAGES` texts to `recipient`, keeping up to

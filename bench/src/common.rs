@@ -6,7 +6,8 @@ use std::time::Duration;
 use libsignal_protocol::{
     DeviceId, GenericSignedPreKey, IdentityKey, IdentityKeyPair, InMemSignalProtocolStore, KeyPair,
     KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
-    PublicKey, SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem, process_prekey_bundle,
+    PublicKey, SenderCertificate, SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem,
+    process_prekey_bundle,
 };
 use rand::Rng;
 use serde::Serialize;
@@ -401,6 +402,29 @@ pub(crate) fn quantile(values: &[f64], q: f64) -> f64 {
 /// Seconds as f64 milliseconds.
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// A sender certificate for an authenticated connection.
+pub(crate) async fn sender_certificate(conn: &Connection) -> anyhow::Result<SenderCertificate> {
+    let Resp::SenderCertificate(cert) = conn
+        .request(Req::SenderCertificate(relay::SenderCertificateRequest {}))
+        .await?
+    else {
+        anyhow::bail!("unexpected answer to SenderCertificate");
+    };
+    Ok(SenderCertificate::deserialize(&cert.certificate)?)
+}
+
+/// CPU time (user + system) a process has used, in seconds, from
+/// `/proc/<pid>/stat` (`pid` may be "self"; Linux, 100 clock ticks a second).
+pub(crate) fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let rest = stat.rsplit_once(") ")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 #[cfg(test)]

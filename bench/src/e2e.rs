@@ -44,7 +44,9 @@ use sotto_wire::relay::{self, Envelope, request::Kind as Req, response::Kind as 
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::common::{Bench, Figure, median, quantile, register, session_from_relay};
+use crate::common::{
+    Bench, Figure, cpu_seconds, median, quantile, register, sender_certificate, session_from_relay,
+};
 
 /// Sender/recipient pairs (40 authenticated connections).
 const PAIRS: usize = 20;
@@ -614,17 +616,6 @@ fn open(
     .context("libsignal's in-memory store did not answer at once")??)
 }
 
-/// A sender certificate for an authenticated connection.
-async fn sender_certificate(conn: &Connection) -> anyhow::Result<SenderCertificate> {
-    let Resp::SenderCertificate(cert) = conn
-        .request(Req::SenderCertificate(relay::SenderCertificateRequest {}))
-        .await?
-    else {
-        bail!("unexpected answer to SenderCertificate");
-    };
-    Ok(SenderCertificate::deserialize(&cert.certificate)?)
-}
-
 /// One durable `Send`.
 async fn send(conn: &Connection, to: Uuid, envelope: Vec<u8>) -> anyhow::Result<()> {
     let answer = conn
@@ -706,13 +697,4 @@ impl Cpu {
             cores(self.own, earlier.own),
         )
     }
-}
-
-/// User + system CPU seconds of `/proc/<pid>/stat` (Linux, 100 ticks a second).
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(") ")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
 }

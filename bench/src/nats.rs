@@ -38,7 +38,7 @@ use futures_util::StreamExt;
 use rand::RngCore;
 use tokio::task::JoinSet;
 
-use crate::common::{Figure, median};
+use crate::common::{Figure, cpu_seconds, median};
 
 /// Publisher/recipient pairs (as in `throughput.rs`).
 const PAIRS: usize = 100;
@@ -158,12 +158,12 @@ async fn measure(binary: &Path, sync: Fsync, runs: usize) -> anyhow::Result<Meas
     };
     let total = PAIRS * MESSAGES_PER_PAIR;
     for round in 0..=runs {
-        let cpu_before = cpu_seconds(server.child.id());
+        let cpu_before = cpu_seconds(&server.child.id().to_string());
         let elapsed = world
             .round(round as u32)
             .await
             .with_context(|| format!("round {round}; {}", server.log_tail()))?;
-        let cpu = cpu_seconds(server.child.id())
+        let cpu = cpu_seconds(&server.child.id().to_string())
             .zip(cpu_before)
             .map(|(after, before)| (after - before) / elapsed.as_secs_f64());
         let rate = total as f64 / elapsed.as_secs_f64();
@@ -641,16 +641,6 @@ fn read_stamp(payload: &[u8]) -> Option<(u32, u32)> {
         u32::from_be_bytes(payload.get(0..4)?.try_into().ok()?),
         u32::from_be_bytes(payload.get(4..8)?.try_into().ok()?),
     ))
-}
-
-/// CPU time (user + system) a process has used, in seconds (Linux; the
-/// usual 100 clock ticks per second).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(") ")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
 }
 
 #[cfg(test)]

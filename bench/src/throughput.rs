@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
-use crate::common::{Bench, Figure, median, ms, quantile, register, roomy_endpoint};
+use crate::common::{Bench, Figure, cpu_seconds, median, ms, quantile, register, roomy_endpoint};
 
 /// Sender/recipient pairs (200 authenticated connections to the relay).
 const PAIRS: usize = 100;
@@ -619,7 +619,11 @@ impl World {
             .map(|a| a.port());
         Probe {
             at: Instant::now(),
-            cpu_seconds: self.bench.relay.pid().and_then(cpu_seconds),
+            cpu_seconds: self
+                .bench
+                .relay
+                .pid()
+                .and_then(|pid| cpu_seconds(&pid.to_string())),
             drops: port.and_then(udp_drops),
         }
     }
@@ -731,18 +735,6 @@ fn udp_drops(port: u16) -> Option<u64> {
             .then(|| fields.last()?.parse().ok())
             .flatten()
     })
-}
-
-/// CPU time (user + system) a process has used, in seconds (Linux; assumes
-/// the usual 100 clock ticks per second).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(") ")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
 }
 
 /// Sends one request with a timeout naming the request on failure.

@@ -215,29 +215,30 @@ pub struct PanicReport {
 /// running `sotto listen`): destroys the erase key and deletes the files;
 /// the relay keeps the account until its operator removes it.
 pub fn panic_offline(home: &Path) -> PanicReport {
+    let (erased, erase_ms) = erase_timed(home);
+    PanicReport {
+        erased,
+        erase_ms,
+        deregistered: None,
+        files_removed: remove_profile_files(home),
+    }
+}
+
+/// Destroys the profile's erase key; says whether there was one, and how
+/// long it took (ms).
+fn erase_timed(home: &Path) -> (std::result::Result<bool, String>, f64) {
     let started = std::time::Instant::now();
     let erased = Store::crypto_erase(&store_dir(home)).map_err(|e| e.to_string());
-    let erase_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut report = panic_files(home);
-    report.erased = erased;
-    report.erase_ms = erase_ms;
-    report
+    (erased, started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Deletes the profile's store and control socket.
-fn panic_files(home: &Path) -> PanicReport {
-    let dir = store_dir(home);
-    let files_removed = match std::fs::remove_dir_all(&dir) {
+fn remove_profile_files(home: &Path) -> std::result::Result<(), String> {
+    let _ = std::fs::remove_file(home.join("control.sock"));
+    match std::fs::remove_dir_all(store_dir(home)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e.to_string()),
-    };
-    let _ = std::fs::remove_file(home.join("control.sock"));
-    PanicReport {
-        erased: Ok(false),
-        erase_ms: 0.0,
-        deregistered: None,
-        files_removed,
     }
 }
 
@@ -338,9 +339,7 @@ impl Engine {
     /// later learns the passphrase), then deletes the account at the relay
     /// with the keys still in memory, then deletes the profile's files.
     pub async fn panic(mut self, home: &Path, deregister: bool) -> PanicReport {
-        let started = std::time::Instant::now();
-        let erased = Store::crypto_erase(&store_dir(home));
-        let erase_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (erased, erase_ms) = erase_timed(home);
         let deregistered = if deregister {
             let attempt = async {
                 let conn = self.connection().await?;
@@ -363,11 +362,12 @@ impl Engine {
             None
         };
         drop(self);
-        let mut report = panic_files(home);
-        report.erased = erased.map_err(|e| e.to_string());
-        report.erase_ms = erase_ms;
-        report.deregistered = deregistered;
-        report
+        PanicReport {
+            erased,
+            erase_ms,
+            deregistered,
+            files_removed: remove_profile_files(home),
+        }
     }
 
     /// Opens an existing profile.

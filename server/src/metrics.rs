@@ -161,60 +161,48 @@ impl Metrics {
     /// `queued` read by the caller.
     pub fn render(&self, connections: usize, queued: usize, disk_free: u64) -> String {
         let mut out = String::new();
-        head(
-            &mut out,
-            "sotto_disk_free_bytes",
-            "gauge",
-            "Free space on the database's filesystem (refusals start below min_free_disk_bytes).",
-        );
-        let _ = writeln!(out, "sotto_disk_free_bytes {disk_free}");
-        head(
-            &mut out,
-            "sotto_connections",
-            "gauge",
-            "Client connections open now (QUIC and TCP).",
-        );
-        let _ = writeln!(out, "sotto_connections {connections}");
-        head(
-            &mut out,
-            "sotto_queued_envelopes",
-            "gauge",
-            "Envelopes waiting in mailboxes.",
-        );
-        let _ = writeln!(out, "sotto_queued_envelopes {queued}");
-        head(
-            &mut out,
-            "sotto_envelopes_in_total",
-            "counter",
-            "Envelopes stored for delivery.",
-        );
-        let _ = writeln!(
-            out,
-            "sotto_envelopes_in_total {}",
-            self.envelopes_in.load(Ordering::Relaxed)
-        );
-        head(
-            &mut out,
-            "sotto_envelopes_out_total",
-            "counter",
-            "Envelopes delivered and acknowledged by their recipient.",
-        );
-        let _ = writeln!(
-            out,
-            "sotto_envelopes_out_total {}",
-            self.envelopes_out.load(Ordering::Relaxed)
-        );
-        head(
-            &mut out,
-            "sotto_pushes_total",
-            "counter",
-            "Envelopes pushed to live connections.",
-        );
-        let _ = writeln!(
-            out,
-            "sotto_pushes_total {}",
-            self.pushes.load(Ordering::Relaxed)
-        );
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        for (name, kind, help, value) in [
+            (
+                "sotto_disk_free_bytes",
+                "gauge",
+                "Free space on the database's filesystem (refusals start below min_free_disk_bytes).",
+                disk_free,
+            ),
+            (
+                "sotto_connections",
+                "gauge",
+                "Client connections open now (QUIC and TCP).",
+                connections as u64,
+            ),
+            (
+                "sotto_queued_envelopes",
+                "gauge",
+                "Envelopes waiting in mailboxes.",
+                queued as u64,
+            ),
+            (
+                "sotto_envelopes_in_total",
+                "counter",
+                "Envelopes stored for delivery.",
+                load(&self.envelopes_in),
+            ),
+            (
+                "sotto_envelopes_out_total",
+                "counter",
+                "Envelopes delivered and acknowledged by their recipient.",
+                load(&self.envelopes_out),
+            ),
+            (
+                "sotto_pushes_total",
+                "counter",
+                "Envelopes pushed to live connections.",
+                load(&self.pushes),
+            ),
+        ] {
+            head(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
         head(
             &mut out,
             "sotto_requests_refused_total",

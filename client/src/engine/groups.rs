@@ -1057,15 +1057,21 @@ impl Engine {
             })
             .await?;
         if state.rekey_needed {
-            self.commit(id, &|state| {
-                Ok(if state.rekey_needed {
-                    vec![Op::RotateKey]
-                } else {
-                    vec![]
-                })
-            })
-            .await?;
+            self.rotate_if_needed(id).await?;
         }
+        Ok(())
+    }
+
+    /// Rotates the group key if a removal or departure asked for it.
+    async fn rotate_if_needed(&mut self, id: [u8; 16]) -> Result<()> {
+        self.commit(id, &|state| {
+            Ok(if state.rekey_needed {
+                vec![Op::RotateKey]
+            } else {
+                vec![]
+            })
+        })
+        .await?;
         Ok(())
     }
 
@@ -1739,14 +1745,7 @@ impl Engine {
                 continue;
             }
             if g.state.rekey_needed {
-                self.commit(g.id, &|state| {
-                    Ok(if state.rekey_needed {
-                        vec![Op::RotateKey]
-                    } else {
-                        vec![]
-                    })
-                })
-                .await?;
+                self.rotate_if_needed(g.id).await?;
             }
             if g.state.link.is_some() {
                 self.process_join_requests(g.id).await?;

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use super::groups::{Admitted, content as new_content};
 use super::{Content, Engine, EngineError, MAX_TEXT_BYTES, Result, content, hex, now_ms};
-use crate::routes::{Card, GivenDate, Routes, today};
+use crate::routes::{Card, Date, GivenDate, Routes, today};
 use crate::store::{MessageDirection, MessageRecord, MessageStatus, WarningRecord};
 
 /// The kinds of behaviour a warning can name.
@@ -195,42 +195,17 @@ fn fold_accent(c: char) -> char {
     }
 }
 
-/// Checks a `when`: empty, `YYYY-MM` or `YYYY-MM-DD` with a real month and day.
+/// Checks a `when`: empty, `YYYY-MM` or `YYYY-MM-DD` with a real month and
+/// day (parsed as route cards parse dates), from 1900 on.
 pub fn check_when(when: &str) -> std::result::Result<(), String> {
     if when.is_empty() {
         return Ok(());
     }
-    let bad = || format!("--when {when:?}: expected a month like 2024-03 or a day like 2024-03-14");
-    let parts: Vec<&str> = when.split('-').collect();
-    let num = |s: &str, len: usize| -> std::result::Result<u32, String> {
-        if s.len() != len || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        s.parse().map_err(|_| bad())
-    };
-    match parts.as_slice() {
-        [y, m] | [y, m, _] => {
-            let year = num(y, 4)?;
-            let month = num(m, 2)?;
-            if !(1..=12).contains(&month) || year < 1900 {
-                return Err(bad());
-            }
-            if let [_, _, d] = parts.as_slice() {
-                let day = num(d, 2)?;
-                let leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
-                let days = match month {
-                    2 if leap => 29,
-                    2 => 28,
-                    4 | 6 | 9 | 11 => 30,
-                    _ => 31,
-                };
-                if !(1..=days).contains(&day) {
-                    return Err(bad());
-                }
-            }
-            Ok(())
-        }
-        _ => Err(bad()),
+    match GivenDate::parse(when) {
+        Ok(g) if g.date.year() >= 1900 && when.trim() == when => Ok(()),
+        _ => Err(format!(
+            "--when {when:?}: expected a month like 2024-03 or a day like 2024-03-14"
+        )),
     }
 }
 
@@ -378,10 +353,9 @@ impl Engine {
         self.store.insert_warning(&warning)?;
         let entry = self.group_entry(&g, id, &body);
         self.send_stored(&record, &entry).await?;
-        let card = Routes::from_env().ok().and_then(|r| {
-            r.card_data(&warning.kind, GivenDate::parse(&warning.when).ok(), today())
-                .ok()
-        });
+        let card = Routes::from_env()
+            .ok()
+            .and_then(|r| route_card(&r, &warning.kind, &warning.when, today()));
         Ok(view(&warning, &g.state.title, me, card))
     }
 
@@ -467,10 +441,7 @@ impl Engine {
         let routes =
             Routes::from_env().map_err(|e| EngineError::Invalid(format!("SOTTO_ROUTES: {e}")))?;
         let today = today();
-        let card = |kind: &str, when: &str| {
-            let date = GivenDate::parse(when).ok();
-            routes.card_data(kind, date, today).ok()
-        };
+        let card = |kind: &str, when: &str| route_card(&routes, kind, when, today);
         let only = match group {
             Some(q) => Some(self.find_group(q)?.id),
             None => None,
@@ -602,6 +573,13 @@ impl Engine {
     }
 }
 
+/// Where a warning of `kind` dated `when` can go, with its deadlines.
+fn route_card(routes: &Routes, kind: &str, when: &str, today: Date) -> Option<Card> {
+    routes
+        .card_data(kind, GivenDate::parse(when).ok(), today)
+        .ok()
+}
+
 fn view(w: &WarningRecord, group: &str, me: Uuid, routes: Option<Card>) -> WarningView {
     WarningView {
         id: hex(&w.id),
@@ -634,18 +612,7 @@ pub fn day_time(ms: u64) -> String {
 
 /// `YYYY-MM-DD` (UTC) of a time in ms since the epoch.
 pub fn day_of(ms: u64) -> String {
-    let days = (ms / 86_400_000) as i64;
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    Date::from_days_since_epoch((ms / 86_400_000) as i64).to_string()
 }
 
 #[cfg(test)]

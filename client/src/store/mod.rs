@@ -793,14 +793,19 @@ impl Store {
         }
         self.remove(TREE_MESSAGES, &key)?;
         self.remove(TREE_EXPIRING, &key)?;
-        // A deleted warning message takes its warning with it, if the
-        // warning is the same author's.
+        self.remove_warning_of(peer, id)?;
+        Ok(true)
+    }
+
+    /// Removes the warning message `(author, id)` carried, if any: only the
+    /// same author's, so another member's message reusing the id cannot.
+    fn remove_warning_of(&self, author: Uuid, id: [u8; 16]) -> Result<()> {
         if let Some(w) = self.get_json::<WarningRecord>(TREE_WARNINGS, &id)?
-            && w.author == peer
+            && w.author == author
         {
             self.remove(TREE_WARNINGS, &id)?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Saves a warning; false if one with this id was already stored.
@@ -841,21 +846,18 @@ impl Store {
     }
 
     /// Deletes every message whose disappearing timer ran out by `now_ms`,
-    /// and every warning past its group's warning retention.
+    /// with the warning a message carried (past its warning retention).
     pub fn purge_expired(&self, now_ms: u64) -> Result<usize> {
         let timed: Vec<(Uuid, [u8; 16], u64)> = self.scan_json(TREE_EXPIRING)?;
         let mut n = 0;
-        for w in self.warnings()? {
-            if w.expires_at_ms.is_some_and(|at| at <= now_ms) {
-                self.remove(TREE_WARNINGS, &w.id)?;
-                n += 1;
-            }
-        }
         for (peer, id, at) in timed {
             if at <= now_ms {
                 let key = message_key(peer, id);
                 self.remove(TREE_MESSAGES, &key)?;
                 self.remove(TREE_EXPIRING, &key)?;
+                // A warning expires with the message that carried it (both
+                // get the warning retention), found through the same index.
+                self.remove_warning_of(peer, id)?;
                 n += 1;
             }
         }

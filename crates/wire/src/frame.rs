@@ -77,19 +77,17 @@ where
     M: Message + Default,
     R: AsyncRead + Unpin,
 {
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    while filled < HEADER_LEN {
-        let n = reader.read(&mut header[filled..]).await?;
-        if n == 0 {
-            return Err(if filled == 0 {
-                FrameError::Eof
-            } else {
-                FrameError::Truncated
-            });
-        }
-        filled += n;
-    }
+    let body = read_raw(reader, max).await?;
+    Ok(M::decode(body.as_slice())?)
+}
+
+/// Reads one frame's body without decoding it, refusing lengths over `max`
+/// before allocating. [`FrameError::Eof`] if the stream ends before a frame.
+pub async fn read_raw<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
+    let header: [u8; HEADER_LEN] = read_header(reader).await?;
     let len = u32::from_be_bytes(header) as usize;
     if len > max {
         return Err(FrameError::TooLarge { len, max });
@@ -102,7 +100,28 @@ where
             FrameError::Io(e)
         }
     })?;
-    Ok(M::decode(body.as_slice())?)
+    Ok(body)
+}
+
+/// Reads `N` header bytes: [`FrameError::Eof`] if the stream ends before the
+/// first, [`FrameError::Truncated`] if it ends after some.
+pub async fn read_header<const N: usize, R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> Result<[u8; N], FrameError> {
+    let mut header = [0u8; N];
+    let mut filled = 0;
+    while filled < N {
+        let n = reader.read(&mut header[filled..]).await?;
+        if n == 0 {
+            return Err(if filled == 0 {
+                FrameError::Eof
+            } else {
+                FrameError::Truncated
+            });
+        }
+        filled += n;
+    }
+    Ok(header)
 }
 
 /// Writes one frame to an async stream.

@@ -13,7 +13,7 @@
 //! QUIC it ends the whole connection, not one request.
 
 use prost::Message;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 use crate::frame::{self, FrameError};
 
@@ -53,31 +53,11 @@ pub async fn read_unit<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> Result<(u32, Vec<u8>), FrameError> {
-    let mut header = [0u8; ID_LEN + frame::HEADER_LEN];
-    let mut filled = 0;
-    while filled < header.len() {
-        let n = reader.read(&mut header[filled..]).await?;
-        if n == 0 {
-            return Err(if filled == 0 {
-                FrameError::Eof
-            } else {
-                FrameError::Truncated
-            });
-        }
-        filled += n;
-    }
-    let id = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    if len > max {
-        return Err(FrameError::TooLarge { len, max });
-    }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
-        }
+    let id = u32::from_be_bytes(frame::read_header::<ID_LEN, _>(reader).await?);
+    let body = frame::read_raw(reader, max).await.map_err(|e| match e {
+        // The unit started: a stream ending now ends it mid-way.
+        FrameError::Eof => FrameError::Truncated,
+        other => other,
     })?;
     Ok((id, body))
 }
