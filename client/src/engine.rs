@@ -42,8 +42,10 @@ use crate::store::{
 };
 use crate::transport::{Connection, Route, TransportError};
 
+mod anon;
 mod groups;
-pub use groups::SettingsChange;
+pub use anon::{AnonymousBody, Corroborated, PostedAnonymously, SubmissionView};
+pub use groups::{Moderation, ProposalInfo, SettingsChange};
 mod notes;
 mod warnings;
 
@@ -195,6 +197,8 @@ pub struct Engine {
     anon: Option<Connection>,
     /// Notices gathered outside `sync`/`listen`, for the caller to show.
     notices: Vec<Notice>,
+    /// Opened by the duress passphrase: this is the decoy profile.
+    decoy: bool,
 }
 
 /// What `sotto panic` did.
@@ -229,17 +233,26 @@ pub fn panic_offline(home: &Path) -> PanicReport {
 fn erase_timed(home: &Path) -> (std::result::Result<bool, String>, f64) {
     let started = std::time::Instant::now();
     let erased = Store::crypto_erase(&store_dir(home)).map_err(|e| e.to_string());
+    // The decoy too: nothing is left to open with either passphrase.
+    let _ = Store::crypto_erase(&store_dir(&decoy_home(home)));
     (erased, started.elapsed().as_secs_f64() * 1000.0)
 }
 
 /// Deletes the profile's store and control socket.
 fn remove_profile_files(home: &Path) -> std::result::Result<(), String> {
     let _ = std::fs::remove_file(home.join("control.sock"));
+    let _ = std::fs::remove_dir_all(decoy_home(home));
     match std::fs::remove_dir_all(store_dir(home)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Where the decoy profile that the duress passphrase opens lives, inside a
+/// profile directory (a whole profile of its own: store, account, erase key).
+pub fn decoy_home(home: &Path) -> PathBuf {
+    home.join("spare")
 }
 
 /// Where the store lives inside a profile directory.
@@ -287,6 +300,7 @@ impl Engine {
             sender_certificate: None,
             transport_hint: None,
             keys_rotated_at_ms: now_ms(),
+            duress_erases_real: false,
         };
         store.set_account(&account)?;
         let trust_root = PublicKey::deserialize(&link.trust_root)
@@ -299,6 +313,7 @@ impl Engine {
             conn: None,
             anon: None,
             notices: Vec::new(),
+            decoy: false,
         };
         let keys = engine.generate_keys(ONE_TIME_KEYS, true).await?;
         let conn = engine.connect().await?;
@@ -370,8 +385,89 @@ impl Engine {
         }
     }
 
-    /// Opens an existing profile.
+    /// Opens an existing profile, or, given the duress passphrase, its
+    /// decoy (see [`Engine::duress_set`]), which then acts as the profile.
     pub fn open(home: &Path, passphrase: &str) -> Result<Engine> {
+        let decoy = decoy_home(home);
+        match Self::open_one(home, passphrase) {
+            Err(EngineError::Store(e @ (StoreError::WrongPassphrase | StoreError::Erased)))
+                if Store::exists(&store_dir(&decoy)) =>
+            {
+                let mut engine = match Self::open_one(&decoy, passphrase) {
+                    Ok(engine) => engine,
+                    // Neither: say what the real profile said.
+                    Err(EngineError::Store(StoreError::WrongPassphrase)) => {
+                        return Err(EngineError::Store(e));
+                    }
+                    Err(other) => return Err(other),
+                };
+                if engine.account.duress_erases_real {
+                    // Under duress: the real profile becomes unreadable
+                    // before anything is shown.
+                    let _ = Store::crypto_erase(&store_dir(home));
+                }
+                engine.decoy = true;
+                Ok(engine)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether a duress passphrase (and its decoy profile) is set up. Under
+    /// the duress passphrase this says no, as a profile without one would.
+    pub fn duress_is_set(&self, home: &Path) -> bool {
+        !self.decoy && Store::exists(&store_dir(&decoy_home(home)))
+    }
+
+    /// Sets up a duress passphrase: a decoy profile, registered with the
+    /// relay named in `invite` under `name`, that `passphrase` opens instead
+    /// of this one. With `erase_real`, opening the decoy also crypto-erases
+    /// this profile.
+    pub async fn duress_set(
+        &self,
+        home: &Path,
+        passphrase: &str,
+        invite: &str,
+        name: &str,
+        erase_real: bool,
+    ) -> Result<()> {
+        if self.decoy {
+            return Err(EngineError::Invalid(
+                "a duress passphrase cannot be set up now".into(),
+            ));
+        }
+        if self.store.check_passphrase(passphrase)? {
+            return Err(EngineError::Invalid(
+                "the duress passphrase must differ from your passphrase".into(),
+            ));
+        }
+        let decoy = decoy_home(home);
+        if Store::exists(&store_dir(&decoy)) {
+            return Err(EngineError::Invalid(
+                "a duress passphrase is already set; `sotto duress remove` first".into(),
+            ));
+        }
+        std::fs::create_dir_all(&decoy).map_err(StoreError::Io)?;
+        let mut engine = Engine::init(&decoy, passphrase, invite, name).await?;
+        engine.account.duress_erases_real = erase_real;
+        engine.store.set_account(&engine.account)?;
+        engine.store.flush().await?;
+        engine.close().await;
+        Ok(())
+    }
+
+    /// Removes the duress passphrase: its decoy profile is erased.
+    pub fn duress_remove(&self, home: &Path) -> Result<()> {
+        if !self.duress_is_set(home) {
+            return Err(EngineError::Invalid("no duress passphrase is set".into()));
+        }
+        let decoy = decoy_home(home);
+        Store::crypto_erase(&store_dir(&decoy))?;
+        std::fs::remove_dir_all(&decoy).map_err(StoreError::Io)?;
+        Ok(())
+    }
+
+    fn open_one(home: &Path, passphrase: &str) -> Result<Engine> {
         let store = Store::open(&store_dir(home), passphrase)?;
         let account = store.account()?;
         if account.account_id.is_nil() {
@@ -392,6 +488,7 @@ impl Engine {
             conn: None,
             anon: None,
             notices: Vec::new(),
+            decoy: false,
         })
     }
 
@@ -565,6 +662,7 @@ impl Engine {
                 content: body.encode_to_vec(),
                 created_at_ms: sent_at_ms,
                 group: None,
+                anonymous: false,
             },
         )
         .await
@@ -645,6 +743,7 @@ impl Engine {
 
     async fn deliver(&mut self, entry: &OutboxEntry) -> Result<()> {
         match entry.group {
+            Some(group) if entry.anonymous => self.deliver_anonymous(entry, group).await,
             Some(group) => self.deliver_group(entry, group).await,
             None => self.deliver_direct(entry).await,
         }
@@ -1052,6 +1151,9 @@ impl Engine {
         envelope: &relay::Envelope,
         on_notice: &mut dyn FnMut(&Notice),
     ) -> Result<Option<MessageRecord>> {
+        if let Some((group, plain)) = self.open_anonymous_envelope(&envelope.envelope)? {
+            return self.on_anonymous_envelope(group, &plain).await;
+        }
         let (sender, plain) = match self.unseal(envelope).await {
             Ok(d) => d,
             Err(SignalProtocolError::DuplicatedMessage(..)) => return Ok(None),

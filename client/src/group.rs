@@ -109,6 +109,11 @@ pub struct Member {
     pub role: Role,
     /// When they joined (ms since the epoch, the author's clock).
     pub joined_at_ms: u64,
+    /// The member's ring-signature public key for this group (hex), which
+    /// they publish themselves ([`Op::SetRingKey`]); anonymous posts and
+    /// corroborations are signed over the ring of these keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_key: Option<String>,
 }
 
 impl Member {
@@ -167,6 +172,63 @@ pub struct Settings {
     /// long, or admins' apps remove them (0 = off).
     #[serde(default)]
     pub reconfirm_ms: u64,
+    /// Quorum moderation: removing a member, deleting another member's
+    /// post, changing roles or this setting need this many admins to
+    /// approve (0 or 1 = off; capped at the number of admins).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub quorum: u32,
+    /// Whether and how members may post without their name.
+    #[serde(default, skip_serializing_if = "AnonymousPosts::is_off")]
+    pub anonymous_posts: AnonymousPosts,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// A group's anonymous-posting setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnonymousPosts {
+    /// Every post names its author.
+    #[default]
+    Off,
+    /// A member's anonymous post goes privately to the moderators; one of
+    /// them approves it and it appears as "a member (approved by a
+    /// moderator)". The moderators know the author, no one else does.
+    ViaModerator,
+    /// A post appears as "a member": a ring signature proves a current
+    /// member wrote it without saying which, moderators included.
+    On,
+}
+
+impl AnonymousPosts {
+    fn is_off(&self) -> bool {
+        *self == AnonymousPosts::Off
+    }
+
+    /// "off", "via-moderator", "on".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnonymousPosts::Off => "off",
+            AnonymousPosts::ViaModerator => "via-moderator",
+            AnonymousPosts::On => "on",
+        }
+    }
+}
+
+impl std::str::FromStr for AnonymousPosts {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(AnonymousPosts::Off),
+            "via-moderator" => Ok(AnonymousPosts::ViaModerator),
+            "on" => Ok(AnonymousPosts::On),
+            other => Err(format!(
+                "{other:?} is not an anonymous-posts setting: use off, via-moderator or on"
+            )),
+        }
+    }
 }
 
 /// One line of the moderation log, visible to every member.
@@ -207,6 +269,40 @@ pub struct GroupState {
     /// `reconfirm_ms`); a member not listed counts from when they joined.
     #[serde(default)]
     pub confirmations: Vec<Confirmation>,
+    /// Moderation actions waiting for the quorum (groups with `quorum` > 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proposals: Vec<Proposal>,
+}
+
+/// A moderation action proposed under quorum moderation, and the admins who
+/// approved it so far (each by a change they signed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Short id (hex) the proposer chose.
+    pub id: String,
+    /// What would be done.
+    pub action: Op,
+    /// Who proposed it (their approval counts).
+    pub by: Uuid,
+    /// When (the proposer's clock).
+    pub at_ms: u64,
+    /// Admins who approved, the proposer first.
+    pub approvals: Vec<Uuid>,
+}
+
+impl Proposal {
+    /// What it would do, in words ("remove Bob").
+    pub fn describe(&self, state: &GroupState) -> String {
+        describe_action(state, &self.action)
+    }
+
+    /// Approvals from accounts that are admins now.
+    pub fn approval_count(&self, state: &GroupState) -> usize {
+        self.approvals
+            .iter()
+            .filter(|a| state.role_of(**a).is_some_and(Role::is_admin))
+            .count()
+    }
 }
 
 /// A member's latest re-confirmation.
@@ -251,6 +347,26 @@ impl GroupState {
         // maps, so equal states encode (and hash) alike on every client.
         let bytes = serde_json::to_vec(self).unwrap_or_default();
         Sha256::digest(bytes).into()
+    }
+
+    /// Approvals a moderation action needs now: the quorum setting, capped
+    /// at the number of admins so admins leaving cannot freeze the group;
+    /// 1 when quorum moderation is off.
+    pub fn quorum_needed(&self) -> usize {
+        let admins = self.members.iter().filter(|m| m.role.is_admin()).count();
+        (self.settings.quorum as usize).min(admins).max(1)
+    }
+
+    /// Ring-signature keys of the current members who published one, in
+    /// member order, with their accounts.
+    pub fn ring(&self) -> Vec<(Uuid, [u8; 32])> {
+        self.members
+            .iter()
+            .filter_map(|m| {
+                let key = m.ring_key.as_deref().and_then(hex_decode)?;
+                Some((m.account, <[u8; 32]>::try_from(key).ok()?))
+            })
+            .collect()
     }
 
     /// The join-link secret, decoded.
@@ -314,6 +430,32 @@ pub enum Op {
     },
     /// The group key was replaced (after removals and departures).
     RotateKey,
+    /// The author publishes their ring-signature public key (hex) for this group.
+    SetRingKey(String),
+    /// Under quorum moderation, an admin proposes a removal, a deletion of
+    /// another member's post, a role change or a quorum change; it takes
+    /// effect once enough admins approve.
+    Propose {
+        /// Short id (hex, 4 to 16 bytes).
+        id: String,
+        /// The action.
+        action: Box<Op>,
+    },
+    /// An admin approves a proposal (the last approval needed carries it out).
+    Approve(String),
+    /// The proposer withdraws their proposal.
+    Withdraw(String),
+}
+
+impl Op {
+    /// Whether this op needs the quorum in a group with quorum moderation.
+    pub fn needs_quorum(&self, s: &GroupState) -> bool {
+        match self {
+            Op::Remove(_) | Op::DeleteMessage { .. } | Op::SetRole { .. } => true,
+            Op::SetSettings(new) => new.quorum != s.settings.quorum,
+            _ => false,
+        }
+    }
 }
 
 /// The signed body of a change.
@@ -397,6 +539,7 @@ pub fn genesis(id: &str) -> GroupState {
         rekey_needed: false,
         log: Vec::new(),
         confirmations: Vec::new(),
+        proposals: Vec::new(),
     }
 }
 
@@ -404,6 +547,26 @@ pub fn genesis(id: &str) -> GroupState {
 /// the author's role for every op. Returns the new state; `state` is untouched
 /// on refusal.
 pub fn apply(state: &GroupState, change: &SignedChange) -> Result<GroupState, GroupError> {
+    apply_with_effects(state, change).map(|(state, _)| state)
+}
+
+/// [`apply`], also returning the ops that took effect: the change's own ops
+/// and the actions of proposals its approvals carried out (the engine acts
+/// on deletions and removals among them).
+pub fn apply_with_effects(
+    state: &GroupState,
+    change: &SignedChange,
+) -> Result<(GroupState, Vec<Op>), GroupError> {
+    let mut effects = Vec::new();
+    let next = apply_inner(state, change, &mut effects)?;
+    Ok((next, effects))
+}
+
+fn apply_inner(
+    state: &GroupState,
+    change: &SignedChange,
+    effects: &mut Vec<Op>,
+) -> Result<GroupState, GroupError> {
     let body = &change.body;
     if body.group != state.id {
         return refused("the change is for another group");
@@ -433,8 +596,18 @@ pub fn apply(state: &GroupState, change: &SignedChange) -> Result<GroupState, Gr
     let mut next = state.clone();
     next.version = body.version;
     for (i, op) in body.ops.iter().enumerate() {
-        let role = next.role_of(body.by);
-        let action = apply_op(&mut next, body.by, role, op, i == 0 && creating, body.at_ms)?;
+        let actor = Actor {
+            by: body.by,
+            role: next.role_of(body.by),
+            at_ms: body.at_ms,
+            creating: i == 0 && creating,
+            quorum_met: false,
+        };
+        let action = apply_op(&mut next, &actor, op, effects)?;
+        if action.is_empty() {
+            // Bookkeeping that is not moderation (a published ring key).
+            continue;
+        }
         let by_name = next
             .member(body.by)
             .or_else(|| state.member(body.by))
@@ -476,15 +649,44 @@ fn require_admin(role: Option<Role>, what: &str) -> Result<(), GroupError> {
     }
 }
 
-/// Applies one op; returns its log line.
-fn apply_op(
-    s: &mut GroupState,
+/// Who is applying an op, and on what authority.
+#[derive(Clone, Copy)]
+struct Actor {
     by: Uuid,
     role: Option<Role>,
-    op: &Op,
-    creating: bool,
     at_ms: u64,
+    /// The first op of a group's first change.
+    creating: bool,
+    /// Carried out by the last approval a quorum needed.
+    quorum_met: bool,
+}
+
+/// Applies one op; returns its log line and records what took effect.
+fn apply_op(
+    s: &mut GroupState,
+    actor: &Actor,
+    op: &Op,
+    effects: &mut Vec<Op>,
 ) -> Result<String, GroupError> {
+    let Actor {
+        by,
+        role,
+        at_ms,
+        creating,
+        ..
+    } = *actor;
+    // Quorum moderation holds in every member's replay: a single admin's
+    // removal, deletion or role change (or a modified app's) is refused.
+    let needed = s.quorum_needed();
+    if needed > 1 && !actor.quorum_met && op.needs_quorum(s) {
+        require_admin(role, "do that")?;
+        return refused(format!(
+            "this group needs {needed} admins to agree to that: it must be proposed and approved"
+        ));
+    }
+    if !matches!(op, Op::Propose { .. } | Op::Approve(_) | Op::Withdraw(_)) {
+        effects.push(op.clone());
+    }
     Ok(match op {
         Op::Create { title, creator } => {
             if !creating {
@@ -494,6 +696,14 @@ fn apply_op(
             s.title = title.clone();
             let mut owner = creator.clone();
             owner.role = Role::Owner;
+            if owner
+                .ring_key
+                .as_deref()
+                .and_then(hex_decode)
+                .is_some_and(|b| sotto_lsag::PublicKey::from_bytes(&b).is_err())
+            {
+                return refused("bad ring key");
+            }
             s.members.push(owner);
             format!("created the group \"{title}\"")
         }
@@ -523,6 +733,9 @@ fn apply_op(
             let mut m = m.clone();
             m.role = Role::Member;
             m.joined_at_ms = at_ms;
+            // Members publish their own ring key: one an admin chose could
+            // be the admin's second key.
+            m.ring_key = None;
             s.pending.retain(|p| p.account != m.account);
             let line = format!("added {}", m.name);
             s.members.push(m);
@@ -668,6 +881,7 @@ fn apply_op(
                     name: p.name.clone(),
                     role: Role::Member,
                     joined_at_ms: at_ms,
+                    ring_key: None,
                 });
                 format!("approved {}'s join request", p.name)
             } else {
@@ -685,7 +899,140 @@ fn apply_op(
             s.rekey_needed = false;
             "rotated the group key".into()
         }
+        Op::SetRingKey(key) => {
+            if role.is_none() {
+                return refused("only members publish ring keys");
+            }
+            if hex_decode(key).is_none_or(|b| sotto_lsag::PublicKey::from_bytes(&b).is_err()) {
+                return refused("bad ring key");
+            }
+            // One key per membership: a second key would give its owner a
+            // second linking tag, so they could corroborate twice.
+            if s.members.iter().any(|m| m.ring_key.as_ref() == Some(key)) {
+                return refused("that ring key is already in use");
+            }
+            let Some(m) = s.members.iter_mut().find(|m| m.account == by) else {
+                return refused("not a member");
+            };
+            if m.ring_key.is_some() {
+                return refused("a member's ring key is set once");
+            }
+            m.ring_key = Some(key.clone());
+            // Not a moderation action: kept out of the log.
+            String::new()
+        }
+        Op::Propose { id, action } => {
+            require_admin(role, "propose moderation actions")?;
+            if needed < 2 {
+                return refused("this group does not use quorum moderation: act directly");
+            }
+            if !action.needs_quorum(s) {
+                return refused(
+                    "only removals, deletions of others' messages, role and quorum changes \
+                     are proposed",
+                );
+            }
+            if hex_decode(id).is_none_or(|b| !(4..=16).contains(&b.len()))
+                || s.proposals.iter().any(|p| p.id == *id)
+            {
+                return refused("bad or repeated proposal id");
+            }
+            // Refuse now what could not be carried out, so no hopeless
+            // proposal waits for approvals.
+            let mut trial = s.clone();
+            let authorised = Actor {
+                quorum_met: true,
+                ..*actor
+            };
+            apply_op(&mut trial, &authorised, action, &mut Vec::new())?;
+            let what = describe_action(s, action);
+            s.proposals.push(Proposal {
+                id: id.clone(),
+                action: (**action).clone(),
+                by,
+                at_ms,
+                approvals: vec![by],
+            });
+            format!("proposed to {what} (proposal {id}; 1 of {needed} approvals)")
+        }
+        Op::Approve(id) => {
+            require_admin(role, "approve moderation actions")?;
+            let Some(i) = s.proposals.iter().position(|p| p.id == *id) else {
+                return refused("no such proposal");
+            };
+            if s.proposals[i].approvals.contains(&by) {
+                return refused("already approved by this admin");
+            }
+            s.proposals[i].approvals.push(by);
+            let have = s.proposals[i].approval_count(s);
+            let what = describe_action(s, &s.proposals[i].action);
+            if have < needed {
+                return Ok(format!(
+                    "approved proposal {id} to {what} ({have} of {needed} approvals)"
+                ));
+            }
+            let p = s.proposals.remove(i);
+            // Carried out on the proposer's behalf, with the quorum's authority.
+            let authorised = Actor {
+                by: p.by,
+                role: Some(Role::Admin),
+                at_ms,
+                creating: false,
+                quorum_met: true,
+            };
+            let mut trial = s.clone();
+            let mut done = Vec::new();
+            match apply_op(&mut trial, &authorised, &p.action, &mut done) {
+                Ok(line) => {
+                    *s = trial;
+                    effects.extend(done);
+                    format!("approved proposal {id} ({have} of {needed}); carried out: {line}")
+                }
+                Err(e) => format!(
+                    "approved proposal {id} ({have} of {needed}); it could not be carried out \
+                     ({e}) and was dropped"
+                ),
+            }
+        }
+        Op::Withdraw(id) => {
+            let Some(i) = s.proposals.iter().position(|p| p.id == *id) else {
+                return refused("no such proposal");
+            };
+            if s.proposals[i].by != by {
+                return refused("only the proposer can withdraw a proposal");
+            }
+            let p = s.proposals.remove(i);
+            format!(
+                "withdrew proposal {id} to {}",
+                describe_action(s, &p.action)
+            )
+        }
     })
+}
+
+/// A moderation action in words, for proposals ("remove Bob").
+fn describe_action(s: &GroupState, op: &Op) -> String {
+    match op {
+        Op::Remove(who) => format!("remove {}", name_of(s, *who)),
+        Op::DeleteMessage { id, author } => {
+            format!("delete a message by {} ({id})", name_of(s, *author))
+        }
+        Op::SetRole {
+            account,
+            role: Role::Admin,
+        } => format!("make {} an admin", name_of(s, *account)),
+        Op::SetRole { account, .. } => {
+            format!(
+                "make {} a member (no longer an admin)",
+                name_of(s, *account)
+            )
+        }
+        Op::SetSettings(new) => match new.quorum {
+            0 | 1 => "turn quorum moderation off".into(),
+            k => format!("require {k} admins to agree to moderation actions"),
+        },
+        other => format!("{other:?}"),
+    }
 }
 
 fn check_title(title: &str) -> Result<(), GroupError> {
@@ -728,6 +1075,18 @@ fn describe_settings(old: &Settings, new: &Settings) -> String {
             ),
         });
     }
+    if old.quorum != new.quorum {
+        parts.push(match new.quorum {
+            0 | 1 => "turned quorum moderation off".to_string(),
+            k => format!("required {k} admins to agree to removals, deletions and role changes"),
+        });
+    }
+    if old.anonymous_posts != new.anonymous_posts {
+        parts.push(format!(
+            "set anonymous posts to {}",
+            new.anonymous_posts.as_str()
+        ));
+    }
     if old.warning_retention_ms != new.warning_retention_ms {
         parts.push(match new.warning_retention_ms {
             0 => "set warnings to be kept until deleted".to_string(),
@@ -759,15 +1118,17 @@ pub fn human_duration(ms: u64) -> String {
 pub fn replay(trusted: &GroupState, changes: &[SignedChange]) -> Replayed {
     let mut state = trusted.clone();
     let mut applied = Vec::new();
+    let mut effects = Vec::new();
     let mut refusals = Vec::new();
     for change in changes {
         if change.body.version <= state.version {
             continue;
         }
-        match apply(&state, change) {
-            Ok(next) => {
+        match apply_with_effects(&state, change) {
+            Ok((next, done)) => {
                 state = next;
                 applied.push(change.clone());
+                effects.extend(done);
             }
             Err(e) => {
                 // A change on a different parent is another branch (e.g. built
@@ -781,6 +1142,7 @@ pub fn replay(trusted: &GroupState, changes: &[SignedChange]) -> Replayed {
     Replayed {
         state,
         applied,
+        effects,
         refusals,
     }
 }
@@ -792,6 +1154,8 @@ pub struct Replayed {
     pub state: GroupState,
     /// The changes applied, oldest first.
     pub applied: Vec<SignedChange>,
+    /// The ops that took effect, in order (including proposals carried out).
+    pub effects: Vec<Op>,
     /// `(version, reason)` of each change refused on our chain.
     pub refusals: Vec<(u64, String)>,
 }
@@ -976,6 +1340,7 @@ mod tests {
                 name: self.name.into(),
                 role: Role::Member,
                 joined_at_ms: 0,
+                ring_key: None,
             }
         }
         fn change(&self, state: &GroupState, ops: Vec<Op>) -> SignedChange {
@@ -1053,6 +1418,7 @@ mod tests {
             state,
             applied,
             refusals,
+            ..
         } = replay(&s1, &[forged, honest]);
         assert_eq!(refusals.len(), 1);
         assert_eq!(applied.len(), 1);
@@ -1082,6 +1448,103 @@ mod tests {
         assert!(s.member(c.id).is_none());
         let s = apply(&s, &b.change(&s, vec![Op::RotateKey])).expect("rotate");
         assert!(!s.rekey_needed);
+    }
+
+    #[test]
+    fn quorum_needs_k_admins_and_refuses_a_lone_admin() {
+        let (a, b, c, d) = (
+            Person::new("Ann"),
+            Person::new("Bob"),
+            Person::new("Cat"),
+            Person::new("Dan"),
+        );
+        let s = group(&a, &[&b, &c, &d]);
+        let promote = Op::SetRole {
+            account: b.id,
+            role: Role::Admin,
+        };
+        let s = apply(&s, &a.change(&s, vec![promote])).expect("promote");
+        let mut two = s.settings;
+        two.quorum = 2;
+        let s = apply(&s, &a.change(&s, vec![Op::SetSettings(two)])).expect("quorum on");
+        assert_eq!(s.quorum_needed(), 2);
+
+        // One admin alone (or a modified app) cannot remove, demote or lower the quorum.
+        assert!(apply(&s, &a.change(&s, vec![Op::Remove(d.id)])).is_err());
+        let demote = Op::SetRole {
+            account: b.id,
+            role: Role::Member,
+        };
+        assert!(apply(&s, &a.change(&s, vec![demote])).is_err());
+        let mut off = s.settings;
+        off.quorum = 0;
+        assert!(apply(&s, &a.change(&s, vec![Op::SetSettings(off)])).is_err());
+        let delete = Op::DeleteMessage {
+            id: "00".repeat(16),
+            author: c.id,
+        };
+        assert!(apply(&s, &a.change(&s, vec![delete])).is_err());
+
+        let propose = Op::Propose {
+            id: "a1b2c3d4".into(),
+            action: Box::new(Op::Remove(d.id)),
+        };
+        // A plain member cannot propose.
+        assert!(apply(&s, &c.change(&s, vec![propose.clone()])).is_err());
+        let s = apply(&s, &a.change(&s, vec![propose.clone()])).expect("propose");
+        assert!(s.member(d.id).is_some(), "one approval of two does nothing");
+        assert_eq!(s.proposals.len(), 1);
+        assert!(
+            s.log
+                .last()
+                .expect("log")
+                .action
+                .contains("proposed to remove Dan")
+        );
+        // The proposer approving again, or a plain member approving, does not count.
+        let approve = Op::Approve("a1b2c3d4".into());
+        assert!(apply(&s, &a.change(&s, vec![approve.clone()])).is_err());
+        assert!(apply(&s, &c.change(&s, vec![approve.clone()])).is_err());
+        // A repeated proposal id is refused.
+        assert!(apply(&s, &b.change(&s, vec![propose])).is_err());
+
+        let (s, effects) =
+            apply_with_effects(&s, &b.change(&s, vec![approve])).expect("second approval");
+        assert!(s.member(d.id).is_none(), "the quorum carries it out");
+        assert!(s.rekey_needed);
+        assert!(s.proposals.is_empty());
+        assert!(effects.contains(&Op::Remove(d.id)));
+        assert!(
+            s.log
+                .last()
+                .expect("log")
+                .action
+                .contains("carried out: removed Dan")
+        );
+    }
+
+    #[test]
+    fn ring_keys_are_set_once_by_their_owner() {
+        let (a, b) = (Person::new("Ann"), Person::new("Bob"));
+        let s = group(&a, &[&b]);
+        let key = |seed: u8| {
+            hex(&sotto_lsag::SecretKey::derive(&[seed; 32], b"g")
+                .public()
+                .to_bytes())
+        };
+        let s = apply(&s, &b.change(&s, vec![Op::SetRingKey(key(1))])).expect("publish");
+        assert_eq!(s.ring().len(), 1);
+        // A second key would be a second linking tag: refused.
+        assert!(apply(&s, &b.change(&s, vec![Op::SetRingKey(key(2))])).is_err());
+        // Copying someone else's key is refused too, as is garbage.
+        assert!(apply(&s, &a.change(&s, vec![Op::SetRingKey(key(1))])).is_err());
+        assert!(apply(&s, &a.change(&s, vec![Op::SetRingKey("00".repeat(32))])).is_err());
+        // An admin adding someone cannot choose their ring key.
+        let c = Person::new("Cat");
+        let mut m = c.member();
+        m.ring_key = Some(key(3));
+        let s = apply(&s, &a.change(&s, vec![Op::Add(m)])).expect("add");
+        assert_eq!(s.member(c.id).expect("cat").ring_key, None);
     }
 
     #[test]

@@ -142,10 +142,44 @@ enum Command {
         advice: String,
         /// Anything else to say
         text: Option<String>,
+        /// Post it without your name, as the group's --anonymous-posts
+        /// setting allows: "a member" (on), or through a moderator who
+        /// approves it (via-moderator)
+        #[arg(long)]
+        anonymous: bool,
+    },
+    /// Add your anonymous "me too" to a warning
+    ///
+    ///   sotto corroborate 3f2a9c01 --firsthand
+    ///
+    /// Members see how many distinct members corroborated a warning, never
+    /// who: a ring signature shows a current member signed, and each member
+    /// counts once per warning however often they try. WARNING_ID is the
+    /// id (or its first characters) from `sotto warnings --json`.
+    #[command(verbatim_doc_comment)]
+    Corroborate {
+        /// The warning's id or its first characters
+        warning_id: String,
+        /// It happened to you too (otherwise: you heard of it too)
+        #[arg(long)]
+        firsthand: bool,
     },
     /// The evidence locker: private notes and files, countersigned by the relay
     #[command(subcommand)]
     Note(NoteCommand),
+    /// A duress passphrase that opens a harmless decoy profile instead of this one
+    ///
+    ///   sotto duress set --invite LINK --name "Ann" [--erase-real]
+    ///   sotto duress status
+    ///   sotto duress remove
+    ///
+    /// Whoever makes you unlock Sotto with the duress passphrase sees a
+    /// working profile (its own account, contacts and history) and not this
+    /// one. With --erase-real, unlocking the decoy also destroys this profile
+    /// for good. The duress passphrase is asked for twice, or taken from
+    /// SOTTO_DURESS_PASSPHRASE. The decoy needs its own invite link.
+    #[command(subcommand, verbatim_doc_comment)]
+    Duress(DuressCommand),
     /// Destroy this profile now: nothing in it can be read again
     ///
     /// Destroys the key that the store's encryption depends on (so even the
@@ -249,6 +283,21 @@ fn print_subject(out: &mut impl Write, s: &sotto_client::engine::SubjectSummary)
         }
         if !w.text.is_empty() {
             line.push_str(&format!("; \"{}\"", w.text));
+        }
+        if let Some(by) = &w.anonymous {
+            line.push_str(&format!("; by {by}"));
+        }
+        if w.corroborations > 0 {
+            line.push_str(&format!(
+                "; corroborated by {} ({} first-hand){}",
+                w.corroborations,
+                w.corroborations_firsthand,
+                if w.corroborated_by_me {
+                    ", you among them"
+                } else {
+                    ""
+                }
+            ));
         }
         line.push_str(&format!(" [{} {}]", w.group, &w.id[..8]));
         writeln!(out, "{line}")?;
@@ -413,6 +462,26 @@ fn when_arg(s: &str) -> std::result::Result<String, String> {
     Ok(s.trim().to_string())
 }
 
+#[derive(Subcommand)]
+enum DuressCommand {
+    /// Set up the duress passphrase and register its decoy profile
+    Set {
+        /// An invite link for the decoy's own account
+        #[arg(long)]
+        invite: String,
+        /// The decoy's display name (your own, so it looks like you)
+        #[arg(long)]
+        name: String,
+        /// Unlocking the decoy also destroys this profile (no undo)
+        #[arg(long)]
+        erase_real: bool,
+    },
+    /// Say whether a duress passphrase is set
+    Status,
+    /// Remove the duress passphrase and erase its decoy profile
+    Remove,
+}
+
 /// GROUP is a group's title or the start of its id (see `sotto groups`).
 /// WHO is your contact name for a member, their display name, or their contact code.
 #[derive(Subcommand)]
@@ -448,6 +517,34 @@ enum GroupCommand {
         group: String,
         /// The message
         text: String,
+        /// Post it without your name, as the group's --anonymous-posts
+        /// setting allows: "a member" (on), or through a moderator who
+        /// approves it (via-moderator)
+        #[arg(long)]
+        anonymous: bool,
+    },
+    /// Anonymous posts waiting for a moderator's approval (admins)
+    Submissions {
+        /// Group title or id prefix
+        group: String,
+        /// One JSON object per post
+        #[arg(long)]
+        json: bool,
+    },
+    /// Publish a member's anonymous post: members see "a member (approved by
+    /// a moderator)" (admins)
+    Publish {
+        /// Group title or id prefix
+        group: String,
+        /// The post's id from `sotto group submissions`
+        id: String,
+    },
+    /// Turn down a member's anonymous post without publishing it (admins)
+    Discard {
+        /// Group title or id prefix
+        group: String,
+        /// The post's id from `sotto group submissions`
+        id: String,
     },
     /// List members with their roles (owner, admin, member)
     Members {
@@ -496,6 +593,38 @@ enum GroupCommand {
         /// e.g. 180d, or admins' apps remove them; off turns it off
         #[arg(long, value_name = "DURATION|off", value_parser = duration_or_off)]
         reconfirm: Option<u64>,
+        /// Quorum moderation: removals, deleting others' messages and role
+        /// changes need K admins to agree (`group proposals`, `group agree`);
+        /// off (or 1) turns it off
+        #[arg(long, value_name = "K|off", value_parser = count_or_off)]
+        quorum: Option<u32>,
+        /// Posting without one's name: off; via-moderator (a moderator
+        /// approves and knows the author); on (no one can tell which member)
+        #[arg(long, value_name = "off|via-moderator|on")]
+        anonymous_posts: Option<sotto_client::group::AnonymousPosts>,
+    },
+    /// List moderation actions waiting for admins to agree (quorum moderation)
+    Proposals {
+        /// Group title or id prefix
+        group: String,
+        /// One JSON object per proposal
+        #[arg(long)]
+        json: bool,
+    },
+    /// Agree to a proposed moderation action (admins); the last approval
+    /// needed carries it out
+    Agree {
+        /// Group title or id prefix
+        group: String,
+        /// The proposal's id, from `sotto group proposals`
+        proposal: String,
+    },
+    /// Withdraw a moderation action you proposed
+    Withdraw {
+        /// Group title or id prefix
+        group: String,
+        /// The proposal's id
+        proposal: String,
     },
     /// Re-confirm that you still want to be in the group (see `settings --reconfirm`)
     Reconfirm {
@@ -559,6 +688,56 @@ enum GroupCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+fn count_or_off(s: &str) -> std::result::Result<u32, String> {
+    match s {
+        "off" => Ok(0),
+        n => n
+            .parse()
+            .map_err(|_| format!("expected a number of admins or off, not {n:?}")),
+    }
+}
+
+/// Says where an anonymous post went.
+fn report_anonymous(
+    out: &mut impl Write,
+    posted: &sotto_client::engine::PostedAnonymously,
+) -> Result<()> {
+    if posted.via_moderator {
+        writeln!(
+            out,
+            "Sent {} to the moderators for approval; once one publishes it, members see \
+             \"a member (approved by a moderator)\". The moderators know it was you.",
+            &posted.id[..8]
+        )?;
+    } else {
+        writeln!(
+            out,
+            "posted {} as \"a member\" (one of {} members who could have written it)",
+            posted.id, posted.ring
+        )?;
+    }
+    Ok(())
+}
+
+/// Says what a moderation command did; `done` describes it carried out.
+fn report_moderation(
+    out: &mut impl Write,
+    group: &str,
+    m: &sotto_client::engine::Moderation,
+    done: &str,
+) -> Result<()> {
+    use sotto_client::engine::Moderation;
+    match m {
+        Moderation::Done(_) => writeln!(out, "{done}")?,
+        Moderation::Proposed { id, have, needed } => writeln!(
+            out,
+            "Proposed as {id}: {have} of {needed} admins agree so far. Other admins agree with \
+             `sotto group agree {group:?} {id}`; members see it in `sotto group log`."
+        )?,
+    }
+    Ok(())
 }
 
 fn on_off(s: &str) -> std::result::Result<bool, String> {
@@ -730,7 +909,11 @@ async fn run(cli: Cli) -> Result<()> {
 async fn via_listener(home: &Path, passphrase: String, command: Command) -> Result<()> {
     let (name, text, group) = match command {
         Command::Send { name, text } => (name, text, false),
-        Command::Group(GroupCommand::Send { group, text }) => (group, text, true),
+        Command::Group(GroupCommand::Send {
+            group,
+            text,
+            anonymous: false,
+        }) => (group, text, true),
         _ => return Err(StoreError::Locked.into()),
     };
     let request = control::Request {
@@ -913,6 +1096,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             when,
             advice,
             text,
+            anonymous,
         } => {
             let input = sotto_client::engine::WarningInput {
                 subject: about,
@@ -924,8 +1108,81 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                 advice,
                 text: text.unwrap_or_default(),
             };
-            let w = engine.warn(&group, input).await?;
-            writeln!(out, "posted warning {} to {:?}", w.id, w.group)?;
+            if anonymous {
+                let posted = engine
+                    .post_anonymously(&group, sotto_client::engine::AnonymousBody::Warning(input))
+                    .await?;
+                report_anonymous(&mut out, &posted)?;
+            } else {
+                let w = engine.warn(&group, input).await?;
+                writeln!(out, "posted warning {} to {:?}", w.id, w.group)?;
+            }
+        }
+        Command::Duress(DuressCommand::Set {
+            invite,
+            name,
+            erase_real,
+        }) => {
+            let duress = match std::env::var("SOTTO_DURESS_PASSPHRASE") {
+                Ok(p) if !p.is_empty() => p,
+                _ => {
+                    let first = rpassword::prompt_password("Duress passphrase: ")
+                        .context("cannot read a passphrase: run in a terminal or set SOTTO_DURESS_PASSPHRASE")?;
+                    let again = rpassword::prompt_password("Again: ")?;
+                    if first != again {
+                        bail!("the two duress passphrases differ; nothing was set up");
+                    }
+                    if first.is_empty() {
+                        bail!("the duress passphrase cannot be empty");
+                    }
+                    first
+                }
+            };
+            engine
+                .duress_set(home, &duress, &invite, &name, erase_real)
+                .await?;
+            writeln!(
+                out,
+                "Duress passphrase set. Unlocking with it opens a decoy profile{}.",
+                if erase_real {
+                    " and destroys this one"
+                } else {
+                    ""
+                }
+            )?;
+            writeln!(
+                out,
+                "Use it once now to give the decoy some ordinary contacts and messages."
+            )?;
+        }
+        Command::Duress(DuressCommand::Status) => {
+            if engine.duress_is_set(home) {
+                writeln!(out, "A duress passphrase is set.")?;
+            } else {
+                writeln!(out, "No duress passphrase is set.")?;
+            }
+        }
+        Command::Duress(DuressCommand::Remove) => {
+            engine.duress_remove(home)?;
+            writeln!(
+                out,
+                "Duress passphrase removed; its decoy profile was erased."
+            )?;
+        }
+        Command::Corroborate {
+            warning_id,
+            firsthand,
+        } => {
+            let c = engine.corroborate(&warning_id, firsthand).await?;
+            writeln!(
+                out,
+                "Corroborated warning {} anonymously (among {} members); {} member{} \
+                 corroborated it so far.",
+                &c.warning[..8],
+                c.ring,
+                c.count,
+                if c.count == 1 { " has" } else { "s have" }
+            )?;
         }
         Command::Note(NoteCommand::Add { text, file }) => {
             let file = match file {
@@ -1187,20 +1444,67 @@ async fn group_command_inner(
             )?;
         }
         GroupCommand::Remove { group, who } => {
-            let state = engine.group_remove(&group, &who).await?;
-            writeln!(
-                out,
-                "Removed {who} from {:?}; the group key was replaced, so they cannot read anything new.",
-                state.title
-            )?;
+            let m = engine.group_remove(&group, &who).await?;
+            let done = format!(
+                "Removed {who} from {group:?}; the group key was replaced, so they cannot read \
+                 anything new."
+            );
+            report_moderation(out, &group, &m, &done)?;
         }
         GroupCommand::Leave { group } => {
             engine.group_leave(&group).await?;
             writeln!(out, "You left {group:?}.")?;
         }
-        GroupCommand::Send { group, text } => {
+        GroupCommand::Send {
+            group,
+            text,
+            anonymous: false,
+        } => {
             let message = engine.group_send(&group, &text).await?;
             writeln!(out, "sent {}", message.id)?;
+        }
+        GroupCommand::Send {
+            group,
+            text,
+            anonymous: true,
+        } => {
+            let posted = engine
+                .post_anonymously(&group, sotto_client::engine::AnonymousBody::Text(text))
+                .await?;
+            report_anonymous(out, &posted)?;
+        }
+        GroupCommand::Submissions { group, json } => {
+            for s in engine.group_submissions(&group)? {
+                if json {
+                    let line = json!({
+                        "id": s.id,
+                        "from": s.from,
+                        "text": s.text,
+                        "received_at": s.received_at_ms,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  from {} ({}): {}",
+                        &s.id[..8],
+                        s.from,
+                        clock(s.received_at_ms),
+                        s.text
+                    )?;
+                }
+            }
+        }
+        GroupCommand::Publish { group, id } => {
+            engine.group_publish(&group, &id).await?;
+            writeln!(
+                out,
+                "Published; members see it as \"a member (approved by a moderator)\"."
+            )?;
+        }
+        GroupCommand::Discard { group, id } => {
+            engine.group_discard(&group, &id)?;
+            writeln!(out, "Discarded; it was not published.")?;
         }
         GroupCommand::Members { group, json } => {
             for m in engine.group_members(&group).await? {
@@ -1219,12 +1523,53 @@ async fn group_command_inner(
             }
         }
         GroupCommand::Promote { group, who } => {
-            engine.group_set_role(&group, &who, true).await?;
-            writeln!(out, "{who} is now an admin of {group:?}.")?;
+            let m = engine.group_set_role(&group, &who, true).await?;
+            let done = format!("{who} is now an admin of {group:?}.");
+            report_moderation(out, &group, &m, &done)?;
         }
         GroupCommand::Demote { group, who } => {
-            engine.group_set_role(&group, &who, false).await?;
-            writeln!(out, "{who} is now a member (not an admin) of {group:?}.")?;
+            let m = engine.group_set_role(&group, &who, false).await?;
+            let done = format!("{who} is now a member (not an admin) of {group:?}.");
+            report_moderation(out, &group, &m, &done)?;
+        }
+        GroupCommand::Proposals { group, json } => {
+            for p in engine.group_proposals(&group).await? {
+                if json {
+                    let line = json!({
+                        "id": p.id,
+                        "action": p.action,
+                        "by": p.by,
+                        "approvals": p.approvals,
+                        "needed": p.needed,
+                        "at": p.at_ms,
+                    });
+                    writeln!(out, "{line}")?;
+                } else {
+                    writeln!(
+                        out,
+                        "{}  {} proposed to {} ({} of {} agree; {})",
+                        p.id,
+                        p.by,
+                        p.action,
+                        p.approvals,
+                        p.needed,
+                        clock(p.at_ms)
+                    )?;
+                }
+            }
+        }
+        GroupCommand::Agree { group, proposal } => {
+            let m = engine.group_agree(&group, &proposal).await?;
+            report_moderation(
+                out,
+                &group,
+                &m,
+                "Agreed; that was the last approval needed, so it is done.",
+            )?;
+        }
+        GroupCommand::Withdraw { group, proposal } => {
+            engine.group_withdraw(&group, &proposal).await?;
+            writeln!(out, "Withdrew proposal {proposal}.")?;
         }
         GroupCommand::Settings {
             group,
@@ -1234,8 +1579,10 @@ async fn group_command_inner(
             warning_retention,
             vouches,
             reconfirm,
+            quorum,
+            anonymous_posts,
         } => {
-            let s = engine
+            let m = engine
                 .group_settings(
                     &group,
                     sotto_client::engine::SettingsChange {
@@ -1245,9 +1592,15 @@ async fn group_command_inner(
                         warning_retention_ms: warning_retention,
                         vouches_required: vouches,
                         reconfirm_ms: reconfirm,
+                        quorum,
+                        anonymous_posts,
                     },
                 )
                 .await?;
+            let s = match m {
+                sotto_client::engine::Moderation::Done(state) => state.settings,
+                proposed => return report_moderation(out, &group, &proposed, ""),
+            };
             let on = |b: bool| if b { "on" } else { "off" };
             writeln!(out, "announcements-only: {}", on(s.announcements_only))?;
             writeln!(out, "approval: {}", on(s.approval))?;
@@ -1275,6 +1628,15 @@ async fn group_command_inner(
                     ms => sotto_client::group::human_duration(ms),
                 }
             )?;
+            writeln!(
+                out,
+                "quorum: {}",
+                match s.quorum {
+                    0 | 1 => "off".to_string(),
+                    k => format!("{k} admins"),
+                }
+            )?;
+            writeln!(out, "anonymous posts: {}", s.anonymous_posts.as_str())?;
             writeln!(
                 out,
                 "warnings kept: {}",
@@ -1349,8 +1711,9 @@ async fn group_command_inner(
             writeln!(out, "Denied {who}'s request to join {group:?}.")?;
         }
         GroupCommand::Delete { group, message_id } => {
-            engine.group_delete(&group, &message_id).await?;
-            writeln!(out, "Deleted the message for everyone in {group:?}.")?;
+            let m = engine.group_delete(&group, &message_id).await?;
+            let done = format!("Deleted the message for everyone in {group:?}.");
+            report_moderation(out, &group, &m, &done)?;
         }
         GroupCommand::Log { group, json } => {
             for e in engine.group_log(&group).await? {

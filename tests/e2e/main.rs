@@ -7,10 +7,12 @@
 //! is `sotto_tests` (tests/src/lib.rs).
 
 mod abuse;
+mod anonymous;
 mod certificate;
 mod cli_errors;
 mod disk_full;
 mod durability;
+mod duress;
 mod groups;
 mod identity;
 mod limits;

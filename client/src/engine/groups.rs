@@ -28,8 +28,9 @@ use sotto_wire::auth::{GroupPurpose, group_body, group_transcript};
 
 use super::*;
 use crate::group::{
-    self, Blob, ChangeBody, GroupError, GroupKeys, GroupState, LinkKeys, Member, Op, Pending, Role,
-    Settings, SignedChange, apply, b64_decode, b64_encode, genesis, hex_decode, replay,
+    self, AnonymousPosts, Blob, ChangeBody, GroupError, GroupKeys, GroupState, LinkKeys, Member,
+    Op, Pending, Role, Settings, SignedChange, apply, b64_decode, b64_encode, genesis, hex_decode,
+    replay,
 };
 use crate::store::{LocalGroup, PendingJoin};
 
@@ -255,6 +256,7 @@ impl Engine {
             name: self.account.name.clone(),
             role: Role::Member,
             joined_at_ms: now_ms(),
+            ring_key: None,
         }
     }
 
@@ -329,7 +331,10 @@ impl Engine {
     /// Brings `g` up to date with the relay: replays the changes we have not
     /// seen, refusing invalid ones. Returns the relay's version and the blob's
     /// change list, or None when our key no longer opens the group.
-    async fn refresh(&mut self, g: &mut LocalGroup) -> Result<Option<(u64, Vec<SignedChange>)>> {
+    pub(super) async fn refresh(
+        &mut self,
+        g: &mut LocalGroup,
+    ) -> Result<Option<(u64, Vec<SignedChange>)>> {
         let Fetched::State { version, blob } = self.read_group(g.id, &g.key).await? else {
             if g.active {
                 // Our key was rotated away without an update reaching us: removed.
@@ -356,7 +361,6 @@ impl Engine {
                 "ignored an invalid change (version {version}) to group {title:?}: {why}"
             )));
         }
-        let applied = r.applied;
         if gap && r.state.version < blob.state.version && r.refusals.is_empty() {
             // Too far behind to check each step: trust the snapshot, as a new member does.
             g.state = blob.state.clone();
@@ -364,8 +368,8 @@ impl Engine {
             g.state = r.state;
         }
         let me = self.account.account_id;
-        for change in &applied {
-            for op in &change.body.ops {
+        {
+            for op in &r.effects {
                 match op {
                     Op::DeleteMessage { id, author } => {
                         if let Some(id) = hex_decode(id).and_then(|b| <[u8; 16]>::try_from(b).ok())
@@ -406,7 +410,7 @@ impl Engine {
     /// Writes a change to a group by compare-and-swap. `make` derives the ops
     /// from the current state (again after each lost race); no ops = nothing
     /// to do. Rotates the group key when the change removes anyone.
-    async fn commit(
+    pub(super) async fn commit(
         &mut self,
         id: [u8; 16],
         make: &dyn Fn(&GroupState) -> Result<Vec<Op>>,
@@ -439,6 +443,10 @@ impl Engine {
                 return Ok(g.state);
             }
             let leaving = ops.contains(&Op::Leave);
+            // Publishing a ring key tells no one: members fetch the state
+            // when a signature needs it (a fan-out per member who joins
+            // would be quadratic in the group's size).
+            let quiet = ops.iter().all(|op| matches!(op, Op::SetRingKey(_)));
             let version = relay_version + 1;
             let mut change = self.signed_change(&g.state, version, ops.clone())?;
             let mut next = match apply(&g.state, &change) {
@@ -501,7 +509,9 @@ impl Engine {
             }
             g.active = next.member(me).is_some();
             self.store.put_group(&g)?;
-            self.announce(&g, &before).await?;
+            if !quiet || rotate {
+                self.announce(&g, &before).await?;
+            }
             return Ok(next);
         }
         Err(EngineError::Invalid(
@@ -564,6 +574,7 @@ impl Engine {
             content: body.encode_to_vec(),
             created_at_ms: now_ms(),
             group: None,
+            anonymous: false,
         })?;
         Ok(())
     }
@@ -581,7 +592,10 @@ impl Engine {
             vec![
                 Op::Create {
                     title: title.trim().to_string(),
-                    creator: self.me_member(),
+                    creator: Member {
+                        ring_key: Some(hex(&self.ring_secret(&id).public().to_bytes())),
+                        ..self.me_member()
+                    },
                 },
                 // Disappearing messages on by default: a seized or lost phone
                 // then holds a week of chat, not years (warnings keep their
@@ -646,6 +660,7 @@ impl Engine {
                 name: contact.name.clone(),
                 role: Role::Member,
                 joined_at_ms: now_ms(),
+                ring_key: None,
             });
         }
         self.commit(g.id, &|state| {
@@ -686,17 +701,125 @@ impl Engine {
         }
     }
 
-    /// Removes a member (admins only); rotates the group key.
-    pub async fn group_remove(&mut self, query: &str, who: &str) -> Result<GroupState> {
+    /// Removes a member (admins only); rotates the group key. Under quorum
+    /// moderation, proposes the removal instead.
+    pub async fn group_remove(&mut self, query: &str, who: &str) -> Result<Moderation> {
         let g = self.find_group(query)?;
         let target = self.find_member(&g.state, who)?;
-        self.commit(g.id, &|state| {
-            Ok(match state.member(target) {
-                Some(_) => vec![Op::Remove(target)],
-                None => vec![],
-            })
+        self.moderate(g.id, &|state| {
+            Ok(state.member(target).map(|_| Op::Remove(target)))
         })
         .await
+    }
+
+    /// Commits the moderation action `make` derives from the current state
+    /// (none = nothing to do), or under quorum moderation proposes it.
+    async fn moderate(
+        &mut self,
+        id: [u8; 16],
+        make: &dyn Fn(&GroupState) -> Result<Option<Op>>,
+    ) -> Result<Moderation> {
+        let proposal: [u8; 4] = rand::rng().random();
+        let proposal = hex(&proposal);
+        let state = self
+            .commit(id, &|state| {
+                Ok(match make(state)? {
+                    None => vec![],
+                    Some(op) if state.quorum_needed() > 1 && op.needs_quorum(state) => {
+                        vec![Op::Propose {
+                            id: proposal.clone(),
+                            action: Box::new(op),
+                        }]
+                    }
+                    Some(op) => vec![op],
+                })
+            })
+            .await?;
+        Ok(match state.proposals.iter().find(|p| p.id == proposal) {
+            Some(p) => Moderation::Proposed {
+                id: proposal.clone(),
+                have: p.approval_count(&state),
+                needed: state.quorum_needed(),
+            },
+            None => Moderation::Done(Box::new(state)),
+        })
+    }
+
+    /// Moderation actions waiting for the quorum, with their descriptions.
+    pub async fn group_proposals(&mut self, query: &str) -> Result<Vec<ProposalInfo>> {
+        let mut g = self.find_group(query)?;
+        if g.active {
+            self.refresh(&mut g).await?;
+        }
+        let needed = g.state.quorum_needed();
+        Ok(g.state
+            .proposals
+            .iter()
+            .map(|p| ProposalInfo {
+                id: p.id.clone(),
+                action: p.describe(&g.state),
+                by: g
+                    .state
+                    .member(p.by)
+                    .map_or_else(|| "a former admin".into(), |m| m.name.clone()),
+                approvals: p.approval_count(&g.state),
+                needed,
+                at_ms: p.at_ms,
+            })
+            .collect())
+    }
+
+    /// Approves a proposal (admins); returns the state after, in which the
+    /// action is carried out if this was the last approval it needed.
+    pub async fn group_agree(&mut self, query: &str, proposal: &str) -> Result<Moderation> {
+        let g = self.find_group(query)?;
+        let wanted = proposal.trim().to_lowercase();
+        let action = std::cell::RefCell::new(None);
+        let state = self
+            .commit(g.id, &|state| {
+                let Some(p) = state.proposals.iter().find(|p| p.id == wanted) else {
+                    return Err(EngineError::Invalid(format!(
+                        "no proposal {wanted:?} is waiting (it may have been carried out or \
+                         withdrawn); see `sotto group proposals`"
+                    )));
+                };
+                *action.borrow_mut() = Some(p.action.clone());
+                Ok(vec![Op::Approve(wanted.clone())])
+            })
+            .await?;
+        let carried_out = !state.proposals.iter().any(|p| p.id == wanted);
+        // Our own change does not come back through `adopt`: act on a
+        // deletion our approval carried out here.
+        if carried_out
+            && let Some(Op::DeleteMessage { id, author }) = action.into_inner()
+            && let Some(id) = hex_decode(&id).and_then(|b| <[u8; 16]>::try_from(b).ok())
+        {
+            self.store.delete_message(author, id)?;
+            self.store.flush().await?;
+        }
+        Ok(match state.proposals.iter().find(|p| p.id == wanted) {
+            Some(p) => Moderation::Proposed {
+                id: wanted.clone(),
+                have: p.approval_count(&state),
+                needed: state.quorum_needed(),
+            },
+            None => Moderation::Done(Box::new(state)),
+        })
+    }
+
+    /// Withdraws one's own proposal.
+    pub async fn group_withdraw(&mut self, query: &str, proposal: &str) -> Result<()> {
+        let g = self.find_group(query)?;
+        let wanted = proposal.trim().to_lowercase();
+        self.commit(g.id, &|state| {
+            Ok(if state.proposals.iter().any(|p| p.id == wanted) {
+                vec![Op::Withdraw(wanted.clone())]
+            } else {
+                vec![]
+            })
+        })
+        .await?;
+        Ok(())
     }
 
     /// Leaves a group.
@@ -707,43 +830,43 @@ impl Engine {
         Ok(())
     }
 
-    /// Makes a member an admin (`admin = true`) or a plain member.
-    pub async fn group_set_role(&mut self, query: &str, who: &str, admin: bool) -> Result<()> {
+    /// Makes a member an admin (`admin = true`) or a plain member (proposed
+    /// under quorum moderation).
+    pub async fn group_set_role(
+        &mut self,
+        query: &str,
+        who: &str,
+        admin: bool,
+    ) -> Result<Moderation> {
         let g = self.find_group(query)?;
         let target = self.find_member(&g.state, who)?;
         let role = if admin { Role::Admin } else { Role::Member };
-        self.commit(g.id, &|state| {
+        self.moderate(g.id, &|state| {
             Ok(match state.role_of(target) {
-                Some(r) if r == role => vec![],
-                _ => vec![Op::SetRole {
+                Some(r) if r == role => None,
+                _ => Some(Op::SetRole {
                     account: target,
                     role,
-                }],
+                }),
             })
         })
-        .await?;
-        Ok(())
+        .await
     }
 
-    /// Changes the settings `change` names. Returns the settings now in force.
+    /// Changes the settings `change` names (proposed, under quorum
+    /// moderation, when it changes the quorum).
     pub async fn group_settings(
         &mut self,
         query: &str,
         change: SettingsChange,
-    ) -> Result<Settings> {
+    ) -> Result<Moderation> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
-        let state = self
-            .commit(g.id, &|state| {
-                let s = change.applied_to(state.settings);
-                Ok(if s == state.settings {
-                    vec![]
-                } else {
-                    vec![Op::SetSettings(s)]
-                })
-            })
-            .await?;
-        Ok(state.settings)
+        self.moderate(g.id, &|state| {
+            let s = change.applied_to(state.settings);
+            Ok((s != state.settings).then_some(Op::SetSettings(s)))
+        })
+        .await
     }
 
     /// The group's join link, creating one (or a new one with `reset`) as needed.
@@ -934,6 +1057,7 @@ impl Engine {
                                 name: p.name.clone(),
                                 role: Role::Member,
                                 joined_at_ms: 0,
+                                ring_key: None,
                             })
                         }
                     })
@@ -1154,7 +1278,7 @@ impl Engine {
 
     /// Removes a group message for everyone: the author's own by a group
     /// message, anyone's by an admin through a logged change.
-    pub async fn group_delete(&mut self, query: &str, message_id: &str) -> Result<()> {
+    pub async fn group_delete(&mut self, query: &str, message_id: &str) -> Result<Moderation> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
         let wanted = message_id.trim().to_lowercase();
@@ -1172,7 +1296,9 @@ impl Engine {
             )));
         };
         let me = self.account.account_id;
-        if target.direction == MessageDirection::Outgoing {
+        // An anonymous post (kept under no author) is removed only by a
+        // moderator: its author deleting it would show who they are.
+        if target.direction == MessageDirection::Outgoing && !target.peer.is_nil() {
             let (id, body) = content(
                 &self.account.name,
                 content::content::Body::GroupDelete(content::GroupDelete {
@@ -1184,7 +1310,7 @@ impl Engine {
             self.store.outbox_push(&self.group_entry(&g, id, &body))?;
             self.store.flush().await?;
             self.drain_outbox().await?;
-            return Ok(());
+            return Ok(Moderation::Done(Box::new(g.state)));
         }
         if !self.my_role(&g).is_some_and(Role::is_admin) {
             return Err(EngineError::Invalid(
@@ -1195,10 +1321,12 @@ impl Engine {
             id: hex(&target.id),
             author: target.peer,
         };
-        self.commit(g.id, &|_| Ok(vec![op.clone()])).await?;
-        self.store.delete_message(target.peer, target.id)?;
-        self.store.flush().await?;
-        Ok(())
+        let done = self.moderate(g.id, &|_| Ok(Some(op.clone()))).await?;
+        if matches!(done, Moderation::Done(_)) {
+            self.store.delete_message(target.peer, target.id)?;
+            self.store.flush().await?;
+        }
+        Ok(done)
     }
 
     /// Posts a text to a group. Returns once the relay has it for every member.
@@ -1252,6 +1380,7 @@ impl Engine {
             content: body.encode_to_vec(),
             created_at_ms: now_ms(),
             group: Some(g.id),
+            anonymous: false,
         }
     }
 
@@ -1347,6 +1476,7 @@ impl Engine {
                     content: body.encode_to_vec(),
                     created_at_ms: now_ms(),
                     group: None,
+                    anonymous: false,
                 };
                 // Durable at the relay before the group message, which it precedes in their mailbox.
                 match self.deliver_direct(&control).await {
@@ -1530,6 +1660,11 @@ impl Engine {
         match body {
             Body::GroupText(t) => self.on_group_text(sender, content, t).await,
             Body::Warning(w) => self.on_warning(sender, content, w).await,
+            Body::Anonymous(a) => self.on_anonymous(Some(sender), content, a).await,
+            Body::Submission(a) => {
+                self.on_submission(sender, a).await?;
+                Ok(None)
+            }
             Body::GroupDelete(d) => {
                 // The record key includes the author: one can only delete one's own.
                 if let Ok(id) = <[u8; 16]>::try_from(d.message_id.as_slice())
@@ -1740,6 +1875,7 @@ impl Engine {
     pub(super) async fn group_housekeeping(&mut self) -> Result<()> {
         self.store.purge_expired(now_ms())?;
         self.reconfirm_notices()?;
+        self.publish_ring_keys().await?;
         for g in self.store.groups()? {
             if !self.my_role(&g).is_some_and(Role::is_admin) {
                 continue;
@@ -1862,6 +1998,39 @@ impl Engine {
     }
 }
 
+/// What a moderation command did.
+#[derive(Debug)]
+pub enum Moderation {
+    /// Carried out; the state after.
+    Done(Box<GroupState>),
+    /// Proposed (or approved) under quorum moderation and still waiting.
+    Proposed {
+        /// The proposal's id.
+        id: String,
+        /// Approvals so far.
+        have: usize,
+        /// Approvals needed.
+        needed: usize,
+    },
+}
+
+/// A proposal waiting for the quorum, as `sotto group proposals` shows it.
+#[derive(Debug, Clone)]
+pub struct ProposalInfo {
+    /// Its id.
+    pub id: String,
+    /// What it would do ("remove Bob").
+    pub action: String,
+    /// Who proposed it.
+    pub by: String,
+    /// Approvals from current admins.
+    pub approvals: usize,
+    /// Approvals needed.
+    pub needed: usize,
+    /// When it was proposed.
+    pub at_ms: u64,
+}
+
 /// Settings to change; `None` leaves one as it is.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SettingsChange {
@@ -1877,6 +2046,10 @@ pub struct SettingsChange {
     pub vouches_required: Option<u32>,
     /// Re-confirmation period, ms (0 = off).
     pub reconfirm_ms: Option<u64>,
+    /// Admins who must agree to moderation actions (0 or 1 = off).
+    pub quorum: Option<u32>,
+    /// Anonymous posting.
+    pub anonymous_posts: Option<AnonymousPosts>,
 }
 
 impl SettingsChange {
@@ -1898,6 +2071,12 @@ impl SettingsChange {
         }
         if let Some(v) = self.reconfirm_ms {
             s.reconfirm_ms = v;
+        }
+        if let Some(v) = self.quorum {
+            s.quorum = v;
+        }
+        if let Some(v) = self.anonymous_posts {
+            s.anonymous_posts = v;
         }
         s
     }

@@ -17,10 +17,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::anon::check_author_proof;
 use super::groups::{Admitted, content as new_content};
 use super::{Content, Engine, EngineError, MAX_TEXT_BYTES, Result, content, hex, now_ms};
+use crate::group::Settings;
 use crate::routes::{Card, Date, GivenDate, Routes, today};
-use crate::store::{MessageDirection, MessageRecord, MessageStatus, WarningRecord};
+use crate::store::{
+    CorroborationRecord, MessageDirection, MessageRecord, MessageStatus, WarningRecord,
+};
 
 /// The kinds of behaviour a warning can name.
 pub const KINDS: &[&str] = &[
@@ -141,8 +145,17 @@ pub struct WarningView {
     pub text: String,
     /// Sent at (ms since the epoch).
     pub sent_at_ms: u64,
-    /// Whether I posted it.
+    /// Whether I posted it under my name.
     pub mine: bool,
+    /// How an anonymous warning appears ("a member", "a member (approved by
+    /// a moderator)"); `None` when it is named.
+    pub anonymous: Option<String>,
+    /// Distinct members who corroborated it (anonymously), not its author.
+    pub corroborations: usize,
+    /// Of those, the ones who experienced it too.
+    pub corroborations_firsthand: usize,
+    /// Whether I corroborated it.
+    pub corroborated_by_me: bool,
     /// Where it can go next, with deadlines from its date (see `routes.rs`).
     pub routes: Option<Card>,
 }
@@ -260,6 +273,87 @@ impl WarningInput {
     }
 }
 
+/// The wire form of a checked warning input.
+pub(super) fn warning_content(group: [u8; 16], input: WarningInput) -> Result<content::Warning> {
+    let input = input.checked()?;
+    Ok(content::Warning {
+        group_id: group.to_vec(),
+        subject: input.subject,
+        role: input.role,
+        kind: input.kind,
+        firsthand: input.firsthand,
+        place: input.place,
+        when: input.when,
+        advice: input.advice,
+        text: input.text,
+        author_proof: Vec::new(),
+    })
+}
+
+/// The record kept for a received warning, fields clipped and checked;
+/// `None` when it has no subject or its retention already ran out.
+pub(super) fn warning_record(
+    w: &content::Warning,
+    id: [u8; 16],
+    group: [u8; 16],
+    author: Uuid,
+    sent_at_ms: u64,
+    settings: &Settings,
+) -> Option<WarningRecord> {
+    let clip = |s: &str| s.trim().chars().take(MAX_FIELD_BYTES).collect::<String>();
+    let kind = if KINDS.contains(&w.kind.as_str()) {
+        w.kind.clone()
+    } else {
+        // A newer app's kind: keep the warning, under "other".
+        "other".to_string()
+    };
+    let when = if check_when(w.when.trim()).is_ok() {
+        w.when.trim().to_string()
+    } else {
+        String::new()
+    };
+    let received = now_ms();
+    let retention = settings.warning_retention_ms;
+    let expires_at_ms = (retention > 0).then(|| sent_at_ms.min(received) + retention);
+    if expires_at_ms.is_some_and(|t| t <= received) {
+        return None;
+    }
+    let warning = WarningRecord {
+        id,
+        group,
+        author,
+        subject: clip(&w.subject),
+        role: clip(&w.role),
+        kind,
+        firsthand: w.firsthand,
+        place: clip(&w.place),
+        when,
+        advice: clip(&w.advice),
+        text: w.text.chars().take(MAX_TEXT_BYTES).collect(),
+        sent_at_ms,
+        expires_at_ms,
+        author_tag: None,
+        anonymous: None,
+    };
+    (!subject_key(&warning.subject).is_empty()).then_some(warning)
+}
+
+/// The history line of a received warning, shown under `name`.
+pub(super) fn history_record(w: &WarningRecord, name: &str, received: u64) -> MessageRecord {
+    MessageRecord {
+        id: w.id,
+        peer: w.author,
+        direction: MessageDirection::Incoming,
+        sender_name: name.to_string(),
+        text: history_text(w),
+        sent_at_ms: w.sent_at_ms,
+        received_at_ms: received,
+        status: MessageStatus::Received,
+        group: Some(w.group.to_vec()),
+        expires_at_ms: w.expires_at_ms,
+    }
+}
+
 /// The warning as a line of history, for members who read the group's
 /// messages rather than `sotto warnings`.
 fn history_text(w: &WarningRecord) -> String {
@@ -306,20 +400,15 @@ impl Engine {
                 g.state.title
             )));
         }
-        let (id, body) = new_content(
+        // My ring key must be in the state for my author proof to verify.
+        self.ensure_ring_key(g.id).await?;
+        let mut warning_body = warning_content(g.id, input.clone())?;
+        let (id, mut body) = new_content(
             &self.account.name,
-            content::content::Body::Warning(content::Warning {
-                group_id: g.id.to_vec(),
-                subject: input.subject.clone(),
-                role: input.role.clone(),
-                kind: input.kind.clone(),
-                firsthand: input.firsthand,
-                place: input.place.clone(),
-                when: input.when.clone(),
-                advice: input.advice.clone(),
-                text: input.text.clone(),
-            }),
+            content::content::Body::Warning(warning_body.clone()),
         );
+        warning_body.author_proof = self.author_proof(&g.id, &id)?;
+        body.body = Some(content::content::Body::Warning(warning_body));
         let me = self.account.account_id;
         let retention = g.state.settings.warning_retention_ms;
         let warning = WarningRecord {
@@ -336,6 +425,8 @@ impl Engine {
             text: input.text,
             sent_at_ms: body.sent_at_ms,
             expires_at_ms: (retention > 0).then(|| body.sent_at_ms + retention),
+            author_tag: Some(self.ring_secret(&g.id).tag(&super::anon::scope(&g.id, &id))),
+            anonymous: None,
         };
         let record = MessageRecord {
             id,
@@ -375,54 +466,34 @@ impl Engine {
         else {
             return Ok(None);
         };
-        let clip = |s: &str| s.trim().chars().take(MAX_FIELD_BYTES).collect::<String>();
-        let kind = if KINDS.contains(&w.kind.as_str()) {
-            w.kind.clone()
-        } else {
-            // A newer app's kind: keep the warning, under "other".
-            "other".to_string()
-        };
-        let when = if check_when(w.when.trim()).is_ok() {
-            w.when.trim().to_string()
-        } else {
-            String::new()
-        };
-        let received = now_ms();
-        let retention = settings.warning_retention_ms;
-        let expires_at_ms = (retention > 0).then(|| content.sent_at_ms.min(received) + retention);
-        if expires_at_ms.is_some_and(|t| t <= received) {
+        // A named warning proves its author's linking tag, so the author
+        // cannot add an anonymous "me too" to their own warning.
+        let Some(mut g) = self.store.group(group_id)? else {
             return Ok(None);
-        }
-        let warning = WarningRecord {
-            id,
-            group: group_id,
-            author: sender,
-            subject: clip(&w.subject),
-            role: clip(&w.role),
-            kind,
-            firsthand: w.firsthand,
-            place: clip(&w.place),
-            when,
-            advice: clip(&w.advice),
-            text: w.text.chars().take(MAX_TEXT_BYTES).collect(),
-            sent_at_ms: content.sent_at_ms,
-            expires_at_ms,
         };
-        if subject_key(&warning.subject).is_empty() {
+        let mut checked = check_author_proof(&g.state, &group_id, sender, &id, &w.author_proof);
+        if checked.is_err() {
+            // Perhaps their ring key was published after our last update.
+            self.refresh(&mut g).await?;
+            checked = check_author_proof(&g.state, &group_id, sender, &id, &w.author_proof);
+        }
+        let author_tag = match checked {
+            Ok(tag) => tag,
+            Err(why) => {
+                self.notices.push(super::Notice::Group(format!(
+                    "dropped a warning to {:?}: {why}",
+                    g.state.title
+                )));
+                return Ok(None);
+            }
+        };
+        let Some(mut warning) =
+            warning_record(w, id, group_id, sender, content.sent_at_ms, &settings)
+        else {
             return Ok(None);
-        }
-        let record = MessageRecord {
-            id,
-            peer: sender,
-            direction: MessageDirection::Incoming,
-            sender_name: name,
-            text: history_text(&warning),
-            sent_at_ms: content.sent_at_ms,
-            received_at_ms: received,
-            status: MessageStatus::Received,
-            group: Some(group_id.to_vec()),
-            expires_at_ms,
         };
+        warning.author_tag = Some(author_tag);
+        let record = history_record(&warning, &name, now_ms());
         if !self.store.insert_message(&record)? {
             return Ok(None);
         }
@@ -475,19 +546,33 @@ impl Engine {
             }
             by_key.entry(key).or_default().push(w);
         }
+        let corroborations = self.store.corroborations()?;
         let mut out: Vec<SubjectSummary> = by_key
             .into_iter()
             .map(|(key, mut ws)| {
                 ws.sort_by_key(|w| std::cmp::Reverse((w.sent_at_ms, w.id)));
-                let first: BTreeSet<Uuid> = ws
+                // Reporters: named authors by account; anonymous authors and
+                // corroborators by their linking tag (one per member per
+                // warning, so a member who corroborates two warnings about
+                // the same person counts in each).
+                let mut reports: Vec<(Reporter, bool)> = Vec::new();
+                for w in &ws {
+                    reports.push((reporter_of(w), w.firsthand));
+                    for c in &corroborations {
+                        if c.warning == w.id && c.group == w.group && Some(c.tag) != w.author_tag {
+                            reports.push((Reporter::Tag(c.tag), c.firsthand));
+                        }
+                    }
+                }
+                let first: BTreeSet<Reporter> = reports
                     .iter()
-                    .filter(|w| w.firsthand)
-                    .map(|w| w.author)
+                    .filter(|(_, f)| *f)
+                    .map(|(r, _)| *r)
                     .collect();
-                let second: BTreeSet<Uuid> = ws
+                let second: BTreeSet<Reporter> = reports
                     .iter()
-                    .filter(|w| !w.firsthand && !first.contains(&w.author))
-                    .map(|w| w.author)
+                    .filter(|(r, f)| !*f && !first.contains(r))
+                    .map(|(r, _)| *r)
                     .collect();
                 let mut name_counts: BTreeMap<&str, usize> = BTreeMap::new();
                 let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
@@ -527,7 +612,14 @@ impl Engine {
                     groups,
                     warnings: ws
                         .iter()
-                        .map(|w| view(w, &titles[&w.group], me, card(&w.kind, &w.when)))
+                        .map(|w| {
+                            let mut v = view(w, &titles[&w.group], me, card(&w.kind, &w.when));
+                            let (all, firsthand, mine) = count_corroborations(&corroborations, w);
+                            v.corroborations = all;
+                            v.corroborations_firsthand = firsthand;
+                            v.corroborated_by_me = mine;
+                            v
+                        })
                         .collect(),
                 }
             })
@@ -580,6 +672,32 @@ fn route_card(routes: &Routes, kind: &str, when: &str, today: Date) -> Option<Ca
         .ok()
 }
 
+/// Who a report counts as: a named author's account, or an anonymous
+/// author's or corroborator's linking tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reporter {
+    Account(Uuid),
+    Tag([u8; 32]),
+}
+
+fn reporter_of(w: &WarningRecord) -> Reporter {
+    match (&w.anonymous, w.author_tag) {
+        (Some(_), Some(tag)) => Reporter::Tag(tag),
+        _ => Reporter::Account(w.author),
+    }
+}
+
+/// Distinct corroborators of `w` (all, first-hand) not counting its author,
+/// and whether I am one.
+fn count_corroborations(all: &[CorroborationRecord], w: &WarningRecord) -> (usize, usize, bool) {
+    let mine = all
+        .iter()
+        .filter(|c| c.warning == w.id && c.group == w.group && Some(c.tag) != w.author_tag);
+    mine.fold((0, 0, false), |(n, f, m), c| {
+        (n + 1, f + usize::from(c.firsthand), m || c.mine)
+    })
+}
+
 fn view(w: &WarningRecord, group: &str, me: Uuid, routes: Option<Card>) -> WarningView {
     WarningView {
         id: hex(&w.id),
@@ -594,6 +712,10 @@ fn view(w: &WarningRecord, group: &str, me: Uuid, routes: Option<Card>) -> Warni
         text: w.text.clone(),
         sent_at_ms: w.sent_at_ms,
         mine: w.author == me,
+        anonymous: w.anonymous.clone(),
+        corroborations: 0,
+        corroborations_firsthand: 0,
+        corroborated_by_me: false,
         routes,
     }
 }

@@ -132,6 +132,10 @@ pub struct AccountRecord {
     /// (ms since the epoch; 0 for profiles made before rotation existed).
     #[serde(default)]
     pub keys_rotated_at_ms: u64,
+    /// A decoy profile (opened by the duress passphrase) whose opening
+    /// crypto-erases the real profile it stands in for.
+    #[serde(default)]
+    pub duress_erases_real: bool,
 }
 
 impl fmt::Debug for AccountRecord {
@@ -270,6 +274,57 @@ pub struct WarningRecord {
     pub sent_at_ms: u64,
     /// When the group's warning retention deletes it; `None` keeps it.
     pub expires_at_ms: Option<u64>,
+    /// The author's linking tag for this warning (from the author proof of
+    /// a named warning, or the ring signature of an anonymous one): a
+    /// corroboration with this tag is the author's own and is not counted.
+    #[serde(default)]
+    pub author_tag: Option<[u8; 32]>,
+    /// How an anonymous warning appears ("a member", "a member (approved by
+    /// a moderator)"); `None` for a named one.
+    #[serde(default)]
+    pub anonymous: Option<String>,
+}
+
+/// An anonymous "me too" on a warning. Only its linking tag is kept, which
+/// no one can tie to a member (tags differ from one warning to the next).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CorroborationRecord {
+    /// The group.
+    pub group: [u8; 16],
+    /// The warning's id.
+    pub warning: [u8; 16],
+    /// The linking tag: one per member per warning.
+    pub tag: [u8; 32],
+    /// The corroborator experienced it too (else heard of it).
+    pub firsthand: bool,
+    /// Made by this app (so it can say "you corroborated this").
+    pub mine: bool,
+}
+
+/// A member's anonymous post waiting for a moderator's approval (groups
+/// with anonymous posts via a moderator). Only moderators' apps hold these.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmissionRecord {
+    /// The post's id.
+    pub id: [u8; 16],
+    /// The group.
+    pub group: [u8; 16],
+    /// Who sent it (the moderator knows; no one else will).
+    #[serde(with = "uuid_bytes")]
+    pub from: Uuid,
+    /// The encoded, signed `Anonymous` post, published as it is.
+    pub post: Vec<u8>,
+    /// When it arrived.
+    pub received_at_ms: u64,
+}
+
+impl fmt::Debug for SubmissionRecord {
+    // The post is plaintext; keep it out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubmissionRecord")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for WarningRecord {
@@ -339,6 +394,10 @@ pub struct OutboxEntry {
     /// engine sends to the members current at delivery time).
     #[serde(default)]
     pub group: Option<[u8; 16]>,
+    /// A group message sent in an anonymous envelope (no sender) to each
+    /// member, rather than with my sender key.
+    #[serde(default)]
+    pub anonymous: bool,
 }
 
 impl fmt::Debug for OutboxEntry {
@@ -420,6 +479,10 @@ const TREE_WARNINGS: &str = "warnings";
 const TREE_NOTES: &str = "notes";
 /// Subject key -> the subject key it was merged into by hand.
 const TREE_SUBJECT_MERGES: &str = "subject_merges";
+/// Anonymous corroborations, by warning id and tag.
+const TREE_CORROBORATIONS: &str = "corroborations";
+/// Anonymous posts waiting for a moderator, by post id.
+const TREE_SUBMISSIONS: &str = "submissions";
 pub(crate) const TREE_IDENTITIES: &str = "identities";
 pub(crate) const TREE_SESSIONS: &str = "sessions";
 pub(crate) const TREE_PREKEYS: &str = "prekeys";
@@ -806,6 +869,38 @@ impl Store {
             self.remove(TREE_WARNINGS, &id)?;
         }
         Ok(())
+    }
+
+    /// Saves a corroboration; false if this tag already corroborated this
+    /// warning (a member counts once, however often they send it).
+    pub fn insert_corroboration(&self, c: &CorroborationRecord) -> Result<bool> {
+        let _guard = self.lock();
+        let key = [&c.warning[..], &c.tag[..]].concat();
+        if self.get_raw(TREE_CORROBORATIONS, &key)?.is_some() {
+            return Ok(false);
+        }
+        self.put_json(TREE_CORROBORATIONS, &key, c)?;
+        Ok(true)
+    }
+
+    /// Every corroboration kept.
+    pub fn corroborations(&self) -> Result<Vec<CorroborationRecord>> {
+        self.scan_json(TREE_CORROBORATIONS)
+    }
+
+    /// Keeps an anonymous post for a moderator's decision.
+    pub fn put_submission(&self, s: &SubmissionRecord) -> Result<()> {
+        self.put_json(TREE_SUBMISSIONS, &s.id, s)
+    }
+
+    /// Anonymous posts waiting for a moderator.
+    pub fn submissions(&self) -> Result<Vec<SubmissionRecord>> {
+        self.scan_json(TREE_SUBMISSIONS)
+    }
+
+    /// Forgets a submission (published, discarded, or published by another moderator).
+    pub fn remove_submission(&self, id: [u8; 16]) -> Result<()> {
+        self.remove(TREE_SUBMISSIONS, &id)
     }
 
     /// Saves a warning; false if one with this id was already stored.
@@ -1243,6 +1338,7 @@ mod tests {
             sender_certificate: Some((vec![1, 2, 3], 77)),
             transport_hint: None,
             keys_rotated_at_ms: 0,
+            duress_erases_real: false,
         }
     }
 
@@ -1603,6 +1699,7 @@ mod tests {
             content: vec![id; 3],
             created_at_ms: 100 - u64::from(id),
             group: None,
+            anonymous: false,
         };
         {
             let store = Store::create(dir.path(), PASS).expect("create");

@@ -357,6 +357,7 @@ mod tests {
                 sender_certificate: None,
                 transport_hint: None,
                 keys_rotated_at_ms: 0,
+                duress_erases_real: false,
             })
             .expect("set_account");
         ProtocolAddress::new(account_id.to_string(), device())
