@@ -253,8 +253,18 @@ impl Engine {
     pub(super) async fn publish_ring_keys(&mut self) -> Result<()> {
         let me = self.account.account_id;
         for g in self.store.groups()? {
-            if g.active && g.state.member(me).is_some_and(|m| m.ring_key.is_none()) {
-                self.ensure_ring_key(g.id).await?;
+            if g.active
+                && g.state.member(me).is_some_and(|m| m.ring_key.is_none())
+                && let Err(e) = self.ensure_ring_key(g.id).await
+            {
+                if is_offline(&e) {
+                    return Err(e);
+                }
+                // Not worth failing a sync over: the next one tries again.
+                self.notices.push(Notice::Group(format!(
+                    "could not publish your key for anonymous posts in {:?}: {e}",
+                    g.state.title
+                )));
             }
         }
         Ok(())
