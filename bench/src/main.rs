@@ -18,6 +18,7 @@ mod fanout;
 mod hostile;
 mod nats;
 mod panic;
+mod ring;
 mod throughput;
 
 use std::io::Write;
@@ -61,6 +62,7 @@ const ALL: &[&str] = &[
     "e2e",
     "hostile",
     "panic",
+    "ring",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +115,7 @@ fn main() -> anyhow::Result<()> {
                 "e2e" => e2e::run(runs).await,
                 "hostile" => hostile::run(runs).await,
                 "panic" => panic::run(runs).await,
+                "ring" => ring::run(runs).await,
                 _ => unreachable!("checked above"),
             }
         })?;
