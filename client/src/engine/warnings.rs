@@ -402,44 +402,30 @@ impl Engine {
         }
         // My ring key must be in the state for my author proof to verify.
         self.ensure_ring_key(g.id).await?;
-        let mut warning_body = warning_content(g.id, input.clone())?;
+        let mut warning_body = warning_content(g.id, input)?;
         let (id, mut body) = new_content(
             &self.account.name,
             content::content::Body::Warning(warning_body.clone()),
         );
         warning_body.author_proof = self.author_proof(&g.id, &id)?;
-        body.body = Some(content::content::Body::Warning(warning_body));
+        body.body = Some(content::content::Body::Warning(warning_body.clone()));
         let me = self.account.account_id;
-        let retention = g.state.settings.warning_retention_ms;
-        let warning = WarningRecord {
+        let Some(mut warning) = warning_record(
+            &warning_body,
             id,
-            group: g.id,
-            author: me,
-            subject: input.subject,
-            role: input.role,
-            kind: input.kind,
-            firsthand: input.firsthand,
-            place: input.place,
-            when: input.when,
-            advice: input.advice,
-            text: input.text,
-            sent_at_ms: body.sent_at_ms,
-            expires_at_ms: (retention > 0).then(|| body.sent_at_ms + retention),
-            author_tag: Some(self.ring_secret(&g.id).tag(&super::anon::scope(&g.id, &id))),
-            anonymous: None,
+            g.id,
+            me,
+            body.sent_at_ms,
+            &g.state.settings,
+        ) else {
+            return Err(EngineError::Invalid(
+                "the warning's retention has already run out".into(),
+            ));
         };
-        let record = MessageRecord {
-            id,
-            peer: me,
-            direction: MessageDirection::Outgoing,
-            sender_name: self.account.name.clone(),
-            text: history_text(&warning),
-            sent_at_ms: body.sent_at_ms,
-            received_at_ms: body.sent_at_ms,
-            status: MessageStatus::Pending,
-            group: Some(g.id.to_vec()),
-            expires_at_ms: warning.expires_at_ms,
-        };
+        warning.author_tag = Some(self.ring_secret(&g.id).tag(&super::anon::scope(&g.id, &id)));
+        let mut record = history_record(&warning, &self.account.name, body.sent_at_ms);
+        record.direction = MessageDirection::Outgoing;
+        record.status = MessageStatus::Pending;
         // Stored with the message, so a crash cannot leave one without the other.
         self.store.insert_warning(&warning)?;
         let entry = self.group_entry(&g, id, &body);
