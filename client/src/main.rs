@@ -147,6 +147,10 @@ enum Command {
         /// approves it (via-moderator)
         #[arg(long)]
         anonymous: bool,
+        /// With --anonymous via a moderator: only this moderator sees it
+        /// (and knows it is yours); by default every admin does
+        #[arg(long, requires = "anonymous", value_name = "WHO")]
+        moderator: Option<String>,
     },
     /// Add your anonymous "me too" to a warning
     ///
@@ -522,6 +526,10 @@ enum GroupCommand {
         /// approves it (via-moderator)
         #[arg(long)]
         anonymous: bool,
+        /// With --anonymous via a moderator: only this moderator sees it
+        /// (and knows it is yours); by default every admin does
+        #[arg(long, requires = "anonymous", value_name = "WHO")]
+        moderator: Option<String>,
     },
     /// Anonymous posts waiting for a moderator's approval (admins)
     Submissions {
@@ -913,6 +921,7 @@ async fn via_listener(home: &Path, passphrase: String, command: Command) -> Resu
             group,
             text,
             anonymous: false,
+            ..
         }) => (group, text, true),
         _ => return Err(StoreError::Locked.into()),
     };
@@ -1097,6 +1106,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             advice,
             text,
             anonymous,
+            moderator,
         } => {
             let input = sotto_client::engine::WarningInput {
                 subject: about,
@@ -1110,7 +1120,11 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             };
             if anonymous {
                 let posted = engine
-                    .post_anonymously(&group, sotto_client::engine::AnonymousBody::Warning(input))
+                    .post_anonymously(
+                        &group,
+                        sotto_client::engine::AnonymousBody::Warning(input),
+                        moderator.as_deref(),
+                    )
                     .await?;
                 report_anonymous(&mut out, &posted)?;
             } else {
@@ -1459,6 +1473,7 @@ async fn group_command_inner(
             group,
             text,
             anonymous: false,
+            ..
         } => {
             let message = engine.group_send(&group, &text).await?;
             writeln!(out, "sent {}", message.id)?;
@@ -1467,9 +1482,14 @@ async fn group_command_inner(
             group,
             text,
             anonymous: true,
+            moderator,
         } => {
             let posted = engine
-                .post_anonymously(&group, sotto_client::engine::AnonymousBody::Text(text))
+                .post_anonymously(
+                    &group,
+                    sotto_client::engine::AnonymousBody::Text(text),
+                    moderator.as_deref(),
+                )
                 .await?;
             report_anonymous(out, &posted)?;
         }

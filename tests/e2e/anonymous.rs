@@ -311,6 +311,42 @@ fn anonymous_posts_via_a_moderator_name_the_author_to_the_moderator_only() {
         )
         .is_empty()
     );
+
+    // With two moderators, an author can choose the one who learns it is theirs.
+    ann.ok(&["group", "promote", TITLE, "cat"]);
+    for u in [&bob, &cat, &dee] {
+        u.ok(&["sync"]);
+    }
+    dee.ok(&[
+        "group",
+        "send",
+        TITLE,
+        "--anonymous",
+        "--moderator",
+        "Ann Quillfeather",
+        "only Ann should know",
+    ]);
+    let waiting = |u: &User| {
+        u.ok(&["sync"]);
+        parse_json_lines(
+            &u.ok(&["group", "submissions", TITLE, "--json"]),
+            "submissions",
+        )
+    };
+    assert!(waiting(&cat).is_empty(), "Cat was not chosen");
+    let at_ann = waiting(&ann);
+    assert_eq!(at_ann.len(), 1, "{at_ann:?}");
+    assert_eq!(at_ann[0]["from"], "dee");
+    let err = dee.fails(&[
+        "group",
+        "send",
+        TITLE,
+        "--anonymous",
+        "--moderator",
+        "bob",
+        "x",
+    ]);
+    assert!(err.contains("not a moderator"), "{err}");
 }
 
 #[test]

@@ -121,3 +121,44 @@ fn members_who_do_not_reconfirm_are_removed() {
     let _ = cat.run(&["sync"]);
     assert!(!texts(&cat.history_json(TITLE)).contains(&"after the purge".to_string()));
 }
+
+/// Re-confirmation under quorum moderation: the removal of a member who did
+/// not re-confirm needs two admins' apps to find them overdue.
+#[test]
+fn under_quorum_an_overdue_member_is_removed_once_two_admins_agree() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann");
+    let bob = User::new(&relay, "Bob");
+    let cat = User::new(&relay, "Cat");
+    ann.add_contact("bob", &bob);
+    ann.add_contact("cat", &cat);
+    ann.ok(&["group", "create", TITLE]);
+    ann.ok(&["group", "add", TITLE, "bob", "cat"]);
+    ann.ok(&["group", "promote", TITLE, "bob"]);
+    ann.ok(&["group", "settings", TITLE, "--quorum", "2"]);
+    bob.ok(&["sync"]);
+    cat.ok(&["sync"]);
+    let start = std::time::Instant::now();
+    ann.ok(&["group", "settings", TITLE, "--reconfirm", "4s"]);
+    std::thread::sleep(std::time::Duration::from_secs(6).saturating_sub(start.elapsed()));
+    let in_group = |u: &User| -> bool {
+        parse_json_lines(&u.ok(&["group", "members", TITLE, "--json"]), "members")
+            .iter()
+            .any(|m| m["code"] == cat.code())
+    };
+    // Bob is also overdue, but an admin's app does not propose itself away;
+    // Ann's app proposes removing both, Bob's agrees to Cat's removal.
+    ann.ok(&["sync"]);
+    assert!(in_group(&ann), "one admin's app alone does not remove Cat");
+    let proposals = parse_json_lines(&bob.ok(&["group", "proposals", TITLE, "--json"]), "p");
+    assert!(
+        proposals.iter().any(|p| p["action"] == "remove cat"),
+        "{proposals:?}"
+    );
+    bob.ok(&["sync"]);
+    assert!(!in_group(&bob), "the second admin's app carries it out");
+    ann.ok(&["sync"]);
+    assert!(!in_group(&ann));
+    let log = ann.ok(&["group", "log", TITLE]);
+    assert!(log.contains("carried out: removed cat"), "{log}");
+}

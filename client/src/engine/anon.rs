@@ -717,10 +717,13 @@ impl Engine {
 
     /// Posts to a group without my name: anonymously (`on`) or for a
     /// moderator's approval (`via-moderator`), as the group's setting says.
+    /// `moderator` picks the one moderator who sees a via-moderator post
+    /// (and so learns who wrote it); by default every admin does.
     pub async fn post_anonymously(
         &mut self,
         query: &str,
         body: AnonymousBody,
+        moderator: Option<&str>,
     ) -> Result<PostedAnonymously> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
@@ -733,6 +736,25 @@ impl Engine {
                  Nothing was sent"
             )));
         }
+        let chosen = match moderator {
+            None => None,
+            Some(_) if mode != AnonymousPosts::ViaModerator => {
+                return Err(EngineError::Invalid(format!(
+                    "--moderator is for groups with anonymous posts via a moderator; \
+                     {title:?} has them {}",
+                    mode.as_str()
+                )));
+            }
+            Some(who) => {
+                let account = self.find_member(&g.state, who)?;
+                if !g.state.role_of(account).is_some_and(Role::is_admin) {
+                    return Err(EngineError::Invalid(format!(
+                        "{who} is not a moderator (admin) of {title:?}"
+                    )));
+                }
+                Some(account)
+            }
+        };
         if mode == AnonymousPosts::On && g.state.settings.announcements_only {
             return Err(EngineError::Invalid(format!(
                 "{title:?} is announcements-only: only admins can post. Nothing was sent"
@@ -777,6 +799,7 @@ impl Engine {
                     .members
                     .iter()
                     .filter(|m| m.role.is_admin() && m.account != me)
+                    .filter(|m| chosen.is_none_or(|c| c == m.account))
                     .map(|m| m.account)
                     .collect();
                 if admins.is_empty() {

@@ -202,7 +202,7 @@ impl Engine {
     }
 
     /// Finds a member of `state` by my contact name, their display name, or contact code.
-    fn find_member(&self, state: &GroupState, who: &str) -> Result<Uuid> {
+    pub(super) fn find_member(&self, state: &GroupState, who: &str) -> Result<Uuid> {
         let candidates: Vec<(Uuid, String)> = state
             .members
             .iter()
@@ -1173,10 +1173,26 @@ impl Engine {
         let me = self.account.account_id;
         let state = self
             .commit(id, &|state| {
+                let quorum = state.quorum_needed() > 1;
                 Ok(overdue(state)
                     .into_iter()
                     .filter(|a| *a != me)
-                    .map(Op::Remove)
+                    .filter_map(|a| {
+                        if !quorum {
+                            return Some(Op::Remove(a));
+                        }
+                        // Under quorum moderation each admin's app finds the
+                        // member overdue on its own clock before agreeing.
+                        let remove = Op::Remove(a);
+                        match state.proposals.iter().find(|p| p.action == remove) {
+                            Some(p) if p.approvals.contains(&me) => None,
+                            Some(p) => Some(Op::Approve(p.id.clone())),
+                            None => Some(Op::Propose {
+                                id: hex(&a.as_bytes()[..8]),
+                                action: Box::new(remove),
+                            }),
+                        }
+                    })
                     .collect())
             })
             .await?;
