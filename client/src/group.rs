@@ -42,6 +42,11 @@ pub const KEPT_CHANGES: usize = 32;
 /// Moderation log entries kept in the state.
 pub const KEPT_LOG: usize = 300;
 
+/// How long a proposal can gather approvals (the approver's clock against
+/// the proposer's): a stale "remove X" must not pass months later, when a
+/// second admin turns.
+pub const PROPOSAL_TTL_MS: u64 = 7 * 86_400_000;
+
 /// Longest group title.
 pub const MAX_TITLE: usize = 64;
 
@@ -963,6 +968,12 @@ fn apply_op(
             if s.proposals[i].approvals.contains(&by) {
                 return refused("already approved by this admin");
             }
+            if at_ms > s.proposals[i].at_ms.saturating_add(PROPOSAL_TTL_MS) {
+                return refused(format!(
+                    "proposal {id} is more than {} old; propose it again",
+                    human_duration(PROPOSAL_TTL_MS)
+                ));
+            }
             s.proposals[i].approvals.push(by);
             let have = s.proposals[i].approval_count(s);
             let what = describe_action(s, &s.proposals[i].action);
@@ -998,8 +1009,11 @@ fn apply_op(
             let Some(i) = s.proposals.iter().position(|p| p.id == *id) else {
                 return refused("no such proposal");
             };
-            if s.proposals[i].by != by {
-                return refused("only the proposer can withdraw a proposal");
+            let expired = at_ms > s.proposals[i].at_ms.saturating_add(PROPOSAL_TTL_MS);
+            if s.proposals[i].by != by && !(expired && role.is_some_and(Role::is_admin)) {
+                return refused(
+                    "only the proposer can withdraw a proposal (any admin, once it expired)",
+                );
             }
             let p = s.proposals.remove(i);
             format!(

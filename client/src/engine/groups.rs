@@ -1905,6 +1905,19 @@ impl Engine {
             if g.state.settings.vouches_required > 0 {
                 self.admit_vouched(g.id).await?;
             }
+            let expired = |state: &GroupState| -> Vec<Op> {
+                let now = now_ms();
+                state
+                    .proposals
+                    .iter()
+                    .filter(|p| now > p.at_ms.saturating_add(group::PROPOSAL_TTL_MS))
+                    .map(|p| Op::Withdraw(p.id.clone()))
+                    .collect()
+            };
+            if !expired(&g.state).is_empty() {
+                // Expired proposals go, so they can be made afresh.
+                self.commit(g.id, &|state| Ok(expired(state))).await?;
+            }
             if g.state.settings.reconfirm_ms > 0 {
                 self.remove_unconfirmed(g.id).await?;
             }
