@@ -477,15 +477,7 @@ impl Engine {
                 g.state.title
             )));
         }
-        let me = self.account.account_id;
-        let members: Vec<Uuid> = g
-            .state
-            .members
-            .iter()
-            .map(|m| m.account)
-            .filter(|a| *a != me)
-            .collect();
-        for member in members {
+        for member in self.other_members(&g.state) {
             let envelope = seal_envelope(&g.key, &entry.content);
             let conn = self.connection().await?;
             match conn

@@ -519,17 +519,22 @@ impl Engine {
         ))
     }
 
-    /// Tells every member of the new state (newcomers first) the key and
-    /// version, and every removed member that they were removed.
-    async fn announce(&mut self, g: &LocalGroup, before: &GroupState) -> Result<()> {
+    /// Every member's account but mine.
+    pub(super) fn other_members(&self, state: &GroupState) -> Vec<Uuid> {
         let me = self.account.account_id;
-        let mut recipients: Vec<Uuid> = g
-            .state
+        state
             .members
             .iter()
             .map(|m| m.account)
             .filter(|a| *a != me)
-            .collect();
+            .collect()
+    }
+
+    /// Tells every member of the new state (newcomers first) the key and
+    /// version, and every removed member that they were removed.
+    async fn announce(&mut self, g: &LocalGroup, before: &GroupState) -> Result<()> {
+        let me = self.account.account_id;
+        let mut recipients = self.other_members(&g.state);
         // Newcomers first: their update should land before other members'
         // first messages to them.
         recipients.sort_by_key(|a| before.member(*a).is_some());
