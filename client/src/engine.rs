@@ -1151,14 +1151,17 @@ impl Engine {
         envelope: &relay::Envelope,
         on_notice: &mut dyn FnMut(&Notice),
     ) -> Result<Option<MessageRecord>> {
-        if let Some((group, plain)) = self.open_anonymous_envelope(&envelope.envelope)? {
-            return self.on_anonymous_envelope(group, &plain).await;
-        }
         let (sender, plain) = match self.unseal(envelope).await {
             Ok(d) => d,
             Err(SignalProtocolError::DuplicatedMessage(..)) => return Ok(None),
             Err(e @ SignalProtocolError::ApplicationCallbackError(..)) => return Err(e.into()),
             Err(e) => {
+                // Not sealed sender: perhaps an anonymous group envelope.
+                // Tried only here, as trying every group's key on every
+                // envelope would read each group's state per message.
+                if let Some((group, plain)) = self.open_anonymous_envelope(&envelope.envelope)? {
+                    return self.on_anonymous_envelope(group, &plain).await;
+                }
                 on_notice(&Notice::Undecryptable {
                     seq: envelope.seq,
                     reason: e.to_string(),

@@ -296,6 +296,11 @@ pub struct Proposal {
 }
 
 impl Proposal {
+    /// Whether it can no longer be approved at `at_ms` (an approver's clock).
+    pub fn expired_at(&self, at_ms: u64) -> bool {
+        at_ms > self.at_ms.saturating_add(PROPOSAL_TTL_MS)
+    }
+
     /// What it would do, in words ("remove Bob").
     pub fn describe(&self, state: &GroupState) -> String {
         describe_action(state, &self.action)
@@ -968,7 +973,7 @@ fn apply_op(
             if s.proposals[i].approvals.contains(&by) {
                 return refused("already approved by this admin");
             }
-            if at_ms > s.proposals[i].at_ms.saturating_add(PROPOSAL_TTL_MS) {
+            if s.proposals[i].expired_at(at_ms) {
                 return refused(format!(
                     "proposal {id} is more than {} old; propose it again",
                     human_duration(PROPOSAL_TTL_MS)
@@ -1009,7 +1014,7 @@ fn apply_op(
             let Some(i) = s.proposals.iter().position(|p| p.id == *id) else {
                 return refused("no such proposal");
             };
-            let expired = at_ms > s.proposals[i].at_ms.saturating_add(PROPOSAL_TTL_MS);
+            let expired = s.proposals[i].expired_at(at_ms);
             if s.proposals[i].by != by && !(expired && role.is_some_and(Role::is_admin)) {
                 return refused(
                     "only the proposer can withdraw a proposal (any admin, once it expired)",

@@ -49,6 +49,19 @@ impl Outcome {
     }
 }
 
+/// TLS 1.3 with ALPN `sotto/1` that accepts any certificate.
+fn danger_tls() -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyCert(provider)))
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![sotto_wire::ALPN.to_vec()];
+    Ok(tls)
+}
+
 /// A QUIC connection to a relay that trusts any certificate.
 pub struct RawClient {
     endpoint: quinn::Endpoint,
@@ -58,14 +71,7 @@ pub struct RawClient {
 impl RawClient {
     /// Connects to `addr` with ALPN `sotto/1`, skipping certificate checks.
     pub async fn danger_connect(addr: SocketAddr) -> Result<RawClient, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyCert(provider)))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![sotto_wire::ALPN.to_vec()];
+        let tls = danger_tls()?;
         let quic = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
         let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))
             .map_err(|e| e.to_string())?;
@@ -158,14 +164,7 @@ pub struct RawTcp {
 impl RawTcp {
     /// Connects to `addr` over TCP with ALPN `sotto/1`, skipping certificate checks.
     pub async fn danger_connect(addr: SocketAddr) -> Result<RawTcp, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(DangerAcceptAnyCert(provider)))
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![sotto_wire::ALPN.to_vec()];
+        let tls = danger_tls()?;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;

@@ -31,8 +31,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use sotto_lsag as lsag;
 
-use super::groups::content as new_content;
-use super::warnings::{WarningInput, warning_record};
+use super::groups::{content as new_content, one_by_id_prefix};
+use super::warnings::{WarningInput, count_corroborations, warning_record};
 use super::*;
 use crate::group::{AnonymousPosts, GroupState, Op, Role, hex_decode};
 use crate::store::{CorroborationRecord, LocalGroup, SubmissionRecord, WarningRecord};
@@ -324,16 +324,9 @@ impl Engine {
 
     /// The warning whose id starts with `prefix` (at least 4 hex characters).
     fn find_warning(&self, prefix: &str) -> Result<WarningRecord> {
-        let wanted = prefix.trim().to_lowercase();
-        let found: Vec<WarningRecord> = self
-            .store
-            .warnings()?
-            .into_iter()
-            .filter(|w| wanted.len() >= 4 && hex(&w.id).starts_with(&wanted))
-            .collect();
-        match <[WarningRecord; 1]>::try_from(found) {
-            Ok([w]) => Ok(w),
-            Err(_) => Err(EngineError::Invalid(format!(
+        match one_by_id_prefix(self.store.warnings()?, |w| w.id, prefix) {
+            Some(w) => Ok(w),
+            None => Err(EngineError::Invalid(format!(
                 "no single warning has an id starting {prefix:?}; see `sotto warnings --json` \
                  for ids"
             ))),
@@ -405,26 +398,9 @@ impl Engine {
         self.queue_anonymous(&g, id, &body).await?;
         Ok(Corroborated {
             warning: hex(&w.id),
-            count: self.corroboration_count(&w)?.0,
+            count: count_corroborations(&self.store.corroborations()?, &w).0,
             ring,
         })
-    }
-
-    /// Distinct corroborators of a warning (all, first-hand), not counting
-    /// its author; and whether I am among them.
-    pub(super) fn corroboration_count(&self, w: &WarningRecord) -> Result<(usize, usize, bool)> {
-        let mut all = 0;
-        let mut firsthand = 0;
-        let mut mine = false;
-        for c in self.store.corroborations()? {
-            if c.warning != w.id || c.group != w.group || Some(c.tag) == w.author_tag {
-                continue;
-            }
-            all += 1;
-            firsthand += usize::from(c.firsthand);
-            mine |= c.mine;
-        }
-        Ok((all, firsthand, mine))
     }
 
     /// Stores an anonymous envelope's content in the outbox and sends it.
@@ -911,16 +887,14 @@ impl Engine {
     }
 
     fn find_submission(&self, g: &LocalGroup, prefix: &str) -> Result<SubmissionRecord> {
-        let wanted = prefix.trim().to_lowercase();
-        let found: Vec<SubmissionRecord> = self
+        let waiting = self
             .store
             .submissions()?
             .into_iter()
-            .filter(|s| s.group == g.id && wanted.len() >= 4 && hex(&s.id).starts_with(&wanted))
-            .collect();
-        match <[SubmissionRecord; 1]>::try_from(found) {
-            Ok([s]) => Ok(s),
-            Err(_) => Err(EngineError::Invalid(format!(
+            .filter(|s| s.group == g.id);
+        match one_by_id_prefix(waiting, |s| s.id, prefix) {
+            Some(s) => Ok(s),
+            None => Err(EngineError::Invalid(format!(
                 "no single post waiting in {:?} has an id starting {prefix:?}; see \
                  `sotto group submissions`",
                 g.state.title

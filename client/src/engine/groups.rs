@@ -740,14 +740,7 @@ impl Engine {
                 })
             })
             .await?;
-        Ok(match state.proposals.iter().find(|p| p.id == proposal) {
-            Some(p) => Moderation::Proposed {
-                id: proposal.clone(),
-                have: p.approval_count(&state),
-                needed: state.quorum_needed(),
-            },
-            None => Moderation::Done(Box::new(state)),
-        })
+        Ok(Moderation::of(state, &proposal))
     }
 
     /// Moderation actions waiting for the quorum, with their descriptions.
@@ -802,14 +795,7 @@ impl Engine {
             self.store.delete_message(author, id)?;
             self.store.flush().await?;
         }
-        Ok(match state.proposals.iter().find(|p| p.id == wanted) {
-            Some(p) => Moderation::Proposed {
-                id: wanted.clone(),
-                have: p.approval_count(&state),
-                needed: state.quorum_needed(),
-            },
-            None => Moderation::Done(Box::new(state)),
-        })
+        Ok(Moderation::of(state, &wanted))
     }
 
     /// Withdraws one's own proposal.
@@ -1302,14 +1288,8 @@ impl Engine {
     pub async fn group_delete(&mut self, query: &str, message_id: &str) -> Result<Moderation> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
-        let wanted = message_id.trim().to_lowercase();
-        let matches: Vec<MessageRecord> = self
-            .store
-            .group_messages(&g.id)?
-            .into_iter()
-            .filter(|m| wanted.len() >= 4 && hex(&m.id).starts_with(&wanted))
-            .collect();
-        let [target] = matches.as_slice() else {
+        let found = one_by_id_prefix(self.store.group_messages(&g.id)?, |m| m.id, message_id);
+        let Some(target) = &found else {
             return Err(EngineError::Invalid(format!(
                 "no single message in {:?} has an id starting {message_id:?}; \
                  see `sotto history {} --json` for ids",
@@ -1915,7 +1895,7 @@ impl Engine {
                 state
                     .proposals
                     .iter()
-                    .filter(|p| now > p.at_ms.saturating_add(group::PROPOSAL_TTL_MS))
+                    .filter(|p| p.expired_at(now))
                     .map(|p| Op::Withdraw(p.id.clone()))
                     .collect()
             };
@@ -2048,6 +2028,21 @@ pub enum Moderation {
     },
 }
 
+impl Moderation {
+    /// Where proposal `id` stands in `state`: still waiting, or carried out
+    /// (or never needed).
+    fn of(state: GroupState, id: &str) -> Moderation {
+        match state.proposals.iter().find(|p| p.id == id) {
+            Some(p) => Moderation::Proposed {
+                id: id.to_string(),
+                have: p.approval_count(&state),
+                needed: state.quorum_needed(),
+            },
+            None => Moderation::Done(Box::new(state)),
+        }
+    }
+}
+
 /// A proposal waiting for the quorum, as `sotto group proposals` shows it.
 #[derive(Debug, Clone)]
 pub struct ProposalInfo {
@@ -2126,6 +2121,24 @@ pub(super) struct Admitted {
     pub(super) name: String,
     /// The group's settings (defaults for a group we do not know yet).
     pub(super) settings: Settings,
+}
+
+/// The one item whose hex id starts with `prefix` (at least 4 characters),
+/// if exactly one does.
+pub(super) fn one_by_id_prefix<T>(
+    items: impl IntoIterator<Item = T>,
+    id: impl Fn(&T) -> [u8; 16],
+    prefix: &str,
+) -> Option<T> {
+    let wanted = prefix.trim().to_lowercase();
+    if wanted.len() < 4 {
+        return None;
+    }
+    let mut found = items
+        .into_iter()
+        .filter(|item| hex(&id(item)).starts_with(&wanted));
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// Disappearing-message timer of a new group: 7 days.

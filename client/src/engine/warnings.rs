@@ -400,8 +400,13 @@ impl Engine {
                 g.state.title
             )));
         }
-        // My ring key must be in the state for my author proof to verify.
-        self.ensure_ring_key(g.id).await?;
+        // My ring key must be in the state for my author proof to verify
+        // (a round trip to the relay only when this app has not seen it there).
+        let me = self.account.account_id;
+        let my_key = hex(&self.ring_secret(&g.id).public().to_bytes());
+        if g.state.member(me).and_then(|m| m.ring_key.as_deref()) != Some(my_key.as_str()) {
+            self.ensure_ring_key(g.id).await?;
+        }
         let mut warning_body = warning_content(g.id, input)?;
         let (id, mut body) = new_content(
             &self.account.name,
@@ -409,7 +414,6 @@ impl Engine {
         );
         warning_body.author_proof = self.author_proof(&g.id, &id)?;
         body.body = Some(content::content::Body::Warning(warning_body.clone()));
-        let me = self.account.account_id;
         let Some(mut warning) = warning_record(
             &warning_body,
             id,
@@ -675,7 +679,10 @@ fn reporter_of(w: &WarningRecord) -> Reporter {
 
 /// Distinct corroborators of `w` (all, first-hand) not counting its author,
 /// and whether I am one.
-fn count_corroborations(all: &[CorroborationRecord], w: &WarningRecord) -> (usize, usize, bool) {
+pub(super) fn count_corroborations(
+    all: &[CorroborationRecord],
+    w: &WarningRecord,
+) -> (usize, usize, bool) {
     let mine = all
         .iter()
         .filter(|c| c.warning == w.id && c.group == w.group && Some(c.tag) != w.author_tag);
