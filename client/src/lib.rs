@@ -6,6 +6,7 @@
 //! - [`transport`]: QUIC to the relay with the certificate pinned from the invite.
 //! - [`engine`]: outbox-first sending, store-then-acknowledge receiving, trust
 //!   on first use.
+//! - [`safe`]: person-supplied text made safe to show, and field limits.
 //! - [`control`]: the socket through which `sotto send` reaches a running
 //!   `sotto listen` that holds the store.
 //!
@@ -16,5 +17,6 @@ pub mod control;
 pub mod engine;
 pub mod group;
 pub mod routes;
+pub mod safe;
 pub mod store;
 pub mod transport;

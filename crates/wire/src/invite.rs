@@ -98,6 +98,23 @@ impl std::str::FromStr for InviteLink {
     }
 }
 
+/// The fingerprint of a relay's sealed-sender trust root, as people compare
+/// it: SHA-256 of the serialized key in lowercase hex, in groups of four
+/// (`3f2a 9c01 ...`, 16 groups). The relay prints it (`sotto-relay init`,
+/// `stats`, `check-config`), `sotto whoami` shows the relay's, and `sotto
+/// note verify` names the one a proof rests on, so a proof can be checked
+/// against the relay that made it.
+pub fn trust_root_fingerprint(trust_root: &[u8]) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(trust_root);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    hex.as_bytes()
+        .chunks(4)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +134,18 @@ mod tests {
         assert_eq!(
             no_token.parse::<InviteLink>(),
             Err(BadInvite::Missing("token"))
+        );
+    }
+    #[test]
+    fn fingerprint_is_grouped_sha256() {
+        // SHA-256 of the empty string, grouped.
+        assert_eq!(
+            trust_root_fingerprint(b""),
+            "e3b0 c442 98fc 1c14 9afb f4c8 996f b924 27ae 41e4 649b 934c a495 991b 7852 b855"
+        );
+        assert_ne!(
+            trust_root_fingerprint(&[5; 33]),
+            trust_root_fingerprint(&[6; 33])
         );
     }
 }
