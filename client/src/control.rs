@@ -43,6 +43,10 @@ pub struct Reply {
     pub id: Option<String>,
     /// What went wrong, otherwise.
     pub error: Option<String>,
+    /// True when the message is saved but the relay does not have it yet:
+    /// the listener sends it when the relay is back.
+    #[serde(default)]
+    pub queued: bool,
 }
 
 /// Where the socket lives for a profile.
@@ -86,6 +90,7 @@ async fn answer(stream: UnixStream, commands: mpsc::Sender<EngineCommand>) -> st
         Err(_) => Reply {
             id: None,
             error: Some("malformed control request".into()),
+            queued: false,
         },
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
@@ -100,20 +105,24 @@ async fn answer(stream: UnixStream, commands: mpsc::Sender<EngineCommand>) -> st
                 Reply {
                     id: None,
                     error: Some("the listener is shutting down".into()),
+                    queued: false,
                 }
             } else {
                 match rx.await {
-                    Ok(Ok(id)) => Reply {
-                        id: Some(id),
+                    Ok(Ok(sent)) => Reply {
+                        id: Some(sent.id),
                         error: None,
+                        queued: sent.queued,
                     },
                     Ok(Err(e)) => Reply {
                         id: None,
                         error: Some(e),
+                        queued: false,
                     },
                     Err(_) => Reply {
                         id: None,
                         error: Some("the listener stopped".into()),
+                        queued: false,
                     },
                 }
             }

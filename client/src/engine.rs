@@ -164,6 +164,11 @@ pub enum Notice {
     ToppedUp(u32),
     /// `listen` cannot reach the relay and keeps retrying.
     Offline(String),
+    /// `listen` is connected and caught up (`again`: after being offline).
+    Connected {
+        /// True when this follows a lost connection.
+        again: bool,
+    },
     /// Something about a group the user should know (membership, refused changes).
     Group(String),
 }
@@ -181,9 +186,23 @@ pub enum EngineCommand {
         text: String,
         /// True when `name` is a group (title or id prefix).
         group: bool,
-        /// Gets the message id, or a user-facing error.
-        reply: tokio::sync::oneshot::Sender<std::result::Result<String, String>>,
+        /// Gets the message id (and whether it is only queued), or a user-facing error.
+        reply: tokio::sync::oneshot::Sender<std::result::Result<CommandSent, String>>,
     },
+}
+
+/// How long a send handed to a running listener waits for the relay before
+/// it answers that the message is queued.
+pub const COMMAND_SEND_WAIT: Duration = Duration::from_secs(4);
+
+/// The answer to a send handed to a running listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSent {
+    /// Hex id of the message.
+    pub id: String,
+    /// True when the relay does not have it yet: it waits in the outbox and
+    /// goes out by itself when the relay is back.
+    pub queued: bool,
 }
 
 /// The engine for one profile.
@@ -987,7 +1006,10 @@ impl Engine {
 
     /// Stays connected and hands over messages as the relay pushes them, until `stop` resolves.
     ///
-    /// Meanwhile it carries out `commands` from other processes (`control`).
+    /// Meanwhile it carries out `commands` from other processes (`control`),
+    /// also while the relay cannot be reached: a send then answers within
+    /// [`COMMAND_SEND_WAIT`] that its message is queued, and the queue goes
+    /// out by itself once the relay is back.
     pub async fn listen(
         &mut self,
         on_message: &mut dyn FnMut(&ShownMessage),
@@ -998,6 +1020,7 @@ impl Engine {
         tokio::pin!(stop);
         let mut backoff = Duration::from_millis(250);
         let mut told_offline = false;
+        let mut connected_before = false;
         loop {
             if self.conn.is_none() {
                 // (Re)connect and catch up; the relay may be down or restarting.
@@ -1009,6 +1032,10 @@ impl Engine {
                     Ok(_) => {
                         backoff = Duration::from_millis(250);
                         told_offline = false;
+                        on_notice(&Notice::Connected {
+                            again: connected_before,
+                        });
+                        connected_before = true;
                     }
                     Err(e) if is_offline(&e) => {
                         if !told_offline {
@@ -1016,9 +1043,17 @@ impl Engine {
                             told_offline = true;
                         }
                         self.conn = None;
-                        tokio::select! {
-                            _ = &mut stop => break,
-                            _ = tokio::time::sleep(backoff) => {}
+                        // Commands are served while we wait: a send is
+                        // queued at once instead of waiting for the relay
+                        // (it waited 11 minutes in the walkthrough).
+                        let wait = tokio::time::sleep(backoff);
+                        tokio::pin!(wait);
+                        loop {
+                            tokio::select! {
+                                _ = &mut stop => return self.stop_listening().await,
+                                _ = &mut wait => break,
+                                Some(command) = commands.recv() => self.run_command(command).await,
+                            }
                         }
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         continue;
@@ -1026,8 +1061,15 @@ impl Engine {
                     Err(e) => return Err(e),
                 }
             }
-            // A periodic fetch covers pushes lost to a broken connection.
-            let resync = tokio::time::sleep(Duration::from_secs(30));
+            // A periodic fetch covers pushes lost to a broken connection;
+            // it comes sooner while something waits in the outbox (a send
+            // the relay refused for now, or one queued while it was away).
+            let queued = self.store.outbox().map(|o| !o.is_empty()).unwrap_or(false);
+            let resync = tokio::time::sleep(if queued {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(30)
+            });
             let push = async {
                 match self.conn.as_ref() {
                     Some(conn) => conn.next_push().await,
@@ -1066,6 +1108,10 @@ impl Engine {
                 }
             }
         }
+        self.stop_listening().await
+    }
+
+    async fn stop_listening(&mut self) -> Result<()> {
         if let Some(conn) = self.conn.take() {
             conn.close().await;
         }
@@ -1082,21 +1128,56 @@ impl Engine {
                 reply,
             } => {
                 let result = match self.store.check_passphrase(&passphrase) {
-                    Ok(true) if group => self
-                        .group_send(&name, &text)
-                        .await
-                        .map(|m| m.id)
-                        .map_err(|e| e.to_string()),
-                    Ok(true) => self
-                        .send_text(&name, &text)
-                        .await
-                        .map(|m| m.id)
-                        .map_err(|e| e.to_string()),
+                    Ok(true) => self.send_for_command(&name, &text, group).await,
                     Ok(false) => Err(StoreError::WrongPassphrase.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 let _ = reply.send(result);
             }
+        }
+    }
+
+    /// A send for another process: stored first, then tried for at most
+    /// [`COMMAND_SEND_WAIT`]. A message that is in the outbox when that ends
+    /// (the relay is down, slow, or asked us to wait) is reported queued:
+    /// it goes out by itself, so the user must not send it again.
+    async fn send_for_command(
+        &mut self,
+        name: &str,
+        text: &str,
+        group: bool,
+    ) -> std::result::Result<CommandSent, String> {
+        let before: std::collections::HashSet<[u8; 16]> = match self.store.outbox() {
+            Ok(o) => o.iter().map(|e| e.id).collect(),
+            Err(e) => return Err(e.to_string()),
+        };
+        let attempt = async {
+            if group {
+                self.group_send(name, text).await.map(|m| m.id)
+            } else {
+                self.send_text(name, text).await.map(|m| m.id)
+            }
+        };
+        let outcome = tokio::time::timeout(COMMAND_SEND_WAIT, attempt).await;
+        if let Ok(Ok(id)) = outcome {
+            return Ok(CommandSent { id, queued: false });
+        }
+        // Not confirmed in time, or refused: is our message waiting in the outbox?
+        let waiting = self.store.outbox().ok().and_then(|o| {
+            o.into_iter()
+                .find(|e| !before.contains(&e.id) && e.group.is_some() == group)
+        });
+        match (waiting, outcome) {
+            (Some(entry), _) => Ok(CommandSent {
+                id: hex(&entry.id),
+                queued: true,
+            }),
+            (None, Ok(Err(e))) => Err(e.to_string()),
+            (None, _) => Err(
+                "the relay did not answer in time and the message was not saved; \
+                 send it again"
+                    .into(),
+            ),
         }
     }
 

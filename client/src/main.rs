@@ -935,6 +935,14 @@ async fn via_listener(home: &Path, passphrase: String, command: Command) -> Resu
         .await
         .map_err(|_| StoreError::Locked)?;
     match (reply.id, reply.error) {
+        (Some(id), _) if reply.queued => {
+            println!(
+                "queued {id}: the relay cannot be reached now; the running `sotto listen` \
+                 sends it by itself when the relay is back (do not send it again)"
+            );
+            // 75 (EX_TEMPFAIL): saved and will go out, but the relay does not have it yet.
+            std::process::exit(EXIT_QUEUED);
+        }
         (Some(id), _) => {
             println!("sent {id} (through the running `sotto listen`)");
             Ok(())
@@ -1035,10 +1043,18 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
             let control = control::serve(home, tx)
                 .with_context(|| format!("cannot open {}", control::socket_path(home).display()))?;
+            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
             let result = engine
                 .listen(
                     &mut |m| printer.message(m),
-                    &mut |n| notice(n),
+                    &mut |n| match n {
+                        Notice::Connected { again } => {
+                            if let Some(line) = connected_line(*again, json, terminal) {
+                                println!("{line}");
+                            }
+                        }
+                        other => notice(other),
+                    },
                     &mut rx,
                     stop,
                 )
@@ -1395,8 +1411,24 @@ impl Printer {
     }
 }
 
+/// Exit status of a send whose message is saved and queued but not yet at
+/// the relay (EX_TEMPFAIL): scripts tell it from 0 (the relay has it) and 1
+/// (refused).
+const EXIT_QUEUED: i32 = 75;
+
+/// The line `listen` prints when it is connected, on a terminal only: JSON
+/// consumers and pipes get messages and nothing else.
+fn connected_line(again: bool, json: bool, terminal: bool) -> Option<&'static str> {
+    match (json || !terminal, again) {
+        (true, _) => None,
+        (false, false) => Some("connected, listening (Ctrl-C to stop)"),
+        (false, true) => Some("connected again, listening"),
+    }
+}
+
 fn notice(n: &Notice) {
     match n {
+        Notice::Connected { .. } => {}
         Notice::IdentityChanged(name) => eprintln!(
             "warning: {name}'s safety number has changed. Sending to them is blocked until you \
              run `sotto contact verify {name}` and `sotto contact trust {name}`."
@@ -1816,6 +1848,21 @@ mod tests {
     fn clock_formats_utc() {
         assert_eq!(clock(0), "1970-01-01 00:00");
         assert_eq!(clock(1_700_000_000_000), "2023-11-14 22:13");
+    }
+
+    #[test]
+    fn listen_says_it_is_connected_only_to_a_person() {
+        assert_eq!(
+            connected_line(false, false, true),
+            Some("connected, listening (Ctrl-C to stop)")
+        );
+        assert_eq!(
+            connected_line(true, false, true),
+            Some("connected again, listening")
+        );
+        // Scripts read JSON, and pipes get messages only.
+        assert_eq!(connected_line(false, true, true), None);
+        assert_eq!(connected_line(false, false, false), None);
     }
 
     #[test]

@@ -100,3 +100,67 @@ fn listen_receives_group_pushes_and_relays_group_sends() {
     assert_eq!(term(pid), 0);
     assert!(bob_listen.wait().expect("wait").success());
 }
+
+/// Issue 12: `send` through a running `listen` while the relay was down hung
+/// for 11 minutes (the listener served commands only while connected). Now
+/// it answers within seconds that the message is queued (status 75), the
+/// listener sends it by itself once the relay is back, and it arrives once.
+#[test]
+fn a_send_through_the_listener_while_the_relay_is_down_is_queued_and_goes_out_alone() {
+    let mut relay = Relay::start();
+    let alice = User::new(&relay, "Alice");
+    let bob = User::new(&relay, "Bob");
+    alice.add_contact("bob", &bob);
+    bob.add_contact("alice", &alice);
+    // A first message makes the session, so the queued one needs no bundle.
+    alice.ok(&["send", "bob", "before the outage"]);
+
+    let (mut alice_listen, _lines) = alice.listen();
+    std::thread::sleep(Duration::from_millis(500));
+    relay.kill9();
+
+    let started = std::time::Instant::now();
+    let out = alice.run(&["send", "bob", "written while the relay is down"]);
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(75),
+        "a queued send exits 75\n{}",
+        sotto_tests::describe(&out)
+    );
+    assert!(stdout.starts_with("queued "), "{stdout}");
+    assert!(stdout.contains("do not send it again"), "{stdout}");
+    // Generous bound: the listener answers after at most 4 s of trying.
+    assert!(
+        took < Duration::from_secs(15),
+        "the send took {took:?} to say it was queued"
+    );
+
+    relay.restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut texts: Vec<String> = Vec::new();
+    while !texts.iter().any(|t| t == "written while the relay is down") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never sent the queued message; bob has {texts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        texts.extend(sotto_tests::texts(&bob.sync_json()));
+    }
+    // Once: no second copy arrives later either.
+    std::thread::sleep(Duration::from_secs(6));
+    texts.extend(sotto_tests::texts(&bob.sync_json()));
+    let copies = texts
+        .iter()
+        .filter(|t| *t == "written while the relay is down")
+        .count();
+    assert_eq!(copies, 1, "{texts:?}");
+
+    assert_eq!(term(i32::try_from(alice_listen.id()).expect("pid")), 0);
+    assert!(alice_listen.wait().expect("wait").success());
+    let history = alice.history_json("bob");
+    let last = history.last().expect("alice has history");
+    assert_eq!(last["text"], "written while the relay is down");
+    assert_eq!(last["status"], "sent", "{history:?}");
+}
