@@ -250,3 +250,61 @@ fn stats(relay: &Relay) -> serde_json::Value {
     assert!(out.status.success(), "{}", sotto_tests::describe(&out));
     serde_json::from_slice(&out.stdout).expect("stats --json is JSON")
 }
+
+/// Memory before sign-in is bounded: a frame over the pre-sign-in cap is
+/// refused at once (before, the relay allocated it and waited for the body),
+/// and frames being read share a byte budget, past which the relay answers
+/// "try again shortly" instead of holding more. Members are unaffected.
+#[test]
+fn frames_before_sign_in_are_capped_and_share_a_budget() {
+    use sotto_tests::raw::Outcome;
+    use sotto_wire::relay::{ErrorCode, response};
+
+    // The smallest budget allowed: one frame at the cap (264 KiB + 16 KiB).
+    let relay = Relay::start_with_env(&[("SOTTO_RELAY_UNAUTHENTICATED_BUFFER_BYTES", "286720")]);
+    let alice = User::new(&relay, "Alice");
+    let bob = User::new(&relay, "Bob");
+    alice.add_contact("bob", &bob);
+    let code = |o: &Outcome| match o {
+        Outcome::Response(r) => match &r.kind {
+            Some(response::Kind::Error(e)) => ErrorCode::try_from(e.code).ok(),
+            _ => None,
+        },
+        _ => None,
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        // 500 KiB is under max_frame_bytes but over the cap before sign-in.
+        let big = RawClient::danger_connect(relay.addr())
+            .await
+            .expect("connect");
+        let mut frame = (500u32 * 1024).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[8; 1024]);
+        let outcome = big.exchange(&frame, false).await;
+        assert_eq!(code(&outcome), Some(ErrorCode::TooLarge), "{outcome:?}");
+
+        // One stalled 200 KiB frame holds most of the budget...
+        let staller = RawClient::danger_connect(relay.addr())
+            .await
+            .expect("connect");
+        let (mut send, _recv) = staller.connection().open_bi().await.expect("stream");
+        let mut partial = (200u32 * 1024).to_be_bytes().to_vec();
+        partial.extend_from_slice(&[8; 100 * 1024]);
+        tokio::time::timeout(TIMEOUT, send.write_all(&partial))
+            .await
+            .expect("the relay reads a frame it has budget for")
+            .expect("write");
+        // ...so the next one is told to come back, not held.
+        let next = RawClient::danger_connect(relay.addr())
+            .await
+            .expect("connect");
+        let mut frame = (200u32 * 1024).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[8; 1024]);
+        let outcome = next.exchange(&frame, false).await;
+        assert_eq!(code(&outcome), Some(ErrorCode::Unavailable), "{outcome:?}");
+        drop(send);
+    });
+    // Signed-in members do not draw on that budget.
+    alice.ok(&["send", "bob", "unaffected"]);
+    assert_eq!(texts(&bob.sync_json()), ["unaffected"]);
+}
