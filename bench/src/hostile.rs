@@ -10,6 +10,15 @@
 //! 127.0.0.1, so the relay's default handshake limits, 200/s in all and
 //! 20/s per address, refuse most of them before any cryptography). The
 //! target is p99 under load within 2x of unloaded.
+//!
+//! **Memory before login** (issue 12): [`STALLED`] connections that never
+//! sign in each open one request and send all but the last KiB of a large
+//! frame, then stall; the figure is how much the relay's resident set grew
+//! (VmRSS, after a settling pause). Frames of 500 KiB (what the security
+//! probe sent: 17 to 95 MiB before the fix) and of 260 KiB (under the cap
+//! before sign-in, what an attacker would send now), over QUIC and TCP. The
+//! per-address budget for unauthenticated connections is lifted, as if they
+//! came from many addresses, so the byte budget is what is measured.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +42,10 @@ const LORIS: usize = 50;
 const LORIS_STREAMS: usize = 32;
 /// New connections the flood offers per second.
 const FLOOD_RATE: u32 = 1000;
+/// Connections holding a stalled frame in the memory phase.
+const STALLED: usize = 150;
+/// How long the relay gets to take in the stalled frames before its RSS is read.
+const SETTLE: Duration = Duration::from_secs(3);
 /// Makes `sotto-bench` run as the flood process: `--flood ADDR RATE`.
 pub(crate) const FLOOD_ARG: &str = "--flood";
 
@@ -131,13 +144,14 @@ pub(crate) async fn run(runs: usize) -> anyhow::Result<Vec<Figure>> {
             quantile(&flooded, 0.99)
         );
     }
+    let mut figures = memory_before_login(runs).await?;
     let ratio = |loaded: &[f64]| {
         format!(
             "p99 {:.1}x unloaded (target within 2x)",
             median(loaded) / median(&calm99).max(f64::MIN_POSITIVE)
         )
     };
-    Ok(vec![
+    let mut probes = vec![
         Figure::new(
             "hostile",
             "probe p50 under slow-loris (ms)",
@@ -177,7 +191,100 @@ pub(crate) async fn run(runs: usize) -> anyhow::Result<Vec<Figure>> {
             flood_rate,
             "of 1,000/s offered; the rest refused before any cryptography (handshake limits)",
         ),
-    ])
+    ];
+    probes.append(&mut figures);
+    Ok(probes)
+}
+
+/// The memory phase (see the module docs): for each transport and frame
+/// size, the relay's RSS growth in MiB while [`STALLED`] unauthenticated
+/// connections each hold a stalled frame.
+async fn memory_before_login(runs: usize) -> anyhow::Result<Vec<Figure>> {
+    let cases = [
+        ("QUIC", 500 * 1024),
+        ("QUIC", 260 * 1024),
+        ("TCP", 500 * 1024),
+        ("TCP", 260 * 1024),
+    ];
+    let mut grown: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    for run in 0..runs {
+        for (i, (transport, len)) in cases.iter().enumerate() {
+            let bench = Bench::start_with_env(
+                1,
+                &[(
+                    "SOTTO_RELAY_UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS",
+                    "1000",
+                )],
+            )?;
+            let addr = bench.relay.addr();
+            // Let the fresh relay settle before the baseline.
+            tokio::time::sleep(SETTLE).await;
+            let before = bench.relay_rss_kib().context("relay RSS")?;
+            let mut quic = Vec::new();
+            let mut tcp = Vec::new();
+            let mut writers = tokio::task::JoinSet::new();
+            for _ in 0..STALLED {
+                let mut frame = u32::try_from(*len)?.to_be_bytes().to_vec();
+                frame.resize(4 + len - 1024, 8);
+                if *transport == "QUIC" {
+                    let raw = RawClient::danger_connect(addr)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    let conn = raw.connection().clone();
+                    writers.spawn(async move {
+                        if let Ok((mut send, recv)) = conn.open_bi().await {
+                            let _ = send.write_all(&frame).await;
+                            // Hold the stream open, stalled, until aborted.
+                            std::future::pending::<()>().await;
+                            drop((send, recv));
+                        }
+                    });
+                    quic.push(raw);
+                } else {
+                    let mut raw = RawTcp::danger_connect(addr)
+                        .await
+                        .map_err(anyhow::Error::msg)?;
+                    let mut unit = 1u32.to_be_bytes().to_vec();
+                    unit.extend_from_slice(&frame);
+                    // The relay reads as it arrives, or closes at once.
+                    let _ = tokio::time::timeout(SETTLE, raw.write(&unit)).await;
+                    tcp.push(raw);
+                }
+            }
+            tokio::time::sleep(SETTLE).await;
+            let after = bench.relay_rss_kib().context("relay RSS")?;
+            let mib = after.saturating_sub(before) as f64 / 1024.0;
+            eprintln!(
+                "  run {}: {STALLED} x stalled {} KiB frame over {transport}: relay RSS {:.1} -> {:.1} MiB",
+                run + 1,
+                len / 1024,
+                before as f64 / 1024.0,
+                after as f64 / 1024.0
+            );
+            grown[i].push(mib);
+            writers.abort_all();
+            drop(tcp);
+            for raw in quic {
+                raw.close().await;
+            }
+        }
+    }
+    Ok(cases
+        .iter()
+        .zip(grown)
+        .map(|((transport, len), values)| {
+            Figure::new(
+                "hostile",
+                &format!(
+                    "relay RSS growth, {STALLED} unauthenticated conns x stalled {} KiB frame, {transport} (MiB)",
+                    len / 1024
+                ),
+                "MiB",
+                values,
+                "before sign-in: frames over the pre-auth cap refused, the rest share a byte budget",
+            )
+        })
+        .collect())
 }
 
 /// Sends [`PROBES`] envelopes from `a` to `b` at [`PACE`]; returns each

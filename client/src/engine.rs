@@ -407,6 +407,8 @@ impl Engine {
     /// Opens an existing profile, or, given the duress passphrase, its
     /// decoy (see [`Engine::duress_set`]), which then acts as the profile.
     pub fn open(home: &Path, passphrase: &str) -> Result<Engine> {
+        // Profiles made before homes were created 0700 are tightened here.
+        crate::store::private_dir(home).map_err(StoreError::Io)?;
         let decoy = decoy_home(home);
         match Self::open_one(home, passphrase) {
             Err(EngineError::Store(e @ (StoreError::WrongPassphrase | StoreError::Erased)))
@@ -466,7 +468,7 @@ impl Engine {
                 "a duress passphrase is already set; `sotto duress remove` first".into(),
             ));
         }
-        std::fs::create_dir_all(&decoy).map_err(StoreError::Io)?;
+        crate::store::private_dir(&decoy).map_err(StoreError::Io)?;
         let mut engine = Engine::init(&decoy, passphrase, invite, name).await?;
         engine.account.duress_erases_real = erase_real;
         engine.store.set_account(&engine.account)?;

@@ -812,6 +812,8 @@ enum IdentityCommand {
 }
 
 fn main() {
+    // New profile files and sockets are the user's alone, whatever the umask.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -883,8 +885,9 @@ async fn run(cli: Cli) -> Result<()> {
                 home.display()
             );
         }
-        std::fs::create_dir_all(&home)
-            .with_context(|| format!("cannot create {}", home.display()))?;
+        // 0700 even under umask 022, and an existing directory is tightened.
+        sotto_client::store::private_dir(&home)
+            .with_context(|| format!("cannot create {} (0700)", home.display()))?;
         let passphrase = passphrase(true)?;
         let mut engine = Engine::init(&home, &passphrase, invite, name).await?;
         println!("Registered as {}. Your contact code:", engine.name());

@@ -7,7 +7,7 @@
 //! - `{"cmd":"invite","uses":N,"expires_secs":S}` -> `{"ok":true,"link":"sotto://..."}`
 //! - `{"cmd":"invite_list"}` -> `{"ok":true,"invites":[{"id","uses_left","expires_at_ms"}]}`
 //! - `{"cmd":"invite_revoke","id":HEX}` -> `{"ok":true,"id":HEX}`
-//! - `{"cmd":"stats"}` -> `{"ok":true,"accounts","devices","queued_envelopes","groups","connections"}`
+//! - `{"cmd":"stats"}` -> `{"ok":true,"accounts","devices","queued_envelopes","groups","connections","unauthenticated_connections","trust_root_fingerprint"}`
 //! - `{"cmd":"account_ban"|"account_unban"|"account_remove","account":UUID}`
 //! - `{"cmd":"backup","to":ABSOLUTE_PATH}` -> `{"ok":true,"bytes","trees","entries"}`
 //!
@@ -50,7 +50,13 @@ impl AdminServer {
                 cause,
             })?;
         }
-        let listener = UnixListener::bind(path).map_err(|cause| Error::Io {
+        // Created 0600 from the start (umask 177 around the bind), so there
+        // is no moment in which another local user could connect and run
+        // operator commands; the chmod below only confirms it.
+        let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
+        let bound = UnixListener::bind(path);
+        rustix::process::umask(old);
+        let listener = bound.map_err(|cause| Error::Io {
             what: format!("cannot bind {}", path.display()),
             cause,
         })?;
@@ -217,6 +223,10 @@ fn run(ctx: &Ctx<'_>, req: &Value) -> std::result::Result<Value, String> {
                 "queued_envelopes": s.queued_envelopes,
                 "groups": s.groups,
                 "connections": ctx.live.map_or(0, Shared::connections),
+                "unauthenticated_connections":
+                    ctx.live.map_or(0, Shared::unauthenticated_connections),
+                "trust_root_fingerprint":
+                    sotto_wire::invite::trust_root_fingerprint(&ctx.links.trust_root),
             }))
         }
         Some("invite") => {

@@ -57,8 +57,22 @@ pub struct Config {
     pub prekey_low_water: u32,
     /// Lifetime of issued sender certificates.
     pub sender_certificate_ttl: Duration,
-    /// Most simultaneous client connections.
+    /// Most simultaneous signed-in (authenticated) connections.
     pub max_connections: usize,
+    /// Most simultaneous connections that have not signed in (handshakes
+    /// included): a budget apart from `max_connections`, so strangers cannot
+    /// use up members' slots. At the cap, a new connection closes the oldest
+    /// unauthenticated one (see `net::UnauthPool`).
+    pub unauthenticated_connections: usize,
+    /// Most unauthenticated connections from one address; past it, a new one
+    /// from that address closes that address's oldest.
+    pub unauthenticated_connections_per_address: usize,
+    /// An unauthenticated connection with no request in progress for this
+    /// long is closed (group requests may use one; clients reconnect).
+    pub unauthenticated_idle: Duration,
+    /// Bytes of request frames being read on unauthenticated connections, in
+    /// all; past it such frames are refused (`UNAVAILABLE`, retry shortly).
+    pub unauthenticated_buffer_bytes: usize,
     /// Cap on one group's stored state (its encrypted blob).
     pub max_group_state_bytes: usize,
     /// Most groups the relay stores.
@@ -67,7 +81,7 @@ pub struct Config {
     pub max_join_request_bytes: usize,
     /// Most pending join requests per group.
     pub max_join_requests_per_group: u64,
-    /// Most simultaneous connections from one address (IPv4, or IPv6 /64).
+    /// Most simultaneous signed-in connections from one address (IPv4, or IPv6 /64).
     pub connections_per_address: usize,
     /// Registrations one address may make per hour (burst and hourly refill).
     pub registrations_per_address_per_hour: u32,
@@ -116,6 +130,10 @@ impl Default for Config {
             prekey_low_water: 20,
             sender_certificate_ttl: Duration::from_secs(86_400),
             max_connections: 1000,
+            unauthenticated_connections: 256,
+            unauthenticated_connections_per_address: 32,
+            unauthenticated_idle: Duration::from_secs(10),
+            unauthenticated_buffer_bytes: 8 * 1024 * 1024,
             max_group_state_bytes: 264 * 1024,
             max_groups: 100_000,
             max_join_request_bytes: 8 * 1024,
@@ -155,6 +173,10 @@ pub struct RawConfig {
     prekey_low_water: Option<u32>,
     sender_certificate_ttl: Option<String>,
     max_connections: Option<u64>,
+    unauthenticated_connections: Option<u64>,
+    unauthenticated_connections_per_address: Option<u64>,
+    unauthenticated_idle: Option<String>,
+    unauthenticated_buffer_bytes: Option<u64>,
     max_group_state_bytes: Option<u64>,
     max_groups: Option<u64>,
     max_join_request_bytes: Option<u64>,
@@ -185,6 +207,10 @@ const KEYS: &[&str] = &[
     "prekey_low_water",
     "sender_certificate_ttl",
     "max_connections",
+    "unauthenticated_connections",
+    "unauthenticated_connections_per_address",
+    "unauthenticated_idle",
+    "unauthenticated_buffer_bytes",
     "max_group_state_bytes",
     "max_groups",
     "max_join_request_bytes",
@@ -241,6 +267,16 @@ impl RawConfig {
                 }
                 "sender_certificate_ttl" => self.sender_certificate_ttl = Some(value),
                 "max_connections" => self.max_connections = Some(num(&value)?),
+                "unauthenticated_connections" => {
+                    self.unauthenticated_connections = Some(num(&value)?)
+                }
+                "unauthenticated_connections_per_address" => {
+                    self.unauthenticated_connections_per_address = Some(num(&value)?)
+                }
+                "unauthenticated_idle" => self.unauthenticated_idle = Some(value),
+                "unauthenticated_buffer_bytes" => {
+                    self.unauthenticated_buffer_bytes = Some(num(&value)?)
+                }
                 "max_group_state_bytes" => self.max_group_state_bytes = Some(num(&value)?),
                 "max_groups" => self.max_groups = Some(num(&value)?),
                 "max_join_request_bytes" => self.max_join_request_bytes = Some(num(&value)?),
@@ -401,6 +437,26 @@ impl RawConfig {
                 why: "too large".into(),
             })
         };
+        let count = |key: &'static str, v: Option<u64>, def: usize| {
+            to_usize(key, positive(key, v, def as u64)?)
+        };
+        let unauthenticated_buffer_bytes = count(
+            "unauthenticated_buffer_bytes",
+            self.unauthenticated_buffer_bytes,
+            d.unauthenticated_buffer_bytes,
+        )?;
+        let pre_auth = pre_auth_frame_cap(
+            to_usize("max_frame_bytes", max_frame_bytes)?,
+            to_usize("max_group_state_bytes", max_group_state_bytes)?,
+        );
+        if unauthenticated_buffer_bytes < pre_auth {
+            return Err(ConfigError::Invalid {
+                key: "unauthenticated_buffer_bytes",
+                why: format!(
+                    "must be at least {pre_auth} (one group state write before signing in)"
+                ),
+            });
+        }
         Ok(Config {
             listen,
             public_addr,
@@ -432,6 +488,22 @@ impl RawConfig {
                     d.max_connections as u64,
                 )?,
             )?,
+            unauthenticated_connections: count(
+                "unauthenticated_connections",
+                self.unauthenticated_connections,
+                d.unauthenticated_connections,
+            )?,
+            unauthenticated_connections_per_address: count(
+                "unauthenticated_connections_per_address",
+                self.unauthenticated_connections_per_address,
+                d.unauthenticated_connections_per_address,
+            )?,
+            unauthenticated_idle: duration(
+                "unauthenticated_idle",
+                self.unauthenticated_idle,
+                d.unauthenticated_idle,
+            )?,
+            unauthenticated_buffer_bytes,
             max_group_state_bytes: to_usize("max_group_state_bytes", max_group_state_bytes)?,
             max_groups: positive("max_groups", self.max_groups, d.max_groups)?,
             max_join_request_bytes: to_usize("max_join_request_bytes", max_join_request_bytes)?,
@@ -524,7 +596,9 @@ impl Config {
             "listen = \"{}\"\n{public}max_frame_bytes = {}\nmax_envelope_bytes = {}\n\
              mailbox_max_envelopes = {}\nmailbox_max_bytes = {}\nenvelope_ttl = \"{}\"\n\
              sweep_interval = \"{}\"\nprekey_low_water = {}\nsender_certificate_ttl = \"{}\"\n\
-             max_connections = {}\nmax_group_state_bytes = {}\nmax_groups = {}\n\
+             max_connections = {}\nunauthenticated_connections = {}\n\
+             unauthenticated_connections_per_address = {}\nunauthenticated_idle = \"{}\"\n\
+             unauthenticated_buffer_bytes = {}\nmax_group_state_bytes = {}\nmax_groups = {}\n\
              max_join_request_bytes = {}\nmax_join_requests_per_group = {}\n\
              connections_per_address = {}\nregistrations_per_address_per_hour = {}\n\
              sends_per_minute = {}\nbundle_fetches_per_hour = {}\none_time_keys_per_hour = {}\n\
@@ -540,6 +614,10 @@ impl Config {
             self.prekey_low_water,
             format_duration(self.sender_certificate_ttl),
             self.max_connections,
+            self.unauthenticated_connections,
+            self.unauthenticated_connections_per_address,
+            format_duration(self.unauthenticated_idle),
+            self.unauthenticated_buffer_bytes,
             self.max_group_state_bytes,
             self.max_groups,
             self.max_join_request_bytes,
@@ -562,6 +640,25 @@ pub fn env_overrides(env: impl Fn(&str) -> Option<String>) -> Vec<String> {
         .map(|k| format!("SOTTO_RELAY_{}", k.to_uppercase()))
         .filter(|name| env(name).is_some())
         .collect()
+}
+
+/// Extra room over `max_group_state_bytes` in a request before sign-in (the
+/// group write's keys and signature beside its state).
+const PRE_AUTH_SLACK: usize = 16 * 1024;
+
+/// The largest request frame accepted before a connection signs in: the
+/// requests allowed then (registration with its prekeys, about 170 KiB, and
+/// group requests) fit under one group state write, so strangers cannot make
+/// the relay hold a full `max_frame_bytes` per stream.
+pub fn pre_auth_frame_cap(max_frame_bytes: usize, max_group_state_bytes: usize) -> usize {
+    max_frame_bytes.min(max_group_state_bytes.saturating_add(PRE_AUTH_SLACK))
+}
+
+impl Config {
+    /// [`pre_auth_frame_cap`] for this configuration.
+    pub fn pre_auth_max_frame(&self) -> usize {
+        pre_auth_frame_cap(self.max_frame_bytes, self.max_group_state_bytes)
+    }
 }
 
 /// Parses `30s`, `30m`, `12h`, `7d` (a bare number is seconds).
@@ -676,8 +773,22 @@ prekey_low_water = {low}
 # Lifetime of the sender certificates the relay signs for sealed sender.
 sender_certificate_ttl = "{cert_ttl}"
 
-# Most simultaneous client connections.
+# Most simultaneous signed-in client connections.
 max_connections = {max_conn}
+
+# Connections that have not signed in (yet) get their own, smaller budget, so
+# strangers who never sign in cannot take members' slots: at most this many in
+# all and from one address; past either, a new connection closes the oldest
+# one that has not signed in (apps reconnect by themselves). One with no
+# request in progress for `unauthenticated_idle` is closed. Group requests use
+# such connections, so keep the idle time at a few seconds or more.
+unauthenticated_connections = {unauth}
+unauthenticated_connections_per_address = {unauth_addr}
+unauthenticated_idle = "{unauth_idle}"
+# Memory for requests being received before sign-in, in bytes, in all; past
+# it such requests are refused with "try again shortly". Before sign-in a
+# request may be at most max_group_state_bytes + 16 KiB.
+unauthenticated_buffer_bytes = {unauth_buf}
 
 # Groups: the largest stored group state (encrypted, padded) in bytes, and the
 # most groups this relay keeps.
@@ -692,6 +803,7 @@ max_join_requests_per_group = {join_pending}
 # Abuse limits. Each refuses with a clear "try again in N" error and touches
 # no other account. Per-address limits count an IPv4 address or an IPv6 /64;
 # keep them generous, because a whole office often shares one NAT address.
+# connections_per_address counts signed-in connections.
 connections_per_address = {conn_addr}
 registrations_per_address_per_hour = {reg_addr}
 # New connections per second, in all and from one address. Past them the
@@ -738,6 +850,10 @@ log_format = "human"
         low = d.prekey_low_water,
         cert_ttl = format_duration(d.sender_certificate_ttl),
         max_conn = d.max_connections,
+        unauth = d.unauthenticated_connections,
+        unauth_addr = d.unauthenticated_connections_per_address,
+        unauth_idle = format_duration(d.unauthenticated_idle),
+        unauth_buf = d.unauthenticated_buffer_bytes,
         group_bytes = d.max_group_state_bytes,
         groups = d.max_groups,
         join_bytes = d.max_join_request_bytes,

@@ -174,6 +174,9 @@ impl DataDir {
 pub struct InitReport {
     /// SPKI SHA-256 pin of the new certificate, unpadded base64url.
     pub spki_pin: String,
+    /// [`sotto_wire::invite::trust_root_fingerprint`] of the new trust root:
+    /// what someone checking an evidence proof compares.
+    pub trust_root_fingerprint: String,
 }
 
 /// Milliseconds since the Unix epoch, for the shell (the core takes time as an argument).
@@ -185,12 +188,55 @@ pub fn now_ms() -> u64 {
 }
 
 fn make_dir(path: &Path) -> Result<()> {
-    // 0700: keys, the database and the admin socket are for the operator only.
+    use std::os::unix::fs::PermissionsExt;
+    // 0700: keys, the database and the admin socket are for the operator
+    // only. An existing directory (often 0755) is tightened, not trusted.
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(io(format!("cannot create {}", path.display())))
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(0o700)))
+        .map_err(io(format!(
+            "cannot create {} with mode 0700",
+            path.display()
+        )))
+}
+
+/// Sets 0700 on `path` and every directory under it and 0600 on every
+/// other file (symbolic links are left alone). sled creates its files with
+/// the process's umask, so this runs after it has made them; a relay made
+/// before data directories were private is tightened when it starts.
+pub fn tighten(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = io(format!("cannot restrict {} to its owner", path.display()));
+    let meta = fs::symlink_metadata(path).map_err(fail)?;
+    let want = if meta.is_dir() {
+        0o700
+    } else if meta.file_type().is_symlink() {
+        return Ok(());
+    } else {
+        0o600
+    };
+    if meta.permissions().mode() & 0o777 != want {
+        fs::set_permissions(path, fs::Permissions::from_mode(want)).map_err(io(format!(
+            "cannot restrict {} to its owner (mode {want:o})",
+            path.display()
+        )))?;
+    }
+    if meta.is_dir() {
+        let entries = fs::read_dir(path).map_err(io(format!("cannot list {}", path.display())))?;
+        for entry in entries.flatten() {
+            tighten(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the process's new files and sockets private to its owner (umask
+/// 077), whatever the shell's umask: the relay's data directory holds keys
+/// and the database, and backups hold both.
+pub fn private_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -252,13 +298,7 @@ pub fn init_with_cert(
     make_dir(&dir.root().join("keys"))?;
     make_dir(&dir.db())?;
 
-    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    if let Some(p) = &public_addr {
-        hosts.insert(0, config::host_of(p).to_string());
-    }
-    if !listen.ip().is_unspecified() {
-        hosts.push(listen.ip().to_string());
-    }
+    let hosts = self_signed_hosts(listen, public_addr.as_deref());
     // Made even with an operator certificate: its key seeds the QUIC
     // stateless-reset key, and it is there to fall back to.
     let ck = tls::self_signed(&hosts)?;
@@ -274,17 +314,63 @@ pub fn init_with_cert(
         .and_then(|c| c.serialized().map(<[u8]>::to_vec))
         .map_err(|_| Error::BadKey(dir.server_cert()))?;
 
+    // Everything 0600, the public parts too: the directory is the operator's alone.
     write_private(&dir.tls_key(), &ck.key_der)?;
-    fs::write(dir.cert(), &ck.cert_der).map_err(io("cannot write tls/cert.der"))?;
+    write_private(&dir.cert(), &ck.cert_der)?;
     write_private(&dir.trust_root(), &root.private_key.serialize())?;
     write_private(&dir.server_key(), &server.private_key.serialize())?;
-    fs::write(dir.server_cert(), &server_cert).map_err(io("cannot write keys/server.cert"))?;
-    fs::write(dir.config(), text).map_err(io("cannot write config.toml"))?;
+    write_private(&dir.server_cert(), &server_cert)?;
+    write_private(&dir.config(), text.as_bytes())?;
     let store = SledStore::open(&dir.db())?;
     store.flush()?;
+    tighten(dir.root())?;
     Ok(InitReport {
         spki_pin: tls::pin_text(&pin),
+        trust_root_fingerprint: sotto_wire::invite::trust_root_fingerprint(
+            &root.public_key.serialize(),
+        ),
     })
+}
+
+/// The names in the self-signed certificate: the public host first (its
+/// subject), then loopback and the listen address.
+fn self_signed_hosts(listen: SocketAddr, public_addr: Option<&str>) -> Vec<String> {
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Some(p) = public_addr {
+        hosts.insert(0, config::host_of(p).to_string());
+    }
+    if !listen.ip().is_unspecified() {
+        hosts.push(listen.ip().to_string());
+    }
+    hosts
+}
+
+/// Renews the self-signed certificate in `tls/cert.der` with the same key
+/// when [`tls::needs_renewal`] says so (it expires within 30 days, has
+/// expired, or was made by an older `init` with rcgen's 1975-4096 defaults).
+/// Members pin the key, so they notice nothing. Written to a new file and
+/// renamed, so a crash leaves the old or the new certificate, never half.
+/// Returns whether it renewed. Nothing to do with an operator certificate.
+pub fn renew_self_signed_if_due(dir: &DataDir, config: &Config) -> Result<bool> {
+    if config.tls_cert.is_some() || !tls::needs_renewal(&read(&dir.cert())?)? {
+        return Ok(false);
+    }
+    let hosts = self_signed_hosts(config.listen, config.public_addr.as_deref());
+    let renewed = tls::renew_self_signed(&hosts, &read(&dir.tls_key())?)?;
+    let tmp = dir.cert().with_extension("der.new");
+    let _ = fs::remove_file(&tmp);
+    write_private(&tmp, &renewed.cert_der)?;
+    fs::rename(&tmp, dir.cert()).map_err(io("cannot replace tls/cert.der"))?;
+    if let Some(parent) = dir.cert().parent()
+        && let Ok(d) = fs::File::open(parent)
+    {
+        let _ = d.sync_all();
+    }
+    tracing::info!(
+        "renewed the self-signed TLS certificate for a year with the same key; \
+         members' apps are unaffected"
+    );
+    Ok(true)
 }
 
 /// Loads and validates `DIR/config.toml` (with env overrides).
@@ -334,6 +420,17 @@ pub fn load_identity(dir: &DataDir, config: &Config) -> Result<tls::Identity> {
     }
 }
 
+/// The relay's sealed-sender trust root (public key, serialized), as in
+/// invite links.
+pub fn trust_root_public(dir: &DataDir) -> Result<Vec<u8>> {
+    Ok(PrivateKey::deserialize(&read(&dir.trust_root())?)
+        .ok()
+        .and_then(|k| k.public_key().ok())
+        .ok_or_else(|| Error::BadKey(dir.trust_root()))?
+        .serialize()
+        .to_vec())
+}
+
 fn load_keys(dir: &DataDir, config: &Config) -> Result<Keys> {
     if !dir.trust_root().exists() {
         return Err(Error::NotInitialized(dir.root().to_path_buf()));
@@ -341,12 +438,7 @@ fn load_keys(dir: &DataDir, config: &Config) -> Result<Keys> {
     let key_der = read(&dir.tls_key())?;
     let identity = load_identity(dir, config)?;
     let pin = identity.pin()?;
-    let trust_root = PrivateKey::deserialize(&read(&dir.trust_root())?)
-        .ok()
-        .and_then(|k| k.public_key().ok())
-        .ok_or_else(|| Error::BadKey(dir.trust_root()))?
-        .serialize()
-        .to_vec();
+    let trust_root = trust_root_public(dir)?;
     let server_key = PrivateKey::deserialize(&read(&dir.server_key())?)
         .map_err(|_| Error::BadKey(dir.server_key()))?;
     let server_cert = ServerCertificate::deserialize(&read(&dir.server_cert())?)
@@ -523,6 +615,7 @@ fn bind_both(listen: SocketAddr) -> Result<(std::net::UdpSocket, std::net::TcpLi
 pub fn reload_certificate(data_dir: &Path, running: &Running) -> Result<()> {
     let dir = DataDir::new(data_dir);
     let config = load_config(data_dir)?;
+    renew_self_signed_if_due(&dir, &config)?;
     let identity = load_identity(&dir, &config)?;
     let pin = identity.pin()?;
     running.resolver.replace(&identity)?;
@@ -547,6 +640,15 @@ pub fn reload_certificate(data_dir: &Path, running: &Running) -> Result<()> {
 pub async fn start(data_dir: &Path) -> Result<Running> {
     let config = load_config(data_dir)?;
     let dir = DataDir::new(data_dir);
+    // Relays made before init made everything private are tightened here;
+    // a file we may not chmod (an operator's certificate owned by root, say)
+    // is worth a warning, not a refusal to start.
+    if let Err(e) = tighten(dir.root()) {
+        tracing::warn!(error = %e, "could not make the whole data directory private");
+    }
+    if dir.trust_root().exists() {
+        renew_self_signed_if_due(&dir, &config)?;
+    }
     let keys = load_keys(&dir, &config)?;
     let store = SledStore::open(&dir.db())?;
     let resolver = tls::CertResolver::new(&keys.identity)?;

@@ -10,6 +10,22 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use sotto_relay::config::{LogFormat, parse_duration};
 
+/// `println!` that hands back the write error instead of panicking, so that
+/// when the reader leaves (`sotto-relay stats | head -1`) the command ends
+/// quietly with status 0 (see `main`).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)
+    };
+}
+
+/// `print!` that hands back the write error (see [`say!`]).
+macro_rules! say_inline {
+    ($($arg:tt)*) => {
+        write!(std::io::stdout(), $($arg)*)
+    };
+}
+
 /// The Sotto relay stores and forwards sealed messages it cannot read.
 ///
 /// Typical first run:
@@ -152,9 +168,21 @@ struct NewInvite {
     /// How many people can join with this link.
     #[arg(long, default_value_t = 1)]
     uses: u32,
-    /// How long the link stays valid: 30m, 12h, 7d, ...
-    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    /// How long the link stays valid, with a unit: 30m, 12h, 7d, ...
+    #[arg(long, default_value = "7d", value_parser = parse_expiry)]
     expires: Duration,
+}
+
+/// `--expires`: like config durations, but the unit is required, because a
+/// bare `2` (meant as days) would make a link that dies in two seconds.
+fn parse_expiry(s: &str) -> Result<Duration, String> {
+    if s.trim().chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "`{}` has no unit; give one, as in 30m, 12h or 7d (minutes, hours, days)",
+            s.trim()
+        ));
+    }
+    parse_duration(s)
 }
 
 #[derive(Subcommand)]
@@ -209,10 +237,21 @@ enum AccountCmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // Files and sockets this process makes are its owner's alone, whatever
+    // the shell's umask (see `sotto_relay::private_umask`).
+    sotto_relay::private_umask();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            // `sotto-relay stats | head -1`: the reader left; not an error.
+            let broken_pipe = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            });
+            if broken_pipe {
+                return std::process::ExitCode::SUCCESS;
+            }
             // `{:#}` prints the context chain on one line, without a backtrace.
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
@@ -239,17 +278,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 operator.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
             )
             .with_context(|| format!("could not create a relay in {}", data_dir.display()))?;
-            println!("Created a Sotto relay in {}.", data_dir.display());
-            println!("spki pin: {}", report.spki_pin);
+            say!("Created a Sotto relay in {}.", data_dir.display())?;
+            say!("spki pin: {}", report.spki_pin)?;
+            say!(
+                "trust root fingerprint: {} (evidence proofs name it; people compare it with this)",
+                report.trust_root_fingerprint
+            )?;
             if public_addr.is_none() && (listen.ip().is_loopback() || listen.ip().is_unspecified())
             {
-                println!(
+                say!(
                     "Note: no --public-addr given; invite links will point at {listen} \
                      (with the real port if it is 0), which only this machine can reach. \
                      Set public_addr in config.toml for other machines."
-                );
+                )?;
             }
-            println!("Next: sotto-relay serve --data-dir {}", data_dir.display());
+            say!("Next: sotto-relay serve --data-dir {}", data_dir.display())?;
             Ok(())
         }
         Command::Serve { data_dir } => serve(&data_dir),
@@ -262,10 +305,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     dir.get()?,
                     serde_json::json!({"cmd": "invite_revoke", "id": id}),
                 )?;
-                println!(
+                say!(
                     "Revoked invite {}; its link no longer works.",
                     reply["id"].as_str().unwrap_or(&id)
-                );
+                )?;
                 Ok(())
             }
         },
@@ -275,12 +318,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { dir, to } => backup(dir.get()?, &to),
         Command::Restore { from, data_dir } => {
             let r = sotto_relay::backup::restore(&from, &data_dir)?;
-            println!(
+            say!(
                 "Restored {} database entries into {}.",
                 r.entries,
                 data_dir.display()
-            );
-            println!("Next: sotto-relay serve --data-dir {}", data_dir.display());
+            )?;
+            say!("Next: sotto-relay serve --data-dir {}", data_dir.display())?;
             Ok(())
         }
     }
@@ -320,31 +363,31 @@ fn invite_list(data_dir: &Path, json: bool) -> anyhow::Result<()> {
     let reply = admin(data_dir, serde_json::json!({"cmd": "invite_list"}))?;
     let invites = reply["invites"].as_array().cloned().unwrap_or_default();
     if json {
-        println!("{}", serde_json::Value::Array(invites));
+        say!("{}", serde_json::Value::Array(invites))?;
         return Ok(());
     }
     if invites.is_empty() {
-        println!(
+        say!(
             "No usable invites. Make one with: sotto-relay invite --data-dir {}",
             data_dir.display()
-        );
+        )?;
         return Ok(());
     }
     let now = sotto_relay::now_ms();
-    println!("{:<14} {:>9}  EXPIRES IN", "ID", "USES LEFT");
+    say!("{:<14} {:>9}  EXPIRES IN", "ID", "USES LEFT")?;
     for i in &invites {
         let left_ms = i["expires_at_ms"].as_u64().unwrap_or(0).saturating_sub(now);
-        println!(
+        say!(
             "{:<14} {:>9}  {}",
             i["id"].as_str().unwrap_or("?"),
             i["uses_left"].as_u64().unwrap_or(0),
             approx(Duration::from_millis(left_ms))
-        );
+        )?;
     }
-    println!(
+    say!(
         "Revoke one with: sotto-relay invite revoke ID --data-dir {}",
         data_dir.display()
-    );
+    )?;
     Ok(())
 }
 
@@ -387,15 +430,22 @@ fn stats(data_dir: &Path, json: bool) -> anyhow::Result<()> {
             "groups": r["groups"],
             "disk_bytes": disk,
             "connections": r["connections"],
+            "unauthenticated_connections": r["unauthenticated_connections"],
+            "trust_root_fingerprint": r["trust_root_fingerprint"],
         });
-        println!("{out}");
+        say!("{out}")?;
     } else {
-        println!("accounts:          {}", r["accounts"]);
-        println!("devices:           {}", r["devices"]);
-        println!("queued messages:   {}", r["queued_envelopes"]);
-        println!("groups:            {}", r["groups"]);
-        println!("disk use (bytes):  {disk}");
-        println!("open connections:  {}", r["connections"]);
+        say!("accounts:          {}", r["accounts"])?;
+        say!("devices:           {}", r["devices"])?;
+        say!("queued messages:   {}", r["queued_envelopes"])?;
+        say!("groups:            {}", r["groups"])?;
+        say!("disk use (bytes):  {disk}")?;
+        say!("open connections:  {}", r["connections"])?;
+        say!("not signed in:     {}", r["unauthenticated_connections"])?;
+        say!(
+            "trust root fingerprint: {}",
+            r["trust_root_fingerprint"].as_str().unwrap_or("?")
+        )?;
     }
     Ok(())
 }
@@ -429,27 +479,31 @@ fn account(action: AccountCmd) -> anyhow::Result<()> {
     )?;
     match action {
         AccountCmd::Ban { .. } => {
-            println!(
+            say!(
                 "Banned the account ({} device(s)); closed {} open connection(s).",
-                r["devices"], r["closed"]
-            );
-            println!(
+                r["devices"],
+                r["closed"]
+            )?;
+            say!(
                 "Undo with: sotto-relay account unban {account} --data-dir {}",
                 data_dir.display()
-            );
+            )?;
         }
         AccountCmd::Unban { .. } => {
             if r["was_banned"] == true {
-                println!("Unbanned the account; it can connect again.");
+                say!("Unbanned the account; it can connect again.")?;
             } else {
-                println!("That account was not banned; nothing changed.");
+                say!("That account was not banned; nothing changed.")?;
             }
         }
-        AccountCmd::Remove { .. } => println!(
+        AccountCmd::Remove { .. } => say!(
             "Removed the account: {} device(s), {} undelivered message(s), {} prekey(s); \
              closed {} open connection(s).",
-            r["devices"], r["envelopes"], r["pre_keys"], r["closed"]
-        ),
+            r["devices"],
+            r["envelopes"],
+            r["pre_keys"],
+            r["closed"]
+        )?,
     }
     Ok(())
 }
@@ -460,18 +514,23 @@ fn check_config(data_dir: &Path) -> anyhow::Result<()> {
     // next restart or SIGHUP.
     let identity = sotto_relay::load_identity(&sotto_relay::DataDir::new(data_dir), &config)
         .context("the TLS certificate does not load")?;
-    println!(
+    say!(
         "# config.toml in {} is valid. Effective settings:",
         data_dir.display()
-    );
-    println!(
+    )?;
+    say!(
         "# TLS certificate pin (in invite links): {}",
         sotto_relay::tls::pin_text(&identity.pin()?)
-    );
+    )?;
+    let root = sotto_relay::trust_root_public(&sotto_relay::DataDir::new(data_dir))?;
+    say!(
+        "# trust root fingerprint (evidence proofs): {}",
+        sotto_wire::invite::trust_root_fingerprint(&root)
+    )?;
     for var in sotto_relay::config::env_overrides(|k| std::env::var(k).ok()) {
-        println!("# (overridden by the environment: {var})");
+        say!("# (overridden by the environment: {var})")?;
     }
-    print!("{}", config.to_toml());
+    say_inline!("{}", config.to_toml())?;
     Ok(())
 }
 
@@ -480,20 +539,24 @@ fn backup(data_dir: &Path, to: &Path) -> anyhow::Result<()> {
     // depend on our working directory.
     let to = std::path::absolute(to).context("cannot resolve the --to path")?;
     let r = admin(data_dir, serde_json::json!({"cmd": "backup", "to": to}))?;
-    println!(
+    say!(
         "Wrote {} ({} bytes, {} database entries). It contains the relay's private keys: keep it safe.",
         to.display(),
         r["bytes"],
         r["entries"]
-    );
+    )?;
     Ok(())
 }
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a log file or journald would
+    // get escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
@@ -587,11 +650,11 @@ fn invite(data_dir: &Path, uses: u32, expires: Duration) -> anyhow::Result<()> {
             return Err(e).with_context(|| format!("cannot reach {}", socket.display()));
         }
     };
-    println!(
+    say!(
         "Invite for {uses} member(s), valid for {}. Send this link privately:",
         sotto_relay::config::format_duration(expires)
-    );
-    println!("{link}");
+    )?;
+    say!("{link}")?;
     Ok(())
 }
 

@@ -35,6 +35,21 @@ pub const TOO_MANY_FROM_ADDRESS: &[u8] =
 
 /// Application close code: the operator banned or removed the account.
 pub const CLOSE_BANNED: u32 = 3;
+/// Application close code: an unauthenticated connection was idle, or made
+/// room for a newer one; the client reconnects when it next needs to.
+pub const CLOSE_UNAUTHENTICATED: u32 = 4;
+
+/// Close reason for an unauthenticated connection that made no request for
+/// `unauthenticated_idle`.
+pub const IDLE_BEFORE_SIGN_IN: &[u8] = b"idle without signing in; reconnect when needed";
+/// Close reason for an unauthenticated connection closed to make room.
+pub const MADE_ROOM: &[u8] =
+    b"closed to make room for a newer connection that has not signed in; reconnect";
+/// Close reason when the relay is at `max_connections` signed-in connections.
+pub const RELAY_FULL: &[u8] = b"the relay is at its connection limit; try again in a minute";
+/// How long a client is told to wait when the unauthenticated request
+/// budget is full.
+const BUSY_RETRY_MS: u64 = 1000;
 
 /// Envelope bytes of pushes one connection may have waiting for a stream:
 /// all a client that stops accepting push streams can make us hold (the rest
@@ -72,12 +87,17 @@ pub struct Shared {
     per_address: Arc<Mutex<HashMap<AddrKey, usize>>>,
     handshakes: RateLimiter<()>,
     handshakes_per_address: RateLimiter<AddrKey>,
+    unauth: Arc<Mutex<UnauthPool>>,
+    /// Bytes of request frames being read on unauthenticated connections
+    /// (`unauthenticated_buffer_bytes`), one permit per byte.
+    pre_auth_bytes: Arc<Semaphore>,
 }
 
 impl Shared {
     /// Wraps a relay core.
     pub fn new(relay: Relay, links: LinkInfo) -> Self {
         let max = relay.config().max_connections;
+        let pre_auth_bytes = relay.config().unauthenticated_buffer_bytes;
         let (hs, hs_addr) = (
             relay.config().handshakes_per_second,
             relay.config().handshakes_per_address_per_second,
@@ -99,7 +119,98 @@ impl Shared {
             per_address: Arc::new(Mutex::new(HashMap::new())),
             handshakes: RateLimiter::per_second(hs, hs.saturating_mul(5)),
             handshakes_per_address: RateLimiter::per_second(hs_addr, hs_addr.saturating_mul(10)),
+            unauth: Arc::new(Mutex::new(UnauthPool::default())),
+            pre_auth_bytes: Arc::new(Semaphore::new(pre_auth_bytes.min(Semaphore::MAX_PERMITS))),
         }
+    }
+
+    /// Admits a new connection from `ip` into the unauthenticated budget
+    /// (`unauthenticated_connections`, and `..._per_address` from one
+    /// address), closing the oldest unauthenticated connection (of this
+    /// address, or else of the address holding the most) when a budget is
+    /// full. Evicting rather than refusing is what keeps a stranger who
+    /// holds connections open without signing in from locking out
+    /// colleagues behind the same NAT address: members sign in within a
+    /// round trip or two of connecting, so only connections that linger
+    /// unauthenticated are ever the oldest.
+    pub(crate) fn admit_unauthenticated(&self, ip: std::net::IpAddr) -> UnauthSlot {
+        let config = self.relay.config();
+        let key = AddrKey::from(ip);
+        let token = CancellationToken::new();
+        let mut pool = self.unauth.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.from(key) >= config.unauthenticated_connections_per_address {
+            pool.evict_oldest_of(key);
+        } else if pool.conns.len() >= config.unauthenticated_connections
+            && let Some(heaviest) = pool.heaviest()
+        {
+            pool.evict_oldest_of(heaviest);
+        }
+        pool.next += 1;
+        let id = pool.next;
+        pool.conns.insert(id, (key, token.clone()));
+        *pool.per_address.entry(key).or_insert(0) += 1;
+        UnauthSlot {
+            id,
+            token,
+            pool: Arc::clone(&self.unauth),
+        }
+    }
+
+    /// Connections that have not signed in, handshakes included.
+    pub fn unauthenticated_connections(&self) -> usize {
+        self.unauth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .conns
+            .len()
+    }
+
+    /// Moves a connection that has just signed in from the unauthenticated
+    /// budget to the signed-in one (`max_connections`,
+    /// `connections_per_address`); closes it with a reason when that is full.
+    fn promote(&self, ctx: &ConnCtx) {
+        let mut slots = ctx.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.signed_in.is_some() {
+            return;
+        }
+        slots.unauth = None;
+        let Some(address) = self.address_slot(ctx.ip) else {
+            ctx.conn.close(CLOSE_BUSY, TOO_MANY_FROM_ADDRESS);
+            return;
+        };
+        let Some(permit) = self.connection_permit() else {
+            tracing::warn!("signed-in connection limit reached; closing a connection");
+            ctx.conn.close(CLOSE_BUSY, RELAY_FULL);
+            return;
+        };
+        if let Peer::Quic(conn) = &ctx.conn {
+            // Members get quinn's default window back (see
+            // `tls::PRE_AUTH_RECEIVE_WINDOW`).
+            conn.set_receive_window(quinn::VarInt::MAX);
+        }
+        slots.signed_in = Some((permit, address));
+    }
+
+    /// Takes budget for an `len`-byte request frame about to be read on
+    /// `ctx`: nothing when it has signed in; `Err` when the frame is over the
+    /// pre-sign-in cap, or the unauthenticated byte budget is spent.
+    pub(crate) fn frame_budget(
+        &self,
+        ctx: &ConnCtx,
+        len: usize,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, FrameRefusal> {
+        if ctx.signed_in() {
+            return Ok(None);
+        }
+        let cap = self.relay.config().pre_auth_max_frame();
+        if len > cap {
+            return Err(FrameRefusal::TooLarge);
+        }
+        let n = u32::try_from(len.max(1)).map_err(|_| FrameRefusal::TooLarge)?;
+        Arc::clone(&self.pre_auth_bytes)
+            .try_acquire_many_owned(n)
+            .map(Some)
+            .map_err(|_| FrameRefusal::Busy)
     }
 
     /// Whether a new connection from `ip` may start its handshake now. Checked
@@ -216,13 +327,23 @@ impl Shared {
         conn: Peer,
         exporter: [u8; EXPORTER_LEN],
         ip: std::net::IpAddr,
+        unauth: UnauthSlot,
     ) -> Arc<ConnCtx> {
         Arc::new(ConnCtx {
             id: self.next_conn_id.fetch_add(1, Ordering::Relaxed),
             conn,
+            ip,
             state: Mutex::new(ConnState::new(exporter).with_peer(ip)),
             bad_frames: AtomicU32::new(0),
             push_budget: Arc::new(Semaphore::new(PUSH_BUDGET_BYTES)),
+            activity: Mutex::new(Activity {
+                last: tokio::time::Instant::now(),
+                in_progress: 0,
+            }),
+            slots: Mutex::new(Slots {
+                unauth: Some(unauth),
+                signed_in: None,
+            }),
         })
     }
 
@@ -331,21 +452,21 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
             incoming.refuse();
             continue;
         }
-        let Some(permit) = shared.connection_permit() else {
-            // At the connection cap: refuse cheaply instead of queueing handshakes.
-            tracing::warn!("connection limit reached; refusing a connection");
-            incoming.refuse();
-            continue;
-        };
-        let slot = shared.address_slot(incoming.remote_address().ip());
+        // Every connection starts in the unauthenticated budget, which
+        // makes room by closing the oldest one there; the signed-in limits
+        // apply once it signs in (`Shared::promote`).
+        let slot = shared.admit_unauthenticated(incoming.remote_address().ip());
         let shared = Arc::clone(&shared);
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _permit = permit;
-            let conn =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await })
-                    .await
-                {
+            let handshake =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.accept()?.await });
+            let conn = tokio::select! {
+                () = slot.token.cancelled() => {
+                    tracing::debug!("closed a connection in its handshake to make room");
+                    return;
+                }
+                done = handshake => match done {
                     Ok(Ok(c)) => c,
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "handshake failed");
@@ -355,16 +476,10 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
                         tracing::debug!("handshake timed out");
                         return;
                     }
-                };
-            let Some(_slot) = slot else {
-                // Finishing the handshake first costs us one, but lets the
-                // client show a reason instead of a bare refusal; the
-                // relay-wide cap above still bounds how many run at once.
-                conn.close(CLOSE_BUSY.into(), TOO_MANY_FROM_ADDRESS);
-                return;
+                },
             };
             let _open = shared.open_connection();
-            handle_connection(conn, &shared, shutdown).await;
+            handle_connection(conn, &shared, slot, shutdown).await;
         });
     }
     endpoint.close(CLOSE_SHUTDOWN.into(), b"relay shutting down");
@@ -377,6 +492,7 @@ pub async fn serve(endpoint: quinn::Endpoint, shared: Arc<Shared>, shutdown: Can
 async fn handle_connection(
     conn: quinn::Connection,
     shared: &Arc<Shared>,
+    slot: UnauthSlot,
     shutdown: CancellationToken,
 ) {
     let mut exporter = [0u8; EXPORTER_LEN];
@@ -387,16 +503,24 @@ async fn handle_connection(
         conn.close(CLOSE_MISBEHAVING.into(), b"tls exporter unavailable");
         return;
     }
+    let evicted = slot.token.clone();
     let ctx = shared.new_ctx(
         Peer::Quic(conn.clone()),
         exporter,
         conn.remote_address().ip(),
+        slot,
     );
     let streams = TaskTracker::new();
+    let watchdog = watch_unauthenticated(shared, &ctx, evicted);
+    tokio::pin!(watchdog);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => {
                 conn.close(CLOSE_SHUTDOWN.into(), b"relay shutting down");
+                break;
+            }
+            why = &mut watchdog => {
+                conn.close(CLOSE_UNAUTHENTICATED.into(), why);
                 break;
             }
             s = conn.accept_bi() => s,
@@ -414,14 +538,84 @@ async fn handle_connection(
 pub(crate) struct ConnCtx {
     id: u64,
     conn: Peer,
+    ip: std::net::IpAddr,
     state: Mutex<ConnState>,
     bad_frames: AtomicU32,
     /// Envelope bytes this connection's pushes may hold while they wait for
     /// a stream: one permit per byte.
     push_budget: Arc<Semaphore>,
+    activity: Mutex<Activity>,
+    slots: Mutex<Slots>,
+}
+
+/// When a connection last finished a request, and how many are in progress.
+struct Activity {
+    last: tokio::time::Instant,
+    in_progress: usize,
+}
+
+/// The connection budget a connection counts against: unauthenticated until
+/// it signs in, then the signed-in cap and its address's share.
+struct Slots {
+    unauth: Option<UnauthSlot>,
+    signed_in: Option<(tokio::sync::OwnedSemaphorePermit, AddressSlot)>,
+}
+
+/// Why a request frame is not read before sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FrameRefusal {
+    /// Over [`crate::config::Config::pre_auth_max_frame`].
+    TooLarge,
+    /// The unauthenticated byte budget is spent for now.
+    Busy,
+}
+
+impl FrameRefusal {
+    /// The answer for the client.
+    pub(crate) fn response(self) -> Response {
+        match self {
+            FrameRefusal::TooLarge => error_response(
+                ErrorCode::TooLarge,
+                "request frame is too large before signing in",
+            ),
+            FrameRefusal::Busy => crate::core::unavailable_response(
+                "the relay is busy with connections that have not signed in; try again shortly",
+                BUSY_RETRY_MS,
+            ),
+        }
+    }
+}
+
+/// Marks a request in progress on a connection for as long as it lives;
+/// unauthenticated connections are closed only when none is.
+pub(crate) struct InProgress<'a>(&'a ConnCtx);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        let mut a = self.0.activity.lock().unwrap_or_else(|p| p.into_inner());
+        a.in_progress = a.in_progress.saturating_sub(1);
+        a.last = tokio::time::Instant::now();
+    }
 }
 
 impl ConnCtx {
+    /// Counts a request in progress until the guard drops.
+    pub(crate) fn in_progress(&self) -> InProgress<'_> {
+        let mut a = self.activity.lock().unwrap_or_else(|p| p.into_inner());
+        a.in_progress += 1;
+        a.last = tokio::time::Instant::now();
+        InProgress(self)
+    }
+
+    /// Whether the connection has signed in (registered or authenticated).
+    pub(crate) fn signed_in(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .authenticated()
+            .is_some()
+    }
+
     pub(crate) fn bad_frame(&self) {
         let n = self.bad_frames.fetch_add(1, Ordering::Relaxed) + 1;
         if n > MAX_BAD_FRAMES {
@@ -438,12 +632,35 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let _busy = ctx.in_progress();
     let max = shared.relay.config().max_frame_bytes;
-    let read =
-        tokio::time::timeout(REQUEST_TIMEOUT, frame::read::<Request, _>(&mut recv, max)).await;
-    let req = match read {
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let len = u32::from_be_bytes(frame::read_header(&mut recv).await?) as usize;
+        if len > max {
+            return Err(FrameError::TooLarge { len, max }.into());
+        }
+        let budget = shared.frame_budget(ctx, len).map_err(ReadError::Refused)?;
+        let mut body = vec![0u8; len];
+        recv.read_exact(&mut body).await.map_err(|e| match e {
+            quinn::ReadExactError::FinishedEarly(_) => FrameError::Truncated,
+            quinn::ReadExactError::ReadError(e) => FrameError::Io(e.into()),
+        })?;
+        let req = <Request as prost::Message>::decode(body.as_slice()).map_err(FrameError::from)?;
+        Ok::<_, ReadError>((req, budget))
+    })
+    .await;
+    let (req, _budget) = match read {
         Ok(Ok(req)) => req,
-        Ok(Err(FrameError::TooLarge { .. })) => {
+        Ok(Err(ReadError::Refused(why))) => {
+            // Refuse the body without reading it.
+            let _ = recv.stop(STREAM_TOO_LARGE.into());
+            if why == FrameRefusal::TooLarge {
+                ctx.bad_frame();
+            }
+            respond(&mut send, &why.response()).await;
+            return;
+        }
+        Ok(Err(ReadError::Frame(FrameError::TooLarge { .. }))) => {
             // Refuse the body without reading it.
             let _ = recv.stop(STREAM_TOO_LARGE.into());
             ctx.bad_frame();
@@ -454,7 +671,9 @@ async fn handle_stream(
             .await;
             return;
         }
-        Ok(Err(FrameError::Malformed(_) | FrameError::Truncated | FrameError::Eof)) => {
+        Ok(Err(ReadError::Frame(
+            FrameError::Malformed(_) | FrameError::Truncated | FrameError::Eof,
+        ))) => {
             ctx.bad_frame();
             respond(
                 &mut send,
@@ -463,7 +682,7 @@ async fn handle_stream(
             .await;
             return;
         }
-        Ok(Err(FrameError::Io(_))) => return, // The peer reset the stream; nobody to answer.
+        Ok(Err(ReadError::Frame(FrameError::Io(_)))) => return, // The peer reset the stream; nobody to answer.
         Err(_) => {
             let _ = recv.stop(0u32.into());
             respond(
@@ -524,6 +743,7 @@ pub(crate) async fn serve_request(
         }
         if let Some(new) = after {
             shared.register_live(new, ctx);
+            shared.promote(ctx);
         }
     }
     let mut response = outcome.response;
@@ -589,6 +809,117 @@ pub(crate) fn push_to(shared: &Shared, to: DeviceKey, envelope: Envelope) {
             let _held = (pending, permit);
             conn.push(&msg).await;
         });
+    }
+}
+
+/// What went wrong reading one request frame on a QUIC stream.
+enum ReadError {
+    Frame(FrameError),
+    Refused(FrameRefusal),
+}
+
+impl From<FrameError> for ReadError {
+    fn from(e: FrameError) -> Self {
+        ReadError::Frame(e)
+    }
+}
+
+/// Resolves, with the close reason, when an unauthenticated connection must
+/// go: it was evicted to make room ([`Shared::admit_unauthenticated`]) or
+/// has had no request in progress for `unauthenticated_idle`. Never
+/// resolves once the connection has signed in.
+pub(crate) async fn watch_unauthenticated(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    evicted: CancellationToken,
+) -> &'static [u8] {
+    let idle = shared.relay.config().unauthenticated_idle;
+    loop {
+        let deadline = {
+            let a = ctx.activity.lock().unwrap_or_else(|p| p.into_inner());
+            a.last + idle
+        };
+        tokio::select! {
+            () = evicted.cancelled() => {
+                if ctx.signed_in() {
+                    break;
+                }
+                return MADE_ROOM;
+            }
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+        if ctx.signed_in() {
+            break;
+        }
+        let a = ctx.activity.lock().unwrap_or_else(|p| p.into_inner());
+        if a.in_progress == 0 && a.last + idle <= tokio::time::Instant::now() {
+            tracing::debug!("closing an unauthenticated connection that was idle");
+            return IDLE_BEFORE_SIGN_IN;
+        }
+    }
+    std::future::pending().await
+}
+
+/// The connections that have not signed in, oldest first, for eviction.
+#[derive(Default)]
+pub(crate) struct UnauthPool {
+    next: u64,
+    conns: std::collections::BTreeMap<u64, (AddrKey, CancellationToken)>,
+    per_address: HashMap<AddrKey, usize>,
+}
+
+impl UnauthPool {
+    fn from(&self, key: AddrKey) -> usize {
+        self.per_address.get(&key).copied().unwrap_or(0)
+    }
+
+    /// The address holding the most unauthenticated connections.
+    fn heaviest(&self) -> Option<AddrKey> {
+        self.per_address
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(k, _)| *k)
+    }
+
+    fn evict_oldest_of(&mut self, key: AddrKey) {
+        let oldest = self
+            .conns
+            .iter()
+            .find(|(_, (k, _))| *k == key)
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest
+            && let Some((_, token)) = self.remove(id)
+        {
+            tracing::debug!("closing the oldest unauthenticated connection to make room");
+            token.cancel();
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<(AddrKey, CancellationToken)> {
+        let (key, token) = self.conns.remove(&id)?;
+        if let Some(n) = self.per_address.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_address.remove(&key);
+            }
+        }
+        Some((key, token))
+    }
+}
+
+/// A connection counted in the unauthenticated budget until it signs in or
+/// ends; its token is cancelled if it is evicted to make room.
+pub(crate) struct UnauthSlot {
+    id: u64,
+    /// Cancelled when the connection must close to make room.
+    pub(crate) token: CancellationToken,
+    pool: Arc<Mutex<UnauthPool>>,
+}
+
+impl Drop for UnauthSlot {
+    fn drop(&mut self) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        pool.remove(self.id);
     }
 }
 

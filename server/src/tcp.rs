@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sotto_wire::auth::{EXPORTER_LABEL, EXPORTER_LEN};
-use sotto_wire::frame::FrameError;
+use sotto_wire::frame::{self, FrameError};
 use sotto_wire::mux;
 use sotto_wire::relay::{ErrorCode, Request};
 use tokio::io::AsyncWriteExt;
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::core::error_response;
-use crate::net::{self, Peer, Shared, TOO_MANY_FROM_ADDRESS};
+use crate::net::{self, Peer, Shared};
 
 /// Requests one connection may have in progress (QUIC's stream limit is the same).
 const MAX_IN_FLIGHT: usize = 32;
@@ -90,44 +90,107 @@ pub async fn serve(
             drop(tcp);
             continue;
         }
-        let Some(permit) = shared.connection_permit() else {
-            tracing::warn!("connection limit reached; refusing a TCP connection");
-            drop(tcp);
-            continue;
-        };
-        let slot = shared.address_slot(addr.ip());
+        // As on QUIC: the unauthenticated budget first, the signed-in
+        // limits once the connection signs in.
+        let slot = shared.admit_unauthenticated(addr.ip());
         let (shared, acceptor, shutdown) =
             (Arc::clone(&shared), acceptor.clone(), shutdown.clone());
         tracker.spawn(async move {
-            let _permit = permit;
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "TLS handshake over TCP failed");
+            let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+            let tls = tokio::select! {
+                () = slot.token.cancelled() => {
+                    tracing::debug!("closed a TCP connection in its handshake to make room");
                     return;
                 }
-                Err(_) => {
-                    tracing::debug!("TLS handshake over TCP timed out");
-                    return;
-                }
+                done = handshake => match done {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake over TCP failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!("TLS handshake over TCP timed out");
+                        return;
+                    }
+                },
             };
             let _open = shared.open_connection();
-            handle_connection(tls, addr.ip(), slot.is_some(), &shared, shutdown).await;
-            drop(slot);
+            handle_connection(tls, addr.ip(), slot, &shared, shutdown).await;
         });
     }
     tracker.close();
     tracker.wait().await;
 }
 
+/// What went wrong reading one unit.
+enum UnitError {
+    Frame(FrameError),
+    Refused(net::FrameRefusal),
+}
+
+impl From<FrameError> for UnitError {
+    fn from(e: FrameError) -> Self {
+        UnitError::Frame(e)
+    }
+}
+
+/// Reads one unit (channel id, then a frame), taking the unauthenticated
+/// byte budget ([`Shared::frame_budget`]) before reading a request's body
+/// on a connection that has not signed in. Keep-alives and the body of a
+/// unit in progress do not count as activity; its header does.
+async fn read_unit<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+    shared: &Shared,
+    ctx: &net::ConnCtx,
+) -> Result<(u32, Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), UnitError> {
+    use tokio::io::AsyncReadExt;
+    let id = u32::from_be_bytes(frame::read_header::<{ mux::ID_LEN }, _>(reader).await?);
+    let request = id != mux::PUSH && id != mux::CLOSING;
+    let _busy = request.then(|| ctx.in_progress());
+    let len = u32::from_be_bytes(frame::read_header(reader).await.map_err(|e| match e {
+        // The unit started: a stream ending now ends it mid-way.
+        FrameError::Eof => FrameError::Truncated,
+        other => other,
+    })?) as usize;
+    if len > max {
+        return Err(FrameError::TooLarge { len, max }.into());
+    }
+    let budget = if request {
+        shared.frame_budget(ctx, len).map_err(UnitError::Refused)?
+    } else if !ctx.signed_in() && len > 0 {
+        // Keep-alives are empty; anything else on them before sign-in is
+        // refused like an oversized frame.
+        return Err(UnitError::Refused(net::FrameRefusal::TooLarge));
+    } else {
+        None
+    };
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            FrameError::Truncated
+        } else {
+            FrameError::Io(e)
+        }
+    })?;
+    Ok((id, body, budget))
+}
+
 async fn handle_connection(
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     ip: std::net::IpAddr,
-    within_address_limit: bool,
+    slot: net::UnauthSlot,
     shared: &Arc<Shared>,
     shutdown: CancellationToken,
 ) {
+    // rustls completes a handshake that offers no ALPN at all; QUIC
+    // requires it. Serve only peers that asked for `sotto/1`, so the TCP
+    // port does not answer other protocols (or scanners) with ours.
+    if tls.get_ref().1.alpn_protocol() != Some(sotto_wire::ALPN) {
+        tracing::debug!("TLS over TCP without ALPN sotto/1; closing");
+        return;
+    }
     let mut exporter = [0u8; EXPORTER_LEN];
     if tls
         .get_ref()
@@ -173,16 +236,13 @@ async fn handle_connection(
             let _ = writer.shutdown().await;
         })
     };
-    if !within_address_limit {
-        peer.close(TOO_MANY_FROM_ADDRESS);
-        let _ = writer_task.await;
-        return;
-    }
-
-    let ctx = shared.new_ctx(Peer::Tcp(peer.clone()), exporter, ip);
+    let evicted = slot.token.clone();
+    let ctx = shared.new_ctx(Peer::Tcp(peer.clone()), exporter, ip, slot);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let requests = TaskTracker::new();
     let max = shared.relay.config().max_frame_bytes;
+    let watchdog = net::watch_unauthenticated(shared, &ctx, evicted);
+    tokio::pin!(watchdog);
     loop {
         let unit = tokio::select! {
             () = shutdown.cancelled() => {
@@ -190,20 +250,34 @@ async fn handle_connection(
                 break;
             }
             () = peer.closing.cancelled() => break,
-            unit = tokio::time::timeout(IDLE_TIMEOUT, mux::read_unit(&mut reader, max)) => unit,
+            why = &mut watchdog => {
+                peer.close(why);
+                break;
+            }
+            unit = tokio::time::timeout(IDLE_TIMEOUT, read_unit(&mut reader, max, shared, &ctx)) => unit,
         };
-        let (id, body) = match unit {
+        let (id, body, budget) = match unit {
             Err(_) => {
                 peer.close(b"idle for too long");
                 break;
             }
             Ok(Ok(unit)) => unit,
-            Ok(Err(FrameError::TooLarge { .. })) => {
+            Ok(Err(UnitError::Frame(FrameError::TooLarge { .. }))) => {
                 // The body cannot be skipped without reading it all.
                 peer.close(b"request frame is too large");
                 break;
             }
-            Ok(Err(_)) => break, // Closed, cut off mid-unit, or reset.
+            Ok(Err(UnitError::Refused(why))) => {
+                // Nor here; the client hears why and may reconnect.
+                let why = why.response();
+                let text = match &why.kind {
+                    Some(sotto_wire::relay::response::Kind::Error(e)) => e.message.clone(),
+                    _ => String::new(),
+                };
+                peer.close(text.as_bytes());
+                break;
+            }
+            Ok(Err(UnitError::Frame(_))) => break, // Closed, cut off mid-unit, or reset.
         };
         if id == mux::PUSH {
             continue; // A keep-alive.
@@ -227,6 +301,8 @@ async fn handle_connection(
         let (shared, ctx, peer) = (Arc::clone(shared), Arc::clone(&ctx), peer.clone());
         requests.spawn(async move {
             let _permit = permit;
+            let _budget = budget;
+            let _busy = ctx.in_progress();
             let (response, push) = net::serve_request(&shared, &ctx, req).await;
             peer.send(mux::encode(id, &response)).await;
             for (to, envelope) in push {

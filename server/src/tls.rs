@@ -62,19 +62,97 @@ pub struct CertAndKey {
     pub key_der: Vec<u8>,
 }
 
-/// Makes a self-signed certificate for `hosts` (DNS names or IP literals; IPs become IP SANs).
+/// How long a self-signed certificate is valid: about a year, like any
+/// server's. rcgen's defaults (1975 to 4096, subject "rcgen self signed
+/// cert") single a relay out to scanners.
+pub const SELF_SIGNED_DAYS: i64 = 365;
+/// A self-signed certificate this close to its end (or past it, or made
+/// with rcgen's defaults) is renewed with the same key when the relay starts.
+pub const RENEW_WITHIN_DAYS: i64 = 30;
+
+/// Makes a self-signed certificate for `hosts` (DNS names or IP literals;
+/// IPs become IP SANs) with a new key, valid from yesterday for
+/// [`SELF_SIGNED_DAYS`].
 pub fn self_signed(hosts: &[String]) -> Result<CertAndKey, TlsError> {
+    let key = rcgen::KeyPair::generate()?;
+    self_signed_with(hosts, &key, unix_days_now())
+}
+
+/// Like [`self_signed`] with the key in `key_der` (PKCS#8), so the SPKI pin
+/// in members' invite links stays the same.
+pub fn renew_self_signed(hosts: &[String], key_der: &[u8]) -> Result<CertAndKey, TlsError> {
+    let key = rcgen::KeyPair::try_from(key_der)?;
+    self_signed_with(hosts, &key, unix_days_now())
+}
+
+fn self_signed_with(
+    hosts: &[String],
+    key: &rcgen::KeyPair,
+    today: i64,
+) -> Result<CertAndKey, TlsError> {
     let mut names: Vec<String> = Vec::new();
     for h in hosts {
         if !h.is_empty() && !names.contains(h) {
             names.push(h.clone());
         }
     }
-    let certified = rcgen::generate_simple_self_signed(names)?;
+    let mut params = rcgen::CertificateParams::new(names.clone())?;
+    // A plain subject (the host clients dial), as any server certificate has.
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(
+        rcgen::DnType::CommonName,
+        names.first().map_or("localhost", String::as_str),
+    );
+    params.distinguished_name = dn;
+    let (y, m, d) = civil_date(today - 1);
+    params.not_before = rcgen::date_time_ymd(y, m, d);
+    let (y, m, d) = civil_date(today + SELF_SIGNED_DAYS);
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+    let cert = params.self_signed(key)?;
     Ok(CertAndKey {
-        cert_der: certified.cert.der().to_vec(),
-        key_der: certified.key_pair.serialize_der(),
+        cert_der: cert.der().to_vec(),
+        key_der: key.serialize_der(),
     })
+}
+
+/// Whether a self-signed certificate should be renewed (same key) now:
+/// it ends within [`RENEW_WITHIN_DAYS`] or has ended, or it runs for far
+/// longer than [`SELF_SIGNED_DAYS`] (made by an older `init`, with rcgen's
+/// defaults). Clients pin the key and never look at the dates, so an old
+/// certificate keeps working; renewing is for scanners and hygiene.
+pub fn needs_renewal(cert_der: &[u8]) -> Result<bool, TlsError> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|_| TlsError::BadCertificate)?;
+    let now = unix_days_now() * 86_400;
+    let left = cert.validity().not_after.timestamp() - now;
+    Ok(!(RENEW_WITHIN_DAYS * 86_400..=(SELF_SIGNED_DAYS + 2) * 86_400).contains(&left))
+}
+
+/// Days since the Unix epoch, today.
+fn unix_days_now() -> i64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    i64::try_from(secs / 86_400).unwrap_or(0)
+}
+
+/// The calendar date (year, month, day) `days` after 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_date(days: i64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (
+        i32::try_from(year).unwrap_or(i32::MAX),
+        u8::try_from(month).unwrap_or(1),
+        u8::try_from(day).unwrap_or(1),
+    )
 }
 
 /// SHA-256 of the certificate's SubjectPublicKeyInfo.
@@ -207,6 +285,15 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// Unread bytes quinn may buffer for a connection across its streams (the
+/// connection flow-control window it advertises in the handshake) until the
+/// connection signs in, when `net` raises it to quinn's default. Requests
+/// before sign-in are read as they arrive, so this only slows a registration
+/// or a group write by a round trip or two; it stops strangers parking data
+/// in quinn's buffers. It must be set here: a window already advertised
+/// cannot be taken back.
+pub const PRE_AUTH_RECEIVE_WINDOW: u32 = 64 * 1024;
+
 /// A quinn server configuration: TLS 1.3 only, ALPN `sotto/1`, bounded streams.
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
@@ -225,6 +312,7 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<quinn::ServerConfig,
     // The relay never reads QUIC datagrams; quinn's default would let a client
     // park about 1.25 MB of unread ones per connection.
     transport.datagram_receive_buffer_size(None);
+    transport.receive_window(quinn::VarInt::from_u32(PRE_AUTH_RECEIVE_WINDOW));
     transport.max_idle_timeout(Some(
         std::time::Duration::from_secs(60)
             .try_into()
@@ -252,6 +340,40 @@ mod tests {
         let other = self_signed(&["localhost".into()]).expect("cert");
         assert_ne!(spki_sha256(&other.cert_der).expect("pin"), pin);
         assert!(spki_sha256(b"junk").is_err());
+    }
+
+    #[test]
+    fn self_signed_looks_ordinary_and_renews_with_the_same_key() {
+        assert_eq!(civil_date(0), (1970, 1, 1));
+        assert_eq!(civil_date(19_723), (2024, 1, 1));
+        assert_eq!(civil_date(19_782), (2024, 2, 29));
+        let ck = self_signed(&["relay.example.org".into(), "127.0.0.1".into()]).expect("cert");
+        let (_, cert) = x509_parser::parse_x509_certificate(&ck.cert_der).expect("parses");
+        let subject = cert.subject().to_string();
+        assert_eq!(subject, "CN=relay.example.org");
+        let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp())
+            / 86_400;
+        assert!((365..=367).contains(&days), "{days} days");
+        assert!(!needs_renewal(&ck.cert_der).expect("parses"));
+        // An old init's certificate (rcgen's defaults) is renewed, keeping the pin.
+        let old = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("old");
+        assert!(needs_renewal(old.cert.der()).expect("parses"));
+        let renewed =
+            renew_self_signed(&["localhost".into()], &old.key_pair.serialize_der()).expect("renew");
+        assert_eq!(
+            spki_sha256(&renewed.cert_der).expect("pin"),
+            spki_sha256(old.cert.der()).expect("pin")
+        );
+        assert!(!needs_renewal(&renewed.cert_der).expect("parses"));
+        // One that ends within the renewal window is renewed too.
+        let key = rcgen::KeyPair::generate().expect("key");
+        let ending = self_signed_with(
+            &["localhost".into()],
+            &key,
+            unix_days_now() - SELF_SIGNED_DAYS + 10,
+        )
+        .expect("cert");
+        assert!(needs_renewal(&ending.cert_der).expect("parses"));
     }
 
     #[test]

@@ -123,3 +123,88 @@ fn sighup_reloads_the_operator_certificate_and_keeps_queued_messages() {
     carol.ok(&["send", "bob", "joined after the new key"]);
     assert!(relay.is_alive());
 }
+
+/// The self-signed certificate looks like any server's (issue 12): a plain
+/// subject and about a year's validity, not rcgen's "rcgen self signed
+/// cert" from 1975 to 4096. One made by an older `init` (or near its end) is
+/// renewed with the same key when the relay starts, so members notice nothing.
+#[test]
+fn the_self_signed_certificate_is_ordinary_and_renewed_with_the_same_key() {
+    let mut relay = Relay::start();
+    let alice = User::new(&relay, "Alice");
+    let bob = User::new(&relay, "Bob");
+    alice.add_contact("bob", &bob);
+    let served = served_cert(&relay);
+    let (_, cert) = x509_parser::parse_x509_certificate(&served).expect("x509");
+    let subject = cert.subject().to_string();
+    assert!(!subject.contains("rcgen"), "{subject}");
+    let days =
+        (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86_400;
+    assert!((365..=367).contains(&days), "valid for {days} days");
+
+    // What an older init wrote: rcgen's defaults, with the relay's own key.
+    let tls = relay.data_dir().join("tls");
+    let key_der = std::fs::read(tls.join("key.der")).expect("key.der");
+    let key = rcgen::KeyPair::try_from(key_der.as_slice()).expect("pkcs8 key");
+    let old = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("old cert");
+    std::fs::write(tls.join("cert.der"), old.der()).expect("write old cert");
+    relay.restart();
+    let served = served_cert(&relay);
+    assert_ne!(
+        served,
+        old.der().to_vec(),
+        "the old certificate was not renewed"
+    );
+    let (_, cert) = x509_parser::parse_x509_certificate(&served).expect("x509");
+    assert!(!cert.subject().to_string().contains("rcgen"));
+    // Same key, same pin: members made before carry on.
+    alice.ok(&["send", "bob", "after the renewal"]);
+    assert_eq!(texts(&bob.sync_json()), ["after the renewal"]);
+}
+
+/// The TCP fallback serves only peers that ask for ALPN `sotto/1`, as QUIC
+/// does (issue 12): a TLS client offering no ALPN, or another protocol, gets
+/// no answer from the relay's protocol.
+#[test]
+fn tls_over_tcp_requires_the_sotto_alpn() {
+    use sotto_tests::raw::RawTcp;
+    use sotto_wire::relay::{ChallengeRequest, Request, request, response};
+
+    let relay = Relay::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let challenge = sotto_wire::mux::encode(
+        7,
+        &Request {
+            version: sotto_wire::PROTOCOL_VERSION,
+            kind: Some(request::Kind::Challenge(ChallengeRequest {})),
+        },
+    );
+    rt.block_on(async {
+        let mut ok = RawTcp::danger_connect(relay.addr()).await.expect("connect");
+        ok.write(&challenge).await.expect("write");
+        let (id, answer) = ok.next().await.expect("an answer");
+        assert_eq!(id, 7);
+        assert!(
+            matches!(answer.kind, Some(response::Kind::Challenge(_))),
+            "{answer:?}"
+        );
+        for (what, alpn) in [
+            ("no ALPN", vec![]),
+            ("ALPN http/1.1", vec![b"http/1.1".to_vec()]),
+        ] {
+            // The handshake may fail outright (wrong ALPN) or finish and
+            // then be closed unserved (no ALPN); either way, no answer.
+            if let Ok(mut c) = RawTcp::danger_connect_alpn(relay.addr(), alpn).await {
+                let _ = c.write(&challenge).await;
+                let next = c.next().await;
+                assert!(next.is_err(), "{what} was served: {next:?}");
+            }
+        }
+    });
+}

@@ -2,7 +2,6 @@
 //! the user gets a clear "try again in" error, nothing they wrote is lost,
 //! and other accounts carry on.
 
-use sotto_tests::raw::RawClient;
 use sotto_tests::{Relay, User, texts};
 
 #[test]
@@ -56,35 +55,47 @@ fn registrations_per_address_are_limited_but_members_carry_on() {
 
 #[test]
 fn connections_per_address_are_limited_with_a_reason() {
+    // Signed-in connections count against the address; strangers who never
+    // sign in have their own budget (tests/e2e/strangers.rs).
     let relay = Relay::start_with_env(&[("SOTTO_RELAY_CONNECTIONS_PER_ADDRESS", "2")]);
     let alice = User::new(&relay, "Alice");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let hogs: Vec<RawClient> = rt.block_on(async {
-        let mut hogs = Vec::new();
-        for _ in 0..2 {
-            hogs.push(
-                RawClient::danger_connect(relay.addr())
-                    .await
-                    .expect("raw connect"),
-            );
+    let bob = User::new(&relay, "Bob");
+    let carol = User::new(&relay, "Carol");
+    let (mut first, _) = alice.listen();
+    let (mut second, _) = bob.listen();
+    let deadline = std::time::Instant::now() + sotto_tests::TIMEOUT;
+    let err = loop {
+        // Until both listeners have signed in, Carol may still get a slot.
+        let out = carol.run(&["sync"]);
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).into_owned();
         }
-        hogs
-    });
-    let err = alice.fails(&["sync"]);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "carol was never refused with two listeners signed in"
+        );
+    };
     assert!(
         err.contains("too many connections from your network address"),
         "{err}"
     );
-    rt.block_on(async {
-        for hog in hogs {
-            hog.close().await;
-        }
-    });
-    // With the slots free again, the same user gets through.
-    alice.ok(&["sync"]);
+    // Interrupted, `listen` closes its connection politely (a kill would
+    // leave the slot taken until QUIC's idle timeout).
+    let _ = std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(first.id().to_string())
+        .status();
+    let _ = first.wait();
+    // With a slot free again, the same user gets through.
+    let deadline = std::time::Instant::now() + sotto_tests::TIMEOUT;
+    while !carol.run(&["sync"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "carol never got the freed slot"
+        );
+    }
+    let _ = second.kill();
+    let _ = second.wait();
 }
 
 #[test]

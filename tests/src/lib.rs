@@ -104,6 +104,10 @@ pub struct Relay {
 /// test sets them; per-account limits stay at their defaults.
 const LOOPBACK_LIMITS: &[(&str, &str)] = &[
     ("SOTTO_RELAY_CONNECTIONS_PER_ADDRESS", "1000000"),
+    (
+        "SOTTO_RELAY_UNAUTHENTICATED_CONNECTIONS_PER_ADDRESS",
+        "1000000",
+    ),
     ("SOTTO_RELAY_REGISTRATIONS_PER_ADDRESS_PER_HOUR", "1000000"),
     ("SOTTO_RELAY_HANDSHAKES_PER_ADDRESS_PER_SECOND", "1000000"),
     ("SOTTO_RELAY_HANDSHAKES_PER_SECOND", "1000000"),

@@ -164,7 +164,16 @@ pub struct RawTcp {
 impl RawTcp {
     /// Connects to `addr` over TCP with ALPN `sotto/1`, skipping certificate checks.
     pub async fn danger_connect(addr: SocketAddr) -> Result<RawTcp, String> {
-        let tls = danger_tls()?;
+        RawTcp::danger_connect_alpn(addr, vec![sotto_wire::ALPN.to_vec()]).await
+    }
+
+    /// Like [`RawTcp::danger_connect`], offering `alpn` (none, or the wrong one).
+    pub async fn danger_connect_alpn(
+        addr: SocketAddr,
+        alpn: Vec<Vec<u8>>,
+    ) -> Result<RawTcp, String> {
+        let mut tls = danger_tls()?;
+        tls.alpn_protocols = alpn;
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;

@@ -1288,7 +1288,47 @@ fn write_erase_key(dir: &Path, key: &[u8]) -> Result<()> {
     f.sync_all().map_err(StoreError::Io)
 }
 
+/// Makes `dir` (and any missing parent) a directory only its owner can
+/// enter: created 0700, or tightened to 0700 if it exists. A profile's files
+/// are encrypted, but another local user who can copy them could try
+/// passphrases offline at leisure; 0700 stops that copy.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Sets 0700 on `dir` and every directory under it and 0600 on every file
+/// (symbolic links are left alone). sled creates its files with the
+/// process's umask, often 022, so this runs after sled opens a store.
+pub fn tighten(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.is_dir() {
+        if meta.permissions().mode() & 0o777 != 0o700 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        for entry in std::fs::read_dir(dir)? {
+            tighten(&entry?.path())?;
+        }
+    } else if !meta.file_type().is_symlink() && meta.permissions().mode() & 0o777 != 0o600 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 fn open_sled(dir: &Path) -> Result<sled::Db> {
+    private_dir(dir).map_err(StoreError::Io)?;
+    let db = open_sled_inner(dir)?;
+    // sled made its files with the umask; only their owner may read them.
+    tighten(dir).map_err(StoreError::Io)?;
+    Ok(db)
+}
+
+fn open_sled_inner(dir: &Path) -> Result<sled::Db> {
     match sled::open(dir) {
         Ok(db) => Ok(db),
         // sled reports a held flock only through this message.
