@@ -306,21 +306,7 @@ fn print_subject(out: &mut impl Write, s: &sotto_client::engine::SubjectSummary)
         line.push_str(&format!(" [{} {}]", w.group, &w.id[..8]));
         writeln!(out, "{line}")?;
         if let Some(card) = &w.routes {
-            let next: Vec<String> = card
-                .routes
-                .iter()
-                .map(|r| match &r.deadline {
-                    Some(d) => match (d.date, d.days_left) {
-                        (Some(date), Some(left)) => format!(
-                            "{} (by {date}, {})",
-                            r.name,
-                            sotto_client::routes::status_text(left)
-                        ),
-                        _ => format!("{} ({} from the date)", r.name, d.rule),
-                    },
-                    None => r.name.clone(),
-                })
-                .collect();
+            let next: Vec<String> = card.routes.iter().map(|r| r.short_text()).collect();
             writeln!(out, "    can go to: {}", next.join("; "))?;
         }
     }

@@ -262,7 +262,14 @@ fn routes_need_no_profile_and_compute_deadlines() {
     };
     // Three months less a day, counted the way tribunals do: 30 Nov -> 28 Feb.
     assert_eq!(by_id("acas")["deadline"]["date"], "2025-02-28");
-    assert_eq!(by_id("police")["deadline"]["date"], "2025-05-30");
+    // Sexual offences have no police time limit: no date, and it says so.
+    assert!(by_id("police")["deadline"].is_null(), "{card:#}");
+    assert!(
+        by_id("police")["no_time_limit"]
+            .as_str()
+            .is_some_and(|t| t.contains("no time limit")),
+        "{card:#}"
+    );
     let text = nobody.ok(&["routes", "--kind", "sexual-misconduct"]);
     for needle in [
         "ICGS",
