@@ -512,6 +512,13 @@ impl Engine {
         &self.account.name
     }
 
+    /// The fingerprint of my relay's sealed-sender trust root, as the relay
+    /// prints it (`sotto-relay stats`) and `sotto note verify` names it: how
+    /// someone checks that a proof rests on this relay.
+    pub fn relay_fingerprint(&self) -> String {
+        sotto_wire::invite::trust_root_fingerprint(&self.account.trust_root)
+    }
+
     /// My half of every safety number: 30 digits derived from my identity key and account id.
     pub fn fingerprint(&self) -> Result<String> {
         let id = self.account.account_id.as_bytes();

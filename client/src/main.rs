@@ -46,9 +46,9 @@ enum Command {
         #[arg(long)]
         name: String,
     },
-    /// Show your contact code (give it to people you trust) and your key fingerprint
+    /// Show your contact code (give it to people you trust), your key fingerprint and your relay's trust-root fingerprint
     Whoami {
-        /// Print {"code":..,"fingerprint":..,"name":..}
+        /// Print {"code":..,"fingerprint":..,"name":..,"relay_fingerprint":..}
         #[arg(long)]
         json: bool,
     },
@@ -849,8 +849,10 @@ async fn run(cli: Cli) -> Result<()> {
             sotto_client::engine::day_time(v.existed_by_ms)
         );
         println!(
-            "It rests on the relay whose trust root has fingerprint {}; check it against the \
-             relay's.",
+            "It rests on the relay whose trust-root fingerprint is\n  {}\nCheck that it is the \
+             relay's: its operator sees it with `sotto-relay stats`, and any member of that \
+             relay with `sotto whoami` (\"relay's trust-root fingerprint\"). \
+             See docs/evidence.md.",
             v.trust_root_fingerprint
         );
         if let Some(name) = &v.file_name {
@@ -936,13 +938,20 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
         Command::Whoami { json } => {
             let code = engine.code().to_string();
             let fingerprint = engine.fingerprint()?;
+            let relay = engine.relay_fingerprint();
             if json {
-                let line = json!({"code": code, "fingerprint": fingerprint, "name": engine.name()});
+                let line = json!({
+                    "code": code,
+                    "fingerprint": fingerprint,
+                    "name": engine.name(),
+                    "relay_fingerprint": relay,
+                });
                 writeln!(out, "{line}")?;
             } else {
                 writeln!(out, "{code}")?;
                 writeln!(out, "name: {}", engine.name())?;
                 writeln!(out, "fingerprint: {fingerprint}")?;
+                writeln!(out, "relay's trust-root fingerprint: {relay}")?;
             }
         }
         Command::Contact(ContactCommand::Add { name, code }) => {
