@@ -1691,7 +1691,7 @@ async fn group_command_inner(
             engine.group_join(&link).await?;
             writeln!(
                 out,
-                "Asked to join. An admin's app lets you in (or asks an admin to approve) when it                  next syncs; `sotto sync` will say when you are in."
+                "Asked to join. An admin's app lets you in (or asks an admin to approve) when it next syncs; `sotto sync` will say when you are in."
             )?;
         }
         GroupCommand::Requests { group, json } => {

@@ -106,8 +106,21 @@ enum Fetched {
 struct GroupLink {
     id: [u8; 16],
     secret: [u8; 32],
+    /// The link carried its checksum (links made since it existed): a
+    /// refusal by the relay then means it was reset, not mistyped.
+    checked: bool,
 }
 
+/// Why a group link could not be used before asking the relay.
+const DAMAGED_LINK: &str = "this group link is damaged: part of it was copied wrongly (a \
+     character changed, missing or added). Copy the whole link again from where you got it, \
+     or ask an admin to send it again";
+
+/// Parses a group link. Links carry a checksum in the case of their hex
+/// letters (as Ethereum addresses do, EIP-55): a typo is caught here and
+/// reported as a damaged link, while an all-lowercase link (made before the
+/// checksum, or lowercased on the way) is taken unchecked. Old apps read
+/// checksummed links unchanged, since hex is read in either case.
 fn parse_link(link: &str) -> Result<GroupLink> {
     let bad = || {
         EngineError::Invalid(
@@ -115,25 +128,64 @@ fn parse_link(link: &str) -> Result<GroupLink> {
                 .into(),
         )
     };
+    let damaged = || EngineError::Invalid(DAMAGED_LINK.into());
     let query = link.trim().strip_prefix("sotto://group?").ok_or_else(bad)?;
-    let (mut id, mut secret) = (None, None);
+    let (mut id_hex, mut secret_hex) = (None, None);
     for pair in query.split('&') {
         match pair.split_once('=') {
-            Some(("id", v)) => id = hex_decode(v).and_then(|b| <[u8; 16]>::try_from(b).ok()),
-            Some(("secret", v)) => {
-                secret = hex_decode(v).and_then(|b| <[u8; 32]>::try_from(b).ok())
-            }
-            _ => return Err(bad()),
+            Some(("id", v)) => id_hex = Some(v),
+            Some(("secret", v)) => secret_hex = Some(v),
+            _ => return Err(damaged()),
         }
     }
+    let (Some(id_hex), Some(secret_hex)) = (id_hex, secret_hex) else {
+        return Err(damaged());
+    };
+    let id = hex_decode(id_hex)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or_else(damaged)?;
+    let secret = hex_decode(secret_hex)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(damaged)?;
+    let written = format!("{id_hex}{secret_hex}");
+    let checked = written.chars().any(|c| c.is_ascii_uppercase());
+    if checked && written != link_case(&id, &secret) {
+        return Err(damaged());
+    }
     Ok(GroupLink {
-        id: id.ok_or_else(bad)?,
-        secret: secret.ok_or_else(bad)?,
+        id,
+        secret,
+        checked,
     })
 }
 
+/// The hex of `id` then `secret`, with each letter upper-cased where the
+/// link checksum (SHA-256 of both, a bit per character) has a 1.
+fn link_case(id: &[u8; 16], secret: &[u8; 32]) -> String {
+    use sha2::Digest as _;
+    let bits: [u8; 32] = sha2::Sha256::new()
+        .chain_update(b"sotto group link checksum v1")
+        .chain_update(id)
+        .chain_update(secret)
+        .finalize()
+        .into();
+    format!("{}{}", hex(id), hex(secret))
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if (bits[i / 8] >> (7 - i % 8)) & 1 == 1 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 fn link_string(id: &[u8; 16], secret: &[u8; 32]) -> String {
-    format!("sotto://group?id={}&secret={}", hex(id), hex(secret))
+    let cased = link_case(id, secret);
+    let (id_hex, secret_hex) = cased.split_at(32);
+    format!("sotto://group?id={id_hex}&secret={secret_hex}")
 }
 
 fn group_err(e: GroupError) -> EngineError {
@@ -937,11 +989,18 @@ impl Engine {
                     Some(ErrorCode::Forbidden | ErrorCode::UnknownGroup)
                 ) =>
             {
-                return Err(EngineError::Invalid(
-                    "this group link no longer works (it was reset or turned off); \
-                     ask an admin for the current one"
-                        .into(),
-                ));
+                // A checksummed link that parsed was copied right, so the
+                // relay refusing it means an admin reset or removed it; an
+                // old link cannot tell a typo from a reset.
+                return Err(EngineError::Invalid(if link.checked {
+                    "this group link no longer works: an admin reset it or turned it off \
+                     (or the group is gone). Ask an admin for the current one"
+                        .into()
+                } else {
+                    "this group link does not work: it may have been copied wrongly, or an \
+                     admin reset it; ask an admin for a new one"
+                        .into()
+                }));
             }
             Err(e) if refused_code(&e) == Some(ErrorCode::Quota) => {
                 return Err(EngineError::Invalid(
@@ -2155,5 +2214,60 @@ fn relay_ttl(settings: &Settings, content: &[u8]) -> u64 {
         settings.warning_retention_ms
     } else {
         settings.disappearing_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(e: EngineError) -> String {
+        e.to_string()
+    }
+
+    /// Issue 12, item 7: a link with a typo in its secret was reported as
+    /// "reset or turned off". The checksum tells a damaged link apart.
+    #[test]
+    fn a_mistyped_group_link_is_damaged_not_reset() {
+        let (id, secret) = ([0x5a; 16], [0xc3; 32]);
+        let link = link_string(&id, &secret);
+        let parsed = parse_link(&link).expect("parses");
+        assert_eq!(
+            (parsed.id, parsed.secret, parsed.checked),
+            (id, secret, true)
+        );
+        // Every single-character change to the id or the secret is caught.
+        let start = link.find("id=").expect("id") + 3;
+        let mut caught = 0;
+        let mut tried = 0;
+        for (i, c) in link.char_indices().skip(start) {
+            if !c.is_ascii_hexdigit() {
+                continue;
+            }
+            for typo in ['0', '7', 'a', 'F'] {
+                if typo.eq_ignore_ascii_case(&c) {
+                    continue;
+                }
+                let mut bad = link.clone();
+                bad.replace_range(i..i + 1, &typo.to_string());
+                tried += 1;
+                if parse_link(&bad).is_err_and(|e| message(e).contains("damaged")) {
+                    caught += 1;
+                }
+            }
+        }
+        // A checksum of one bit per letter misses a typo only by chance.
+        assert!(caught * 100 >= tried * 99, "{caught} of {tried}");
+        // Cut short, or with a character added: damaged.
+        for bad in [&link[..link.len() - 1], &format!("{link}0")] {
+            let err = message(parse_link(bad).err().expect("refused"));
+            assert!(err.contains("damaged"), "{err}");
+        }
+        // Lower-cased (as made before the checksum): accepted, unchecked.
+        let old = parse_link(&link.to_lowercase()).expect("old link");
+        assert!(!old.checked);
+        assert_eq!((old.id, old.secret), (id, secret));
+        let err = message(parse_link("https://example.org").err().expect("refused"));
+        assert!(err.contains("not a group link"), "{err}");
     }
 }
