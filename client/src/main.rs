@@ -1172,7 +1172,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             }
         }
         Command::Duress(DuressCommand::Remove) => {
-            engine.duress_remove(home)?;
+            engine.duress_remove(home).await?;
             writeln!(
                 out,
                 "Duress passphrase removed; its decoy profile was erased."
@@ -1789,11 +1789,7 @@ fn passphrase(confirm: bool) -> Result<String> {
         bail!("the passphrase cannot be empty");
     }
     if confirm {
-        if first.chars().count() < 8 {
-            bail!(
-                "choose a passphrase of at least 8 characters; it protects your history if this computer is taken"
-            );
-        }
+        sotto_client::engine::check_new_passphrase(&first)?;
         let again = rpassword::prompt_password("Same passphrase again: ")
             .context("cannot read the passphrase")?;
         if again != first {
