@@ -45,15 +45,16 @@ use crate::transport::{Connection, Route, TransportError};
 mod anon;
 mod groups;
 pub use anon::{AnonymousBody, Corroborated, PostedAnonymously, SubmissionView};
-pub use groups::{Moderation, ProposalInfo, SettingsChange};
+pub use groups::{Moderation, ProposalInfo, ProposedMessage, SettingsChange};
 mod notes;
 mod warnings;
 
 pub use notes::{MAX_NOTE_FILE_BYTES, NoteView, ProofFile, Verified, note_hash, verify_proof};
 
-pub use groups::{GroupInfo, MemberInfo};
+pub use groups::{GroupInfo, MemberInfo, Vouched};
 pub use warnings::{
-    KINDS, SubjectSummary, WarningInput, WarningView, check_when, day_of, day_time, subject_key,
+    KINDS, NameMatch, SubjectSummary, WarningInput, WarningView, check_when, day_of, day_time,
+    name_match, subject_key,
 };
 
 /// One-time keys of each kind uploaded at registration and at each top-up.

@@ -693,6 +693,39 @@ fn count_or_off(s: &str) -> std::result::Result<u32, String> {
     }
 }
 
+/// The message a proposed deletion would remove, for the admins who judge it.
+fn print_proposed_message(
+    out: &mut impl Write,
+    m: &sotto_client::engine::ProposedMessage,
+) -> Result<()> {
+    use sotto_client::safe;
+    if let Some((subject, kind)) = &m.warning {
+        writeln!(
+            out,
+            "    it is a warning about {} ({})",
+            safe::line(subject),
+            safe::line(kind)
+        )?;
+    }
+    match (&m.text, &m.author, m.sent_at_ms) {
+        (Some(text), Some(author), Some(at)) => writeln!(
+            out,
+            "    the message, from {} at {}: {}",
+            safe::line(author),
+            clock(at),
+            safe::block(text, 6)
+        )?,
+        (Some(text), _, _) => writeln!(out, "    the message: {}", safe::block(text, 6))?,
+        _ if m.warning.is_some() => {}
+        _ => writeln!(
+            out,
+            "    your app does not have this message (it may have disappeared or been \
+             deleted, or been sent before you joined); ask the proposer what it said"
+        )?,
+    }
+    Ok(())
+}
+
 /// Says where an anonymous post went.
 fn report_anonymous(
     out: &mut impl Write,
@@ -1297,10 +1330,30 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             if summaries.is_empty() && !json {
                 writeln!(out, "No warnings.")?;
             }
-            for s in summaries {
+            // A search that matches several subjects lists each as its own
+            // person: counts are never added up across them.
+            let several = about.is_some() && summaries.len() > 1 && !json;
+            if let (true, Some(about)) = (several, &about) {
+                writeln!(
+                    out,
+                    "{} different people match {}; each is counted on their own. If two are \
+                     the same person: sotto warnings --merge NAME --into NAME",
+                    summaries.len(),
+                    sotto_client::safe::shell_arg(about)
+                )?;
+            }
+            let total = summaries.len();
+            for (i, s) in summaries.into_iter().enumerate() {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&s)?)?;
                     continue;
+                }
+                if several {
+                    let how = match s.matched {
+                        Some(sotto_client::engine::NameMatch::Exact) => "same name",
+                        _ => "partly the same name",
+                    };
+                    writeln!(out, "\nPerson {} of {total} ({how}):", i + 1)?;
                 }
                 print_subject(&mut out, &s)?;
             }
@@ -1550,6 +1603,18 @@ async fn group_command_inner(
         GroupCommand::Proposals { group, json } => {
             for p in engine.group_proposals(&group).await? {
                 if json {
+                    let message = p.message.as_ref().map(|m| {
+                        json!({
+                            "id": m.id,
+                            "in_this_app": m.text.is_some() || m.warning.is_some(),
+                            "author": m.author,
+                            "sent_at": m.sent_at_ms,
+                            "text": m.text,
+                            "warning": m.warning.as_ref().map(|(subject, kind)| {
+                                json!({ "subject": subject, "kind": kind })
+                            }),
+                        })
+                    });
                     let line = json!({
                         "id": p.id,
                         "action": p.action,
@@ -1557,6 +1622,7 @@ async fn group_command_inner(
                         "approvals": p.approvals,
                         "needed": p.needed,
                         "at": p.at_ms,
+                        "message": message,
                     });
                     writeln!(out, "{line}")?;
                 } else {
@@ -1564,12 +1630,15 @@ async fn group_command_inner(
                         out,
                         "{}  {} proposed to {} ({} of {} agree; {})",
                         p.id,
-                        p.by,
-                        p.action,
+                        sotto_client::safe::line(&p.by),
+                        sotto_client::safe::line(&p.action),
                         p.approvals,
                         p.needed,
                         clock(p.at_ms)
                     )?;
+                    if let Some(m) = &p.message {
+                        print_proposed_message(out, m)?;
+                    }
                 }
             }
         }
@@ -1670,13 +1739,24 @@ async fn group_command_inner(
             None => writeln!(out, "Re-confirmed.")?,
         },
         GroupCommand::Vouch { group, who } => {
-            let have = engine.group_vouch(&group, &who).await?;
-            if have == usize::MAX {
+            let v = engine.group_vouch(&group, &who).await?;
+            let (have, needed) = (v.have, v.needed);
+            if v.admitted {
                 writeln!(out, "Vouched; {who} is now a member.")?;
+            } else if v.approval && have >= needed {
+                writeln!(
+                    out,
+                    "Vouched for {who} ({have} of {needed} so far); they now wait for an admin's approval."
+                )?;
+            } else if v.approval {
+                writeln!(
+                    out,
+                    "Vouched for {who} ({have} of {needed} so far); once {needed} members have vouched, an admin decides."
+                )?;
             } else {
                 writeln!(
                     out,
-                    "Vouched for {who} ({have} so far); an admin's app admits them once enough members have."
+                    "Vouched for {who} ({have} of {needed} so far); an admin's app admits them once {needed} members have."
                 )?;
             }
         }
