@@ -45,15 +45,16 @@ use crate::transport::{Connection, Route, TransportError};
 mod anon;
 mod groups;
 pub use anon::{AnonymousBody, Corroborated, PostedAnonymously, SubmissionView};
-pub use groups::{Moderation, ProposalInfo, SettingsChange};
+pub use groups::{Moderation, ProposalInfo, ProposedMessage, SettingsChange};
 mod notes;
 mod warnings;
 
 pub use notes::{MAX_NOTE_FILE_BYTES, NoteView, ProofFile, Verified, note_hash, verify_proof};
 
-pub use groups::{GroupInfo, MemberInfo};
+pub use groups::{GroupInfo, MemberInfo, Vouched};
 pub use warnings::{
-    KINDS, SubjectSummary, WarningInput, WarningView, check_when, day_of, day_time, subject_key,
+    KINDS, NameMatch, SubjectSummary, WarningInput, WarningView, check_when, day_of, day_time,
+    name_match, subject_key,
 };
 
 /// One-time keys of each kind uploaded at registration and at each top-up.
@@ -252,15 +253,18 @@ pub fn panic_offline(home: &Path) -> PanicReport {
 fn erase_timed(home: &Path) -> (std::result::Result<bool, String>, f64) {
     let started = std::time::Instant::now();
     let erased = Store::crypto_erase(&store_dir(home)).map_err(|e| e.to_string());
-    // The decoy too: nothing is left to open with either passphrase.
-    let _ = Store::crypto_erase(&store_dir(&decoy_home(home)));
+    // The second slot too (decoy or filler): nothing is left to open with
+    // either passphrase.
+    let _ = Store::crypto_erase(&second_store_dir(home));
+    let _ = Store::crypto_erase(&legacy_decoy_dir(home));
     (erased, started.elapsed().as_secs_f64() * 1000.0)
 }
 
-/// Deletes the profile's store and control socket.
+/// Deletes the profile's stores and control socket.
 fn remove_profile_files(home: &Path) -> std::result::Result<(), String> {
     let _ = std::fs::remove_file(home.join("control.sock"));
-    let _ = std::fs::remove_dir_all(decoy_home(home));
+    let _ = std::fs::remove_dir_all(second_store_dir(home));
+    let _ = std::fs::remove_dir_all(legacy_decoy_dir(home).parent().unwrap_or(home));
     match std::fs::remove_dir_all(store_dir(home)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -268,11 +272,36 @@ fn remove_profile_files(home: &Path) -> std::result::Result<(), String> {
     }
 }
 
-/// Where the decoy profile that the duress passphrase opens lives, inside a
-/// profile directory (a whole profile of its own: store, account, erase key).
-pub fn decoy_home(home: &Path) -> PathBuf {
-    home.join("spare")
+/// The second store slot of a profile directory. Every profile has one:
+/// a filler store that no passphrase opens ([`Store::create_filler`]), or,
+/// once a duress passphrase is set, the decoy profile it opens. The name
+/// and files are the same either way, so `ls -la` does not tell an examiner
+/// whether a decoy exists (what it can still tell is in ARCHITECTURE.md).
+pub fn second_store_dir(home: &Path) -> PathBuf {
+    home.join("store2")
 }
+
+/// Where decoys lived before the second slot (`HOME/spare/store`): still
+/// opened, and moved into the second slot when the real profile opens.
+fn legacy_decoy_dir(home: &Path) -> PathBuf {
+    home.join("spare").join("store")
+}
+
+/// The rule every new passphrase follows, the profile's and the duress
+/// one alike: a short duress passphrase is one a guess could hit, and with
+/// `--erase-real` a guess would destroy the real profile.
+pub fn check_new_passphrase(passphrase: &str) -> Result<()> {
+    if passphrase.chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(EngineError::Invalid(format!(
+            "choose a passphrase of at least {MIN_PASSPHRASE_CHARS} characters; it protects \
+             your history if this computer is taken"
+        )));
+    }
+    Ok(())
+}
+
+/// Shortest passphrase [`check_new_passphrase`] accepts.
+pub const MIN_PASSPHRASE_CHARS: usize = 8;
 
 /// Where the store lives inside a profile directory.
 pub fn store_dir(home: &Path) -> PathBuf {
@@ -282,6 +311,18 @@ pub fn store_dir(home: &Path) -> PathBuf {
 impl Engine {
     /// Creates a profile in `home`, registers with the relay named in `invite`, and opens it.
     pub async fn init(home: &Path, passphrase: &str, invite: &str, name: &str) -> Result<Engine> {
+        let engine = Self::init_at(&store_dir(home), passphrase, invite, name).await?;
+        // The second slot exists from the start (see `second_store_dir`).
+        let slot = second_store_dir(home);
+        if !Store::exists(&slot) {
+            engine.make_filler(&slot)?;
+        }
+        Ok(engine)
+    }
+
+    /// Creates and registers a profile whose store is `dir`.
+    async fn init_at(dir: &Path, passphrase: &str, invite: &str, name: &str) -> Result<Engine> {
+        check_new_passphrase(passphrase)?;
         let link: InviteLink = invite
             .parse()
             .map_err(|e: sotto_wire::invite::BadInvite| EngineError::Invalid(e.to_string()))?;
@@ -291,13 +332,12 @@ impl Engine {
                 "a display name needs 1 to 64 characters".into(),
             ));
         }
-        let dir = store_dir(home);
-        let store = Store::create(&dir, passphrase)?;
+        let store = Store::create(dir, passphrase)?;
         match Self::register(store, &link, name).await {
             Ok(engine) => Ok(engine),
             Err(e) => {
                 // Leave nothing half-made: a retry with a fresh invite must work.
-                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir_all(dir);
                 Err(e)
             }
         }
@@ -320,6 +360,7 @@ impl Engine {
             transport_hint: None,
             keys_rotated_at_ms: now_ms(),
             duress_erases_real: false,
+            duress_decoy_set: false,
         };
         store.set_account(&account)?;
         let trust_root = PublicKey::deserialize(&link.trust_root)
@@ -406,46 +447,88 @@ impl Engine {
 
     /// Opens an existing profile, or, given the duress passphrase, its
     /// decoy (see [`Engine::duress_set`]), which then acts as the profile.
+    ///
+    /// Any passphrase but the real one runs the KDF on both slots, whether
+    /// the second holds a decoy or a filler, and a passphrase that opens
+    /// neither gets the same error whatever happened before (a real profile
+    /// erased under duress included).
     pub fn open(home: &Path, passphrase: &str) -> Result<Engine> {
         // Profiles made before homes were created 0700 are tightened here.
         crate::store::private_dir(home).map_err(StoreError::Io)?;
-        let decoy = decoy_home(home);
-        match Self::open_one(home, passphrase) {
-            Err(EngineError::Store(e @ (StoreError::WrongPassphrase | StoreError::Erased)))
-                if Store::exists(&store_dir(&decoy)) =>
-            {
-                let mut engine = match Self::open_one(&decoy, passphrase) {
-                    Ok(engine) => engine,
-                    // Neither: say what the real profile said.
-                    Err(EngineError::Store(StoreError::WrongPassphrase)) => {
-                        return Err(EngineError::Store(e));
-                    }
-                    Err(other) => return Err(other),
-                };
-                if engine.account.duress_erases_real {
-                    // Under duress: the real profile becomes unreadable
-                    // before anything is shown.
-                    let _ = Store::crypto_erase(&store_dir(home));
-                }
-                engine.decoy = true;
-                Ok(engine)
+        let real = match Self::open_one(&store_dir(home), passphrase) {
+            Ok(mut engine) => {
+                engine.keep_second_slot(home)?;
+                return Ok(engine);
             }
-            other => other,
+            Err(EngineError::Store(e @ (StoreError::WrongPassphrase | StoreError::Erased))) => e,
+            Err(other) => return Err(other),
+        };
+        for slot in [second_store_dir(home), legacy_decoy_dir(home)] {
+            if !Store::exists(&slot) {
+                continue;
+            }
+            let mut engine = match Self::open_one(&slot, passphrase) {
+                Ok(engine) => engine,
+                Err(EngineError::Store(StoreError::WrongPassphrase | StoreError::Erased)) => {
+                    continue;
+                }
+                Err(other) => return Err(other),
+            };
+            if engine.account.duress_erases_real {
+                // Under duress: the real profile becomes unreadable before
+                // anything is shown, and looks untouched (a random key
+                // file, with its old times, where its erase key was).
+                let _ = Store::crypto_erase_quietly(&store_dir(home));
+            }
+            engine.decoy = true;
+            return Ok(engine);
         }
+        // Neither: say what the real profile said.
+        Err(EngineError::Store(real))
+    }
+
+    /// With the real profile open: moves a decoy from the old layout into
+    /// the second slot, or makes the filler a profile without a decoy has.
+    fn keep_second_slot(&mut self, home: &Path) -> Result<()> {
+        let slot = second_store_dir(home);
+        let legacy = legacy_decoy_dir(home);
+        if Store::exists(&legacy) {
+            if Store::exists(&slot) {
+                // A filler (the decoy is the legacy one): made for nothing.
+                std::fs::remove_dir_all(&slot).map_err(StoreError::Io)?;
+            }
+            std::fs::rename(&legacy, &slot).map_err(StoreError::Io)?;
+            if let Some(spare) = legacy.parent() {
+                let _ = std::fs::remove_dir(spare);
+            }
+            self.account.duress_decoy_set = true;
+            self.store.set_account(&self.account)?;
+        } else if !Store::exists(&slot) {
+            // A profile from before the second slot, or one whose slot
+            // creation was interrupted.
+            let _ = std::fs::remove_dir_all(&slot);
+            self.make_filler(&slot)?;
+        }
+        // Each use of the real profile also opens the second store (without
+        // keys), so its files change when the real ones do, decoy or filler:
+        // a filler must not stand out as the store that never changes.
+        Store::touch(&slot);
+        Ok(())
     }
 
     /// Whether a duress passphrase (and its decoy profile) is set up. Under
     /// the duress passphrase this says no, as a profile without one would.
-    pub fn duress_is_set(&self, home: &Path) -> bool {
-        !self.decoy && Store::exists(&store_dir(&decoy_home(home)))
+    pub fn duress_is_set(&self, _home: &Path) -> bool {
+        !self.decoy && self.account.duress_decoy_set
     }
 
-    /// Sets up a duress passphrase: a decoy profile, registered with the
-    /// relay named in `invite` under `name`, that `passphrase` opens instead
-    /// of this one. With `erase_real`, opening the decoy also crypto-erases
-    /// this profile.
+    /// Sets up a duress passphrase: a decoy profile in the second slot,
+    /// registered with the relay named in `invite` under `name`, that
+    /// `passphrase` opens instead of this one. With `erase_real`, opening
+    /// the decoy also crypto-erases this profile. The duress passphrase
+    /// follows the same rules as any passphrase ([`check_new_passphrase`]).
     pub async fn duress_set(
-        &self,
+        &mut self,
         home: &Path,
         passphrase: &str,
         invite: &str,
@@ -457,39 +540,72 @@ impl Engine {
                 "a duress passphrase cannot be set up now".into(),
             ));
         }
+        check_new_passphrase(passphrase).map_err(|e| {
+            EngineError::Invalid(format!("the duress passphrase: {e}; nothing was set up"))
+        })?;
         if self.store.check_passphrase(passphrase)? {
             return Err(EngineError::Invalid(
                 "the duress passphrase must differ from your passphrase".into(),
             ));
         }
-        let decoy = decoy_home(home);
-        if Store::exists(&store_dir(&decoy)) {
+        if self.account.duress_decoy_set {
             return Err(EngineError::Invalid(
                 "a duress passphrase is already set; `sotto duress remove` first".into(),
             ));
         }
-        crate::store::private_dir(&decoy).map_err(StoreError::Io)?;
-        let mut engine = Engine::init(&decoy, passphrase, invite, name).await?;
+        let slot = second_store_dir(home);
+        // The filler goes; the decoy takes its place under the same name.
+        Self::clear_slot(&slot)?;
+        let mut engine = match Engine::init_at(&slot, passphrase, invite, name).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                let _ = Self::clear_slot(&slot);
+                let _ = self.make_filler(&slot);
+                return Err(e);
+            }
+        };
         engine.account.duress_erases_real = erase_real;
         engine.store.set_account(&engine.account)?;
         engine.store.flush().await?;
         engine.close().await;
+        self.account.duress_decoy_set = true;
+        self.store.set_account(&self.account)?;
+        self.store.flush().await?;
         Ok(())
     }
 
-    /// Removes the duress passphrase: its decoy profile is erased.
-    pub fn duress_remove(&self, home: &Path) -> Result<()> {
+    /// Removes the duress passphrase: its decoy profile is erased and a
+    /// filler takes the slot again.
+    pub async fn duress_remove(&mut self, home: &Path) -> Result<()> {
         if !self.duress_is_set(home) {
             return Err(EngineError::Invalid("no duress passphrase is set".into()));
         }
-        let decoy = decoy_home(home);
-        Store::crypto_erase(&store_dir(&decoy))?;
-        std::fs::remove_dir_all(&decoy).map_err(StoreError::Io)?;
+        let slot = second_store_dir(home);
+        Self::clear_slot(&slot)?;
+        self.make_filler(&slot)?;
+        self.account.duress_decoy_set = false;
+        self.store.set_account(&self.account)?;
+        self.store.flush().await?;
         Ok(())
     }
 
-    fn open_one(home: &Path, passphrase: &str) -> Result<Engine> {
-        let store = Store::open(&store_dir(home), passphrase)?;
+    /// A filler store in `slot`, shaped like this profile when it was new.
+    fn make_filler(&self, slot: &Path) -> Result<()> {
+        Ok(Store::create_filler(slot, &self.account, ONE_TIME_KEYS)?)
+    }
+
+    /// Crypto-erases and deletes whatever store is in `slot`.
+    fn clear_slot(slot: &Path) -> Result<()> {
+        Store::crypto_erase(slot)?;
+        match std::fs::remove_dir_all(slot) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::Io(e).into()),
+        }
+    }
+
+    fn open_one(dir: &Path, passphrase: &str) -> Result<Engine> {
+        let store = Store::open(dir, passphrase)?;
         let account = store.account()?;
         if account.account_id.is_nil() {
             return Err(EngineError::Invalid(
@@ -531,6 +647,13 @@ impl Engine {
     /// My display name.
     pub fn name(&self) -> &str {
         &self.account.name
+    }
+
+    /// The fingerprint of my relay's sealed-sender trust root, as the relay
+    /// prints it (`sotto-relay stats`) and `sotto note verify` names it: how
+    /// someone checks that a proof rests on this relay.
+    pub fn relay_fingerprint(&self) -> String {
+        sotto_wire::invite::trust_root_fingerprint(&self.account.trust_root)
     }
 
     /// My half of every safety number: 30 digits derived from my identity key and account id.

@@ -424,7 +424,13 @@ pub enum Op {
     Vouch(Uuid),
     /// The author re-confirms their membership.
     Reconfirm,
-    /// Approve (add as member) or deny a pending request.
+    /// An admin's app admits a pending request by the group's rule, with no
+    /// admin deciding: join approval is off and the request has the vouches
+    /// the group requires (none without vetting). Every member's replay
+    /// refuses it while approval is on, so an app cannot turn vouches (or a
+    /// link request) into an admission the admins never gave.
+    Admit(Uuid),
+    /// An admin approves (adds as member) or denies a pending request.
     Resolve {
         /// Whom.
         account: Uuid,
@@ -885,18 +891,37 @@ fn apply_op(
             }
             let p = s.pending.remove(i);
             if *approve {
-                s.members.push(Member {
-                    account: p.account,
-                    identity_key: p.identity_key,
-                    name: p.name.clone(),
-                    role: Role::Member,
-                    joined_at_ms: at_ms,
-                    ring_key: None,
-                });
-                format!("approved {}'s join request", p.name)
+                // The log text is part of the hashed state: every app must
+                // write the same words, so it stays as it always was.
+                let line = format!("approved {}'s join request", p.name);
+                admit(s, p, at_ms);
+                line
             } else {
                 format!("denied {}'s join request", p.name)
             }
+        }
+        Op::Admit(account) => {
+            require_admin(role, "admit join requests")?;
+            let Some(i) = s.pending.iter().position(|p| p.account == *account) else {
+                return refused("no such join request");
+            };
+            let name = s.pending[i].name.clone();
+            // Join approval means a person decides: no app admits on its own.
+            if s.settings.approval {
+                return refused(format!(
+                    "join approval is on: an admin must approve {name}'s request"
+                ));
+            }
+            let needed = s.settings.vouches_required as usize;
+            let have = s.pending[i].vouch_count(s);
+            if have < needed {
+                return refused(format!(
+                    "{name} needs {needed} vouches from members and has {have}"
+                ));
+            }
+            let p = s.pending.remove(i);
+            admit(s, p, at_ms);
+            format!("admitted {name} {}", admission_rule(needed, have))
         }
         Op::DeleteMessage { id, author } => {
             require_admin(role, "delete other members' messages")?;
@@ -1027,6 +1052,28 @@ fn apply_op(
             )
         }
     })
+}
+
+/// Makes a pending requester a member.
+fn admit(s: &mut GroupState, p: Pending, at_ms: u64) {
+    s.members.push(Member {
+        account: p.account,
+        identity_key: p.identity_key,
+        name: p.name,
+        role: Role::Member,
+        joined_at_ms: at_ms,
+        ring_key: None,
+    });
+}
+
+/// The rule by which [`Op::Admit`] let someone in, in words: "after 2
+/// vouches (approval off)", or "through the join link (approval off)" in a
+/// group without vetting.
+pub fn admission_rule(vouches_required: usize, vouches: usize) -> String {
+    match vouches_required {
+        0 => "through the join link (approval off)".into(),
+        _ => format!("after {vouches} vouches (approval off)"),
+    }
 }
 
 /// A moderation action in words, for proposals ("remove Bob").
@@ -1663,6 +1710,80 @@ mod tests {
         );
         let s = apply(&s, &a.change(&s, vec![approve])).expect("admitted");
         assert_eq!(s.role_of(d.id), Some(Role::Member));
+    }
+
+    /// Issue 12: vouches make a request eligible; with approval on only an
+    /// admin's approval admits it, and the log says which rule admitted whom.
+    #[test]
+    fn automatic_admission_is_refused_while_approval_is_on() {
+        let (a, b, c, d) = (
+            Person::new("Ann"),
+            Person::new("Bob"),
+            Person::new("Cat"),
+            Person::new("Dee"),
+        );
+        let s = group(&a, &[&b, &c]);
+        let on = Settings {
+            approval: true,
+            vouches_required: 2,
+            ..s.settings
+        };
+        let s = apply(&s, &a.change(&s, vec![Op::SetSettings(on)])).expect("settings");
+        let p = Pending {
+            account: d.id,
+            identity_key: d.member().identity_key,
+            name: "Dee".into(),
+            requested_at_ms: 5,
+            vouches: Vec::new(),
+        };
+        let s = apply(&s, &a.change(&s, vec![Op::Request(p)])).expect("request");
+        let s = apply(&s, &b.change(&s, vec![Op::Vouch(d.id)])).expect("bob");
+        let s = apply(&s, &c.change(&s, vec![Op::Vouch(d.id)])).expect("cat");
+        // Eligible, but an app admitting on its own is refused...
+        assert!(matches!(
+            apply(&s, &a.change(&s, vec![Op::Admit(d.id)])),
+            Err(GroupError::Refused(why)) if why.contains("join approval is on")
+        ));
+        // ...while the admin's approval admits, and says so.
+        let approve = Op::Resolve {
+            account: d.id,
+            approve: true,
+        };
+        let approved = apply(&s, &a.change(&s, vec![approve])).expect("approve");
+        assert_eq!(approved.role_of(d.id), Some(Role::Member));
+        assert_eq!(
+            approved.log.last().map(|l| l.action.as_str()),
+            Some("approved Dee's join request")
+        );
+
+        // Approval off: the rule admits, the log names the rule, not a person's approval.
+        let off = Settings {
+            approval: false,
+            ..s.settings
+        };
+        let s = apply(&s, &a.change(&s, vec![Op::SetSettings(off)])).expect("off");
+        let admitted = apply(&s, &a.change(&s, vec![Op::Admit(d.id)])).expect("admit");
+        assert_eq!(admitted.role_of(d.id), Some(Role::Member));
+        assert_eq!(
+            admitted.log.last().map(|l| l.action.as_str()),
+            Some("admitted Dee after 2 vouches (approval off)")
+        );
+        // Not before the vouches are in, and only by an admin's app.
+        let (e, f) = (Person::new("Eve"), Person::new("Fay"));
+        let q = Pending {
+            account: e.id,
+            identity_key: e.member().identity_key,
+            name: "Eve".into(),
+            requested_at_ms: 6,
+            vouches: Vec::new(),
+        };
+        let s = apply(&s, &a.change(&s, vec![Op::Request(q)])).expect("request");
+        assert!(apply(&s, &a.change(&s, vec![Op::Admit(e.id)])).is_err());
+        let s = apply(&s, &b.change(&s, vec![Op::Vouch(e.id)])).expect("bob");
+        let s = apply(&s, &c.change(&s, vec![Op::Vouch(e.id)])).expect("cat");
+        assert!(apply(&s, &b.change(&s, vec![Op::Admit(e.id)])).is_err());
+        assert!(apply(&s, &f.change(&s, vec![Op::Admit(e.id)])).is_err());
+        assert!(apply(&s, &a.change(&s, vec![Op::Admit(e.id)])).is_ok());
     }
 
     #[test]

@@ -46,9 +46,9 @@ enum Command {
         #[arg(long)]
         name: String,
     },
-    /// Show your contact code (give it to people you trust) and your key fingerprint
+    /// Show your contact code (give it to people you trust), your key fingerprint and your relay's trust-root fingerprint
     Whoami {
-        /// Print {"code":..,"fingerprint":..,"name":..}
+        /// Print {"code":..,"fingerprint":..,"name":..,"relay_fingerprint":..}
         #[arg(long)]
         json: bool,
     },
@@ -306,21 +306,7 @@ fn print_subject(out: &mut impl Write, s: &sotto_client::engine::SubjectSummary)
         line.push_str(&format!(" [{} {}]", w.group, &w.id[..8]));
         writeln!(out, "{line}")?;
         if let Some(card) = &w.routes {
-            let next: Vec<String> = card
-                .routes
-                .iter()
-                .map(|r| match &r.deadline {
-                    Some(d) => match (d.date, d.days_left) {
-                        (Some(date), Some(left)) => format!(
-                            "{} (by {date}, {})",
-                            r.name,
-                            sotto_client::routes::status_text(left)
-                        ),
-                        _ => format!("{} ({} from the date)", r.name, d.rule),
-                    },
-                    None => r.name.clone(),
-                })
-                .collect();
+            let next: Vec<String> = card.routes.iter().map(|r| r.short_text()).collect();
             writeln!(out, "    can go to: {}", next.join("; "))?;
         }
     }
@@ -707,6 +693,39 @@ fn count_or_off(s: &str) -> std::result::Result<u32, String> {
     }
 }
 
+/// The message a proposed deletion would remove, for the admins who judge it.
+fn print_proposed_message(
+    out: &mut impl Write,
+    m: &sotto_client::engine::ProposedMessage,
+) -> Result<()> {
+    use sotto_client::safe;
+    if let Some((subject, kind)) = &m.warning {
+        writeln!(
+            out,
+            "    it is a warning about {} ({})",
+            safe::line(subject),
+            safe::line(kind)
+        )?;
+    }
+    match (&m.text, &m.author, m.sent_at_ms) {
+        (Some(text), Some(author), Some(at)) => writeln!(
+            out,
+            "    the message, from {} at {}: {}",
+            safe::line(author),
+            clock(at),
+            safe::block(text, 6)
+        )?,
+        (Some(text), _, _) => writeln!(out, "    the message: {}", safe::block(text, 6))?,
+        _ if m.warning.is_some() => {}
+        _ => writeln!(
+            out,
+            "    your app does not have this message (it may have disappeared or been \
+             deleted, or been sent before you joined); ask the proposer what it said"
+        )?,
+    }
+    Ok(())
+}
+
 /// Says where an anonymous post went.
 fn report_anonymous(
     out: &mut impl Write,
@@ -865,8 +884,10 @@ async fn run(cli: Cli) -> Result<()> {
             sotto_client::engine::day_time(v.existed_by_ms)
         );
         println!(
-            "It rests on the relay whose trust root has fingerprint {}; check it against the \
-             relay's.",
+            "It rests on the relay whose trust-root fingerprint is\n  {}\nCheck that it is the \
+             relay's: its operator sees it with `sotto-relay stats`, and any member of that \
+             relay with `sotto whoami` (\"relay's trust-root fingerprint\"). \
+             See docs/evidence.md.",
             v.trust_root_fingerprint
         );
         if let Some(name) = &v.file_name {
@@ -961,13 +982,20 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
         Command::Whoami { json } => {
             let code = engine.code().to_string();
             let fingerprint = engine.fingerprint()?;
+            let relay = engine.relay_fingerprint();
             if json {
-                let line = json!({"code": code, "fingerprint": fingerprint, "name": engine.name()});
+                let line = json!({
+                    "code": code,
+                    "fingerprint": fingerprint,
+                    "name": engine.name(),
+                    "relay_fingerprint": relay,
+                });
                 writeln!(out, "{line}")?;
             } else {
                 writeln!(out, "{code}")?;
                 writeln!(out, "name: {}", engine.name())?;
                 writeln!(out, "fingerprint: {fingerprint}")?;
+                writeln!(out, "relay's trust-root fingerprint: {relay}")?;
             }
         }
         Command::Contact(ContactCommand::Add { name, code }) => {
@@ -1196,7 +1224,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             }
         }
         Command::Duress(DuressCommand::Remove) => {
-            engine.duress_remove(home)?;
+            engine.duress_remove(home).await?;
             writeln!(
                 out,
                 "Duress passphrase removed; its decoy profile was erased."
@@ -1321,10 +1349,30 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             if summaries.is_empty() && !json {
                 writeln!(out, "No warnings.")?;
             }
-            for s in summaries {
+            // A search that matches several subjects lists each as its own
+            // person: counts are never added up across them.
+            let several = about.is_some() && summaries.len() > 1 && !json;
+            if let (true, Some(about)) = (several, &about) {
+                writeln!(
+                    out,
+                    "{} different people match {}; each is counted on their own. If two are \
+                     the same person: sotto warnings --merge NAME --into NAME",
+                    summaries.len(),
+                    sotto_client::safe::shell_arg(about)
+                )?;
+            }
+            let total = summaries.len();
+            for (i, s) in summaries.into_iter().enumerate() {
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&s)?)?;
                     continue;
+                }
+                if several {
+                    let how = match s.matched {
+                        Some(sotto_client::engine::NameMatch::Exact) => "same name",
+                        _ => "partly the same name",
+                    };
+                    writeln!(out, "\nPerson {} of {total} ({how}):", i + 1)?;
                 }
                 print_subject(&mut out, &s)?;
             }
@@ -1590,6 +1638,18 @@ async fn group_command_inner(
         GroupCommand::Proposals { group, json } => {
             for p in engine.group_proposals(&group).await? {
                 if json {
+                    let message = p.message.as_ref().map(|m| {
+                        json!({
+                            "id": m.id,
+                            "in_this_app": m.text.is_some() || m.warning.is_some(),
+                            "author": m.author,
+                            "sent_at": m.sent_at_ms,
+                            "text": m.text,
+                            "warning": m.warning.as_ref().map(|(subject, kind)| {
+                                json!({ "subject": subject, "kind": kind })
+                            }),
+                        })
+                    });
                     let line = json!({
                         "id": p.id,
                         "action": p.action,
@@ -1597,6 +1657,7 @@ async fn group_command_inner(
                         "approvals": p.approvals,
                         "needed": p.needed,
                         "at": p.at_ms,
+                        "message": message,
                     });
                     writeln!(out, "{line}")?;
                 } else {
@@ -1604,12 +1665,15 @@ async fn group_command_inner(
                         out,
                         "{}  {} proposed to {} ({} of {} agree; {})",
                         p.id,
-                        p.by,
-                        p.action,
+                        sotto_client::safe::line(&p.by),
+                        sotto_client::safe::line(&p.action),
                         p.approvals,
                         p.needed,
                         clock(p.at_ms)
                     )?;
+                    if let Some(m) = &p.message {
+                        print_proposed_message(out, m)?;
+                    }
                 }
             }
         }
@@ -1710,13 +1774,24 @@ async fn group_command_inner(
             None => writeln!(out, "Re-confirmed.")?,
         },
         GroupCommand::Vouch { group, who } => {
-            let have = engine.group_vouch(&group, &who).await?;
-            if have == usize::MAX {
+            let v = engine.group_vouch(&group, &who).await?;
+            let (have, needed) = (v.have, v.needed);
+            if v.admitted {
                 writeln!(out, "Vouched; {who} is now a member.")?;
+            } else if v.approval && have >= needed {
+                writeln!(
+                    out,
+                    "Vouched for {who} ({have} of {needed} so far); they now wait for an admin's approval."
+                )?;
+            } else if v.approval {
+                writeln!(
+                    out,
+                    "Vouched for {who} ({have} of {needed} so far); once {needed} members have vouched, an admin decides."
+                )?;
             } else {
                 writeln!(
                     out,
-                    "Vouched for {who} ({have} so far); an admin's app admits them once enough members have."
+                    "Vouched for {who} ({have} of {needed} so far); an admin's app admits them once {needed} members have."
                 )?;
             }
         }
@@ -1731,7 +1806,7 @@ async fn group_command_inner(
             engine.group_join(&link).await?;
             writeln!(
                 out,
-                "Asked to join. An admin's app lets you in (or asks an admin to approve) when it                  next syncs; `sotto sync` will say when you are in."
+                "Asked to join. An admin's app lets you in (or asks an admin to approve) when it next syncs; `sotto sync` will say when you are in."
             )?;
         }
         GroupCommand::Requests { group, json } => {
@@ -1829,11 +1904,7 @@ fn passphrase(confirm: bool) -> Result<String> {
         bail!("the passphrase cannot be empty");
     }
     if confirm {
-        if first.chars().count() < 8 {
-            bail!(
-                "choose a passphrase of at least 8 characters; it protects your history if this computer is taken"
-            );
-        }
+        sotto_client::engine::check_new_passphrase(&first)?;
         let again = rpassword::prompt_password("Same passphrase again: ")
             .context("cannot read the passphrase")?;
         if again != first {

@@ -454,9 +454,17 @@ pub struct Route {
     pub purpose: String,
     /// How to contact it (phone numbers, addresses, as text).
     pub contact: String,
-    /// A deadline counted from the date of the behaviour, if there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deadline: Option<DeadlineRule>,
+    /// Deadlines counted from the date of the behaviour, each for some of
+    /// the route's kinds (a police time limit for summary offences is not
+    /// one for sexual offences). Written as one `[route.deadline]` table
+    /// (for every kind of the route) or as `[[route.deadline]]` tables with
+    /// `kinds`; at most one per kind.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub deadline: Vec<DeadlineRule>,
     /// What to know about time when there is no fixed deadline (or beside
     /// one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -465,17 +473,46 @@ pub struct Route {
     pub source: Vec<String>,
 }
 
-/// A deadline as an offset from the date of the behaviour.
+/// A deadline as an offset from the date of the behaviour, or, for some
+/// kinds, the statement that there is no time limit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeadlineRule {
+    /// The kinds it is for (a subset of the route's); empty: all of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
     /// Calendar months after the date (0 to 1200).
+    #[serde(default)]
     pub months: i32,
     /// Days added to the day number (-31 to 366); -1 for "… minus 1 day".
     #[serde(default)]
     pub days: i32,
     /// What the deadline is for.
+    #[serde(default)]
     pub label: String,
+    /// What the date is for in a few words, shown before it on the short
+    /// card in `sotto warnings` ("summary offences"); optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short: Option<String>,
+    /// Set instead of `months`/`days`/`label` when these kinds have no time
+    /// limit on this route: what to say, e.g. "sexual offences have no time
+    /// limit". The card then shows no date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_limit: Option<String>,
+}
+
+/// A `deadline` written as one table or as an array of tables.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DeadlineRule>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(DeadlineRule),
+        Many(Vec<DeadlineRule>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(rule) => vec![rule],
+        OneOrMany::Many(rules) => rules,
+    })
 }
 
 /// A deadline worked out for one date.
@@ -550,13 +587,23 @@ impl Route {
         self.kinds.iter().any(|k| k == kind)
     }
 
-    /// The route's deadline for behaviour on `date`, if it has one.
-    pub fn deadline_for(&self, date: Date) -> Option<Deadline> {
-        self.deadline.as_ref().map(|rule| Deadline {
-            date: rule.apply(date),
-            label: rule.label.clone(),
-            rule: rule.describe(),
-        })
+    /// The deadline rule (or no-limit statement) for `kind`, if any.
+    pub fn rule_for(&self, kind: &str) -> Option<&DeadlineRule> {
+        self.deadline
+            .iter()
+            .find(|r| r.kinds.is_empty() || r.kinds.iter().any(|k| k == kind))
+    }
+
+    /// The route's deadline for `kind` of behaviour on `date`, if it has
+    /// one (none where the kind has no time limit).
+    pub fn deadline_for(&self, kind: &str, date: Date) -> Option<Deadline> {
+        self.rule_for(kind)
+            .filter(|rule| rule.no_limit.is_none())
+            .map(|rule| Deadline {
+                date: rule.apply(date),
+                label: rule.label.clone(),
+                rule: rule.describe(),
+            })
     }
 }
 
@@ -581,7 +628,7 @@ const ROUTE_KEYS: &[&str] = &[
     "deadline_note",
     "source",
 ];
-const DEADLINE_KEYS: &[&str] = &["months", "days", "label"];
+const DEADLINE_KEYS: &[&str] = &["kinds", "months", "days", "label", "short", "no_limit"];
 
 /// A validated route file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -697,17 +744,22 @@ impl Routes {
                 name: route.name.clone(),
                 purpose: route.purpose.clone(),
                 contact: route.contact.clone(),
-                deadline: route.deadline.as_ref().map(|rule| {
-                    let due = date.map(|g| rule.apply(g.date));
-                    let days_left = due.map(|d| today.days_until(d));
-                    CardDeadline {
-                        label: rule.label.clone(),
-                        rule: rule.describe(),
-                        date: due,
-                        days_left,
-                        passed: days_left.map(|n| n < 0),
-                    }
-                }),
+                deadline: route
+                    .rule_for(kind)
+                    .filter(|rule| rule.no_limit.is_none())
+                    .map(|rule| {
+                        let due = date.map(|g| rule.apply(g.date));
+                        let days_left = due.map(|d| today.days_until(d));
+                        CardDeadline {
+                            label: rule.label.clone(),
+                            rule: rule.describe(),
+                            short: rule.short.clone(),
+                            date: due,
+                            days_left,
+                            passed: days_left.map(|n| n < 0),
+                        }
+                    }),
+                no_time_limit: route.rule_for(kind).and_then(|rule| rule.no_limit.clone()),
                 deadline_note: route.deadline_note.clone(),
                 source: route.source.clone(),
             })
@@ -773,7 +825,14 @@ fn check_keys(table: &toml::Table) -> Result<(), RoutesError> {
                     return Err(unknown(place, key, ROUTE_KEYS));
                 }
             }
-            if let Some(toml::Value::Table(deadline)) = route.get("deadline") {
+            let deadlines: Vec<&toml::Table> = match route.get("deadline") {
+                Some(toml::Value::Table(one)) => vec![one],
+                Some(toml::Value::Array(many)) => {
+                    many.iter().filter_map(|v| v.as_table()).collect()
+                }
+                _ => Vec::new(),
+            };
+            for deadline in deadlines {
                 for key in deadline.keys() {
                     if !DEADLINE_KEYS.contains(&key.as_str()) {
                         return Err(unknown(format!("{place}, deadline"), key, DEADLINE_KEYS));
@@ -868,7 +927,44 @@ fn validate_route(index: usize, route: &Route) -> Result<(), RoutesError> {
     {
         return Err(bad("deadline_note", "must not be empty".to_string()));
     }
-    if let Some(rule) = &route.deadline {
+    let mut covered: Vec<&str> = Vec::new();
+    for rule in &route.deadline {
+        let kinds: Vec<&str> = if rule.kinds.is_empty() {
+            route.kinds.iter().map(String::as_str).collect()
+        } else {
+            rule.kinds.iter().map(String::as_str).collect()
+        };
+        for kind in kinds {
+            if !route.applies_to(kind) {
+                return Err(bad(
+                    "deadline.kinds",
+                    format!("`{kind}` is not one of the route's kinds"),
+                ));
+            }
+            if covered.contains(&kind) {
+                return Err(bad(
+                    "deadline.kinds",
+                    format!("`{kind}` has two deadlines: give each kind at most one"),
+                ));
+            }
+            covered.push(kind);
+        }
+        if let Some(text) = &rule.no_limit {
+            if text.trim().is_empty() {
+                return Err(bad("deadline.no_limit", "must not be empty".to_string()));
+            }
+            if rule.months != 0 || rule.days != 0 || !rule.label.is_empty() || rule.short.is_some()
+            {
+                return Err(bad(
+                    "deadline.no_limit",
+                    "a kind with no time limit has no months, days, label or short".to_string(),
+                ));
+            }
+            continue;
+        }
+        if rule.short.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            return Err(bad("deadline.short", "must not be empty".to_string()));
+        }
         if !(0..=1200).contains(&rule.months) {
             return Err(bad(
                 "deadline.months",
@@ -936,8 +1032,10 @@ pub struct CardRoute {
     pub purpose: String,
     /// How to contact it.
     pub contact: String,
-    /// Its deadline, if it has one.
+    /// Its deadline for this kind, if it has one.
     pub deadline: Option<CardDeadline>,
+    /// Set when this kind has no time limit on this route: what to say.
+    pub no_time_limit: Option<String>,
     /// What to know about time.
     pub deadline_note: Option<String>,
     /// Official pages the entry is based on.
@@ -951,6 +1049,8 @@ pub struct CardDeadline {
     pub label: String,
     /// The rule in words, e.g. "3 months minus 1 day".
     pub rule: String,
+    /// What the date is for in a few words, for short cards.
+    pub short: Option<String>,
     /// The last day, when the date of the behaviour is known.
     pub date: Option<Date>,
     /// Days from today to the last day (0 on it, negative after).
@@ -1014,9 +1114,14 @@ impl Card {
                         );
                     }
                 },
-                None => {
-                    let _ = writeln!(out, "   Deadline: none fixed.");
-                }
+                None => match &route.no_time_limit {
+                    Some(why) => {
+                        let _ = writeln!(out, "   Deadline: no time limit ({why}).");
+                    }
+                    None => {
+                        let _ = writeln!(out, "   Deadline: none fixed.");
+                    }
+                },
             }
             if let Some(note) = &route.deadline_note {
                 let _ = writeln!(out, "   About time: {note}");
@@ -1030,6 +1135,34 @@ impl Card {
             }
         }
         out
+    }
+}
+
+impl CardRoute {
+    /// The route in one line for a short card (`sotto warnings`), from the
+    /// same data as the full card so the two cannot disagree: "Police
+    /// (summary offences: by 2024-11-02, passed)", "Police (no time
+    /// limit)", "ACAS early conciliation (3 months minus 1 day from the
+    /// date)", or the name alone when nothing about time is fixed.
+    pub fn short_text(&self) -> String {
+        let time = match (&self.deadline, &self.no_time_limit) {
+            (Some(d), _) => {
+                let what = d
+                    .short
+                    .as_ref()
+                    .map(|s| format!("{s}: "))
+                    .unwrap_or_default();
+                match (d.date, d.days_left) {
+                    (Some(date), Some(left)) => {
+                        format!("{what}by {date}, {}", status_text(left))
+                    }
+                    _ => format!("{what}{} from the date", d.rule),
+                }
+            }
+            (None, Some(_)) => "no time limit".to_string(),
+            (None, None) => return self.name.clone(),
+        };
+        format!("{} ({time})", self.name)
     }
 }
 
@@ -1101,7 +1234,7 @@ source = ["https://example.org/desk"]
     fn acas_deadline_is_three_months_minus_one_day() {
         let routes = Routes::builtin();
         let acas = acas(&routes);
-        let deadline = |s: &str| match acas.deadline_for(d(s)) {
+        let deadline = |s: &str| match acas.deadline_for("harassment", d(s)) {
             Some(x) => x.date,
             None => panic!("acas has no deadline"),
         };
@@ -1126,11 +1259,119 @@ source = ["https://example.org/desk"]
             Some(r) => r,
             None => panic!("no police route"),
         };
-        let due = |s: &str| police.deadline_for(d(s)).map(|x| x.date);
+        let due = |s: &str| police.deadline_for("harassment", d(s)).map(|x| x.date);
         assert_eq!(due("2024-01-10"), Some(d("2024-07-10")));
         assert_eq!(due("2024-08-31"), Some(d("2025-02-28")));
-        let label = police.deadline.as_ref().map(|r| r.label.as_str());
+        let label = police.rule_for("harassment").map(|r| r.label.as_str());
         assert!(label.is_some_and(|l| l.contains("Summary offences only")));
+        // Issue 12, item 4: sexual offences have no time limit, so no date.
+        assert_eq!(
+            police.deadline_for("sexual-misconduct", d("2024-01-10")),
+            None
+        );
+        let none = police
+            .rule_for("sexual-misconduct")
+            .and_then(|r| r.no_limit.as_deref());
+        assert!(
+            none.is_some_and(|t| t.contains("no time limit")),
+            "{none:?}"
+        );
+    }
+
+    /// Issue 12, item 4: the short card in `sotto warnings` and the full
+    /// card in `sotto routes` say the same about time, for every kind, with
+    /// a day, a month or no date, before and after the deadlines.
+    #[test]
+    fn every_short_card_agrees_with_its_full_card() {
+        let routes = Routes::builtin();
+        let dates = [
+            None,
+            Some("2024-05-02"),
+            Some("2024-05"),
+            Some("2026-11-01"),
+        ];
+        for kind in KINDS {
+            for when in dates {
+                let given = when.map(|w| GivenDate::parse(w).expect("date"));
+                let card = routes
+                    .card_data(kind, given, d("2026-11-21"))
+                    .expect("card");
+                let full = card.render();
+                for (i, r) in card.routes.iter().enumerate() {
+                    let start = full
+                        .find(&format!("\n{}. {}\n", i + 1, r.name))
+                        .unwrap_or_else(|| panic!("{} not on the {kind} card:\n{full}", r.name));
+                    let end = full[start + 1..]
+                        .find(&format!("\n{}. ", i + 2))
+                        .or_else(|| full[start + 1..].find("\nKeep in mind"))
+                        .map_or(full.len(), |e| start + 1 + e);
+                    let block = &full[start..end];
+                    let short = r.short_text();
+                    let what = format!("{kind} {when:?} {}: short {short:?}\n{block}", r.name);
+                    assert!(short.starts_with(&r.name), "{what}");
+                    match (&r.deadline, &r.no_time_limit) {
+                        (Some(dl), None) => match (dl.date, dl.days_left) {
+                            (Some(date), Some(left)) => {
+                                let status = status_text(left);
+                                assert!(short.contains(&format!("by {date}, {status})")), "{what}");
+                                assert!(
+                                    block.contains(&format!("Deadline: {date} ({status})")),
+                                    "{what}"
+                                );
+                            }
+                            _ => {
+                                assert!(
+                                    short.contains(&format!("{} from the date", dl.rule)),
+                                    "{what}"
+                                );
+                                assert!(
+                                    block.contains(&format!("Deadline: {} from the date", dl.rule)),
+                                    "{what}"
+                                );
+                            }
+                        },
+                        (None, Some(_)) => {
+                            assert_eq!(short, format!("{} (no time limit)", r.name), "{what}");
+                            assert!(block.contains("Deadline: no time limit"), "{what}");
+                        }
+                        (None, None) => {
+                            assert_eq!(short, r.name, "{what}");
+                            assert!(block.contains("Deadline: none fixed."), "{what}");
+                        }
+                        (Some(_), Some(_)) => panic!("both a deadline and no limit: {what}"),
+                    }
+                }
+                // The card that started it: no police date for sexual misconduct.
+                if kind == "sexual-misconduct" {
+                    let police = card
+                        .routes
+                        .iter()
+                        .find(|r| r.id == "police")
+                        .expect("police");
+                    assert_eq!(police.short_text(), "Police (no time limit)");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn deadlines_per_kind_are_checked() {
+        let two = format!(
+            "{}\n[[route.deadline]]\nkinds = [\"bullying\"]\nmonths = 1\nlabel = \"x\"\n\
+             \n[[route.deadline]]\nkinds = [\"harassment\"]\nno_limit = \"none\"\n",
+            MINIMAL.replace(r#"["bullying"]"#, r#"["bullying", "harassment"]"#)
+        );
+        let routes = Routes::parse(&two).expect("two deadlines");
+        let desk = &routes.routes()[0];
+        assert!(desk.deadline_for("bullying", d("2024-01-01")).is_some());
+        assert!(desk.deadline_for("harassment", d("2024-01-01")).is_none());
+        // A kind the route does not have, a kind twice, and a no-limit with a date.
+        let err = refused(&two.replace(r#"kinds = ["harassment"]"#, r#"kinds = ["other"]"#));
+        assert!(err.contains("not one of the route's kinds"), "{err}");
+        let err = refused(&two.replace(r#"kinds = ["harassment"]"#, r#"kinds = ["bullying"]"#));
+        assert!(err.contains("two deadlines"), "{err}");
+        let err = refused(&two.replace("no_limit = \"none\"", "no_limit = \"none\"\nmonths = 2"));
+        assert!(err.contains("no_limit"), "{err}");
     }
 
     #[test]
@@ -1289,7 +1530,13 @@ source = ["https://example.org/desk"]
             assert!(card.contains(name), "missing {name}:\n{card}");
         }
         assert!(card.contains("2024-06-13 (43 days left)"), "{card}");
-        assert!(card.contains("2024-09-14 (136 days left)"), "{card}");
+        // Sexual offences have no police time limit (the summary-offence
+        // date, 2024-09-14, is for other kinds).
+        assert!(!card.contains("2024-09-14"), "{card}");
+        assert!(
+            card.contains("Deadline: no time limit (sexual offences"),
+            "{card}"
+        );
         assert!(card.contains("whips are not independent"), "{card}");
         assert!(card.contains("not legally privileged"), "{card}");
         // File order: ICGS before ISMA before police before ACAS.

@@ -424,3 +424,134 @@ fn quorum_moderation_refuses_below_k_and_acts_at_k() {
     let _ = dee.run(&["sync"]);
     assert!(!texts(&dee.history_json(TITLE)).contains(&"after the vote".into()));
 }
+
+/// Issue 12, item 3: publishing a submission that is already published
+/// (twice by the same moderator, or by a second moderator after the first)
+/// says so, and members get the post once.
+#[test]
+fn publishing_an_anonymous_post_twice_says_it_was_already_published() {
+    let relay = Relay::start();
+    let (ann, bob, cat, dee) = four(&relay);
+    ann.ok(&["group", "promote", TITLE, "cat"]);
+    ann.ok(&[
+        "group",
+        "settings",
+        TITLE,
+        "--anonymous-posts",
+        "via-moderator",
+    ]);
+    for u in [&bob, &cat, &dee] {
+        u.ok(&["sync"]);
+    }
+    bob.ok(&["group", "send", TITLE, "--anonymous", "the minister again"]);
+    let waiting = |u: &User| {
+        u.ok(&["sync"]);
+        parse_json_lines(&u.ok(&["group", "submissions", TITLE, "--json"]), "s")
+    };
+    let at_ann = waiting(&ann);
+    assert_eq!(at_ann.len(), 1, "{at_ann:?}");
+    assert_eq!(waiting(&cat).len(), 1, "both moderators got it");
+    let id = at_ann[0]["id"].as_str().expect("id").to_string();
+    ann.ok(&["group", "publish", TITLE, &id[..8]]);
+    let err = ann.fails(&["group", "publish", TITLE, &id[..8]]);
+    assert!(err.contains("already published"), "{err}");
+    // Cat's copy: once Cat's app has the published post, publishing says so.
+    cat.ok(&["sync"]);
+    let err = cat.fails(&["group", "publish", TITLE, &id[..8]]);
+    assert!(err.contains("already published"), "{err}");
+    assert!(
+        waiting(&cat).is_empty(),
+        "the published post left Cat's list"
+    );
+    dee.ok(&["sync"]);
+    let copies = texts(&dee.history_json(TITLE))
+        .iter()
+        .filter(|t| t.as_str() == "the minister again")
+        .count();
+    assert_eq!(copies, 1);
+}
+
+/// Issue 12, item 3: a co-admin asked to agree to a deletion saw only
+/// "delete a message by someone (07ed91dc...)". `group proposals` now shows
+/// the message (or the warning's subject and kind), and says when this app
+/// does not have it.
+#[test]
+fn a_proposed_deletion_shows_the_admins_what_would_be_deleted() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann Quillfeather");
+    let bob = User::new(&relay, "Bob Marsh");
+    let cat = User::new(&relay, "Cat Lowe");
+    ann.add_contact("bob", &bob);
+    ann.add_contact("cat", &cat);
+    ann.ok(&["group", "create", TITLE]);
+    ann.ok(&["group", "add", TITLE, "bob"]);
+    bob.ok(&["sync"]);
+    bob.ok(&["group", "send", TITLE, "sent before cat joined"]);
+    ann.ok(&["sync"]);
+    ann.ok(&["group", "add", TITLE, "cat"]);
+    ann.ok(&["group", "promote", TITLE, "cat"]);
+    ann.ok(&["group", "settings", TITLE, "--quorum", "2"]);
+    cat.ok(&["sync"]);
+    bob.ok(&["sync"]);
+    bob.ok(&["group", "send", TITLE, "a rude remark about Cat"]);
+    bob.ok(&[
+        "warn",
+        TITLE,
+        "--about",
+        "Sir Peregrine Vole",
+        "--kind",
+        "bullying",
+    ]);
+    ann.ok(&["sync"]);
+    cat.ok(&["sync"]);
+
+    let id_of = |u: &User, text_start: &str| -> String {
+        u.history_json(TITLE)
+            .iter()
+            .find(|m| {
+                m["text"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(text_start))
+            })
+            .and_then(|m| m["id"].as_str().map(String::from))
+            .unwrap_or_else(|| panic!("no {text_start:?} in {}'s history", u.name))
+    };
+    for start in [
+        "a rude remark",
+        "[warning] about Sir Peregrine",
+        "sent before cat",
+    ] {
+        let id = id_of(&ann, start);
+        let out = ann.ok(&["group", "delete", TITLE, &id[..12]]);
+        assert!(out.contains("Proposed"), "{out}");
+    }
+
+    let human = cat.ok(&["group", "proposals", TITLE]);
+    for needle in [
+        "a rude remark about Cat",
+        "it is a warning about Sir Peregrine Vole (bullying)",
+        "your app does not have this message",
+    ] {
+        assert!(human.contains(needle), "missing {needle:?} in\n{human}");
+    }
+    let json = parse_json_lines(&cat.ok(&["group", "proposals", TITLE, "--json"]), "p");
+    assert_eq!(json.len(), 3, "{json:#?}");
+    let with_text: Vec<&serde_json::Value> = json
+        .iter()
+        .filter(|p| p["message"]["text"] == "a rude remark about Cat")
+        .collect();
+    assert_eq!(with_text.len(), 1, "{json:#?}");
+    assert_eq!(with_text[0]["message"]["in_this_app"], true);
+    assert!(
+        json.iter().any(
+            |p| p["message"]["warning"]["subject"] == "Sir Peregrine Vole"
+                && p["message"]["warning"]["kind"] == "bullying"
+        ),
+        "{json:#?}"
+    );
+    assert!(
+        json.iter()
+            .any(|p| p["message"]["in_this_app"] == false && p["message"]["text"].is_null()),
+        "{json:#?}"
+    );
+}

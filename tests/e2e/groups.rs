@@ -283,7 +283,24 @@ fn join_link_with_approval_then_reset() {
     assert_ne!(new_link, link);
     let fay = User::new(&relay, "Fay");
     let err = fay.fails(&["group", "join", &link]);
-    assert!(err.contains("no longer works"), "{err}");
+    assert!(
+        err.contains("no longer works") && err.contains("reset"),
+        "{err}"
+    );
+    // Issue 12, item 7: a typo in the secret is a damaged link, not a reset one.
+    let at = new_link.len() - 5;
+    let swapped = if new_link[at..=at].eq_ignore_ascii_case("7") {
+        "2"
+    } else {
+        "7"
+    };
+    let mut typo = new_link.clone();
+    typo.replace_range(at..=at, swapped);
+    let err = fay.fails(&["group", "join", &typo]);
+    assert!(
+        err.contains("damaged") && err.contains("copied wrongly") && !err.contains("reset"),
+        "{err}"
+    );
     fay.ok(&["group", "join", &new_link]);
     let requests = parse_json_lines(&ann.ok(&["group", "requests", TITLE, "--json"]), "requests");
     assert_eq!(texts_of(&requests, "name"), ["Fay"]);

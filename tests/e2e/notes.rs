@@ -82,3 +82,34 @@ fn notes_are_countersigned_exported_and_verified() {
         "{notes:?}"
     );
 }
+
+/// Issue 12, item 6: `note verify` said to compare the trust-root
+/// fingerprint "against the relay's", but no command showed the relay's.
+/// `sotto whoami` (and `--json`) now shows it, in the format `note verify`
+/// prints, and both equal the fingerprint of the trust root in the invite.
+#[test]
+fn a_proof_names_the_relay_fingerprint_that_whoami_shows() {
+    let relay = Relay::start();
+    let invite: sotto_wire::invite::InviteLink = relay.invite(1).parse().expect("invite");
+    let expected = sotto_wire::invite::trust_root_fingerprint(&invite.trust_root);
+    let alice = User::new(&relay, "Alice");
+    let who = alice.ok(&["whoami"]);
+    assert!(
+        who.contains(&format!("relay's trust-root fingerprint: {expected}")),
+        "{who}"
+    );
+    let json = parse_json_lines(&alice.ok(&["whoami", "--json"]), "whoami");
+    assert_eq!(json[0]["relay_fingerprint"], expected.as_str());
+
+    alice.ok(&["note", "add", "what happened on the 3rd"]);
+    let notes = parse_json_lines(&alice.ok(&["note", "list", "--json"]), "note list");
+    let id = notes[0]["id"].as_str().expect("id").to_string();
+    let proof = alice.home().join("proof.json");
+    let path = proof.to_str().expect("utf-8");
+    alice.ok(&["note", "export", &id[..8], "--to", path]);
+    let out = User::uninitialised("a solicitor").ok(&["note", "verify", path]);
+    assert!(out.contains(&expected), "{out}");
+    for needle in ["sotto-relay stats", "sotto whoami", "docs/evidence.md"] {
+        assert!(out.contains(needle), "missing {needle:?} in\n{out}");
+    }
+}

@@ -50,6 +50,10 @@ fn panic_erases_the_profile_and_the_account() {
     assert!(out.contains("Erased"), "{out}");
     assert!(out.contains("relay deleted the account"), "{out}");
     assert!(!store.exists(), "the store's files are gone");
+    assert!(
+        !alice.home().join("store2").exists(),
+        "the second store (filler or decoy) too"
+    );
     let err = alice.fails(&["history", "bob"]);
     assert!(err.contains("no Sotto profile"), "{err}");
     let err = image.fails(&["history", "bob"]);

@@ -1,9 +1,12 @@
 //! Vetting against infiltration: with `--vouches 2`, a link join request is
 //! admitted only once two members vouch for it, in the signed group state;
 //! an admin cannot approve it sooner, and an admin's app admits it on sync
-//! once the vouches are in.
+//! once the vouches are in (approval off) or tells the admins it waits for
+//! one of them to approve (approval on).
 
-use sotto_tests::{Relay, User, parse_json_lines, texts};
+use sotto_client::engine::Engine;
+use sotto_client::group::Op;
+use sotto_tests::{PASSPHRASE, Relay, User, parse_json_lines, texts};
 
 const TITLE: &str = "Vetted network";
 
@@ -36,15 +39,20 @@ fn a_join_request_needs_vouches_from_members() {
     let seen = parse_json_lines(&bob.ok(&["group", "requests", TITLE, "--json"]), "requests");
     assert_eq!(seen.len(), 1, "{seen:?}");
     let out = bob.ok(&["group", "vouch", TITLE, "Dee"]);
-    assert!(out.contains("1 so far"), "{out}");
+    assert!(out.contains("1 of 2 so far"), "{out}");
     let err = bob.fails(&["group", "vouch", TITLE, "Dee"]);
     assert!(err.contains("already vouched"), "{err}");
     ann.ok(&["sync"]);
     assert!(dee.sync_json().is_empty(), "one vouch is not enough");
     cat.ok(&["group", "vouch", TITLE, "Dee"]);
 
-    // An admin's app admits Dee on its next sync.
-    ann.ok(&["sync"]);
+    // An admin's app admits Dee on its next sync, and says by which rule.
+    let out = ann.run(&["sync"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("admitted Dee after 2 vouches (approval off)"),
+        "{said}"
+    );
     let out = dee.run(&["sync"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("now a member"),
@@ -55,12 +63,166 @@ fn a_join_request_needs_vouches_from_members() {
     assert_eq!(texts(&dee.sync_json()), ["welcome, vetted"]);
     let log = ann.ok(&["group", "log", TITLE]);
     for line in [
-        "vouched for Dee (1 of 2)",
-        "vouched for Dee (2 of 2)",
-        "approved Dee's join request",
+        "received a join request from Dee",
+        "bob: vouched for Dee (1 of 2)",
+        "cat: vouched for Dee (2 of 2)",
+        "Ann: admitted Dee after 2 vouches (approval off)",
     ] {
         assert!(log.contains(line), "missing {line:?} in\n{log}");
     }
+    // Nobody approved anything: the log must not say so.
+    assert!(!log.contains("approved Dee"), "{log}");
+}
+
+fn is_member(u: &User, code: &str) -> bool {
+    parse_json_lines(&u.ok(&["group", "members", TITLE, "--json"]), "members")
+        .iter()
+        .any(|m| m["code"] == code)
+}
+
+/// Issue 12, item 2: with `--approval on --vouches 2`, two vouches make a
+/// request eligible and an admin still approves it. Before the fix the
+/// admin's next `sync` let Dee in and the log recorded an approval the admin
+/// never gave.
+#[test]
+fn with_approval_on_vouches_make_a_request_eligible_and_an_admin_approves() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann");
+    let bob = User::new(&relay, "Bob");
+    let cat = User::new(&relay, "Cat");
+    ann.add_contact("bob", &bob);
+    ann.add_contact("cat", &cat);
+    ann.ok(&["group", "create", TITLE]);
+    ann.ok(&["group", "add", TITLE, "bob", "cat"]);
+    ann.ok(&[
+        "group",
+        "settings",
+        TITLE,
+        "--approval",
+        "on",
+        "--vouches",
+        "2",
+    ]);
+    let link = ann.ok(&["group", "link", TITLE]).trim().to_string();
+    bob.ok(&["sync"]);
+    cat.ok(&["sync"]);
+
+    let dee = User::new(&relay, "Dee");
+    dee.ok(&["group", "join", &link]);
+    // The admin's sync says a request arrived and what it needs.
+    let out = ann.run(&["sync"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("Dee asked to join") && said.contains("2 vouches"),
+        "{said}"
+    );
+    bob.ok(&["group", "vouch", TITLE, "Dee"]);
+    let out = cat.ok(&["group", "vouch", TITLE, "Dee"]);
+    assert!(out.contains("wait for an admin's approval"), "{out}");
+
+    // Eligible now, but the admin's sync does not let Dee in: it says Dee
+    // waits for an admin.
+    let out = ann.run(&["sync"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("Dee has 2 of 2 vouches and waits for an admin's approval"),
+        "{said}"
+    );
+    assert!(!is_member(&ann, &dee.code()), "no one approved Dee yet");
+    let log = ann.ok(&["group", "log", TITLE]);
+    assert!(
+        !log.contains("approved Dee") && !log.contains("admitted Dee"),
+        "{log}"
+    );
+    assert!(dee.sync_json().is_empty());
+    let requests = parse_json_lines(&ann.ok(&["group", "requests", TITLE, "--json"]), "r");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(requests[0]["vouches"], 2);
+
+    // The admin decides.
+    ann.ok(&["group", "approve", TITLE, "Dee"]);
+    assert!(is_member(&ann, &dee.code()));
+    let out = dee.run(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("now a member"),
+        "{out:?}"
+    );
+    let log = ann.ok(&["group", "log", TITLE]);
+    for line in [
+        "bob: vouched for Dee (1 of 2)",
+        "cat: vouched for Dee (2 of 2)",
+        "Ann: approved Dee's join request",
+    ] {
+        assert!(log.contains(line), "missing {line:?} in\n{log}");
+    }
+    assert!(!log.contains("admitted Dee"), "{log}");
+}
+
+/// The rule holds in every member's replay, not only in an honest admin's
+/// app: an admin's modified app that writes an automatic admission while
+/// approval is on is refused by the other members.
+#[test]
+fn an_automatic_admission_under_approval_on_is_refused_by_every_member() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann");
+    let bob = User::new(&relay, "Bob");
+    ann.add_contact("bob", &bob);
+    ann.ok(&["group", "create", TITLE]);
+    ann.ok(&["group", "add", TITLE, "bob"]);
+    ann.ok(&["group", "settings", TITLE, "--approval", "on"]);
+    let link = ann.ok(&["group", "link", TITLE]).trim().to_string();
+    bob.ok(&["sync"]);
+    let dee = User::new(&relay, "Dee");
+    dee.ok(&["group", "join", &link]);
+    ann.ok(&["sync"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let dee_account = Engine::open(dee.home(), PASSPHRASE)
+            .map(|e| e.code().account_id())
+            .expect("dee");
+        let mut engine = Engine::open(ann.home(), PASSPHRASE).expect("open ann");
+        engine
+            .danger_write_unchecked(TITLE, vec![Op::Admit(dee_account)])
+            .await
+            .expect("the relay takes any write signed with the group key");
+        engine.close().await;
+    });
+    let out = bob.run(&["group", "members", TITLE, "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ignored an invalid change") && stderr.contains("join approval is on"),
+        "{stderr}"
+    );
+    assert!(!is_member(&bob, &dee.code()), "Dee is not in for Bob");
+}
+
+/// Approval off, no vetting: a link request is admitted by the admin's app,
+/// and the log and the admin's sync say it was the link rule, not a person.
+#[test]
+fn a_link_join_with_approval_off_is_logged_as_the_rule() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann");
+    ann.ok(&["group", "create", TITLE]);
+    let link = ann.ok(&["group", "link", TITLE]).trim().to_string();
+    let dee = User::new(&relay, "Dee");
+    dee.ok(&["group", "join", &link]);
+    let out = ann.run(&["sync"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("Dee asked to join")
+            && said.contains("admitted Dee through the join link (approval off)"),
+        "{said}"
+    );
+    let log = ann.ok(&["group", "log", TITLE]);
+    assert!(
+        log.contains("Ann: admitted Dee through the join link (approval off)"),
+        "{log}"
+    );
+    assert!(!log.contains("added Dee"), "{log}");
+    assert!(is_member(&ann, &dee.code()));
 }
 
 /// `--reconfirm`: members who do not re-confirm in time are removed by an

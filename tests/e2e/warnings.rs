@@ -262,7 +262,14 @@ fn routes_need_no_profile_and_compute_deadlines() {
     };
     // Three months less a day, counted the way tribunals do: 30 Nov -> 28 Feb.
     assert_eq!(by_id("acas")["deadline"]["date"], "2025-02-28");
-    assert_eq!(by_id("police")["deadline"]["date"], "2025-05-30");
+    // Sexual offences have no police time limit: no date, and it says so.
+    assert!(by_id("police")["deadline"].is_null(), "{card:#}");
+    assert!(
+        by_id("police")["no_time_limit"]
+            .as_str()
+            .is_some_and(|t| t.contains("no time limit")),
+        "{card:#}"
+    );
     let text = nobody.ok(&["routes", "--kind", "sexual-misconduct"]);
     for needle in [
         "ICGS",
@@ -284,4 +291,163 @@ fn routes_need_no_profile_and_compute_deadlines() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SOTTO_ROUTES"));
+}
+
+/// Issue 12, item 1: `sotto warnings --about smith` said "No warnings." while
+/// John Smith had five reports. A surname alone, initials with a surname and
+/// names in Arabic script find the subject; several matching subjects are
+/// listed as separate people; "No warnings." only when nothing matches.
+#[test]
+fn a_surname_initials_or_arabic_name_finds_the_subject() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann Quillfeather");
+    let bob = User::new(&relay, "Bob Marsh");
+    let cat = User::new(&relay, "Cat Lowe");
+    ann.add_contact("bob", &bob);
+    ann.add_contact("cat", &cat);
+    ann.ok(&["group", "create", STAFF]);
+    ann.ok(&["group", "add", STAFF, "bob", "cat"]);
+    bob.ok(&["sync"]);
+    cat.ok(&["sync"]);
+    let warn = |u: &User, about: &str, kind: &str| {
+        u.ok(&[
+            "warn",
+            STAFF,
+            "--about",
+            about,
+            "--kind",
+            kind,
+            "--firsthand",
+        ]);
+    };
+    warn(&bob, "Sir John Smith MP", "harassment");
+    warn(&bob, "John Smith", "bullying");
+    warn(&cat, "john smith", "harassment");
+    warn(&cat, "JOHN SMITH", "other");
+    warn(&ann, "John Smith", "bullying");
+    warn(&cat, "Jane Smith", "bullying");
+    warn(&bob, "محمد الرشيد", "harassment");
+    warn(&cat, "مُحَمَّد الرَّشِيد", "bullying");
+    ann.ok(&["sync"]);
+
+    // The surname alone: both Smiths, each as its own person with its own count.
+    let smith = warnings(&ann, &["--about", "smith"]);
+    assert_eq!(smith.len(), 2, "{smith:#?}");
+    let john = subject(&smith, "john smith");
+    assert_eq!(john["warnings"].as_array().expect("w").len(), 5);
+    assert_eq!(john["firsthand_reporters"], 3, "ann, bob and cat: {john:#}");
+    assert_eq!(john["match"], "partial");
+    let jane = subject(&smith, "jane smith");
+    assert_eq!(jane["firsthand_reporters"], 1, "{jane:#}");
+    let human = ann.ok(&["warnings", "--about", "smith"]);
+    assert!(!human.contains("No warnings"), "{human}");
+    for needle in [
+        "2 different people match smith",
+        "Person 1 of 2",
+        "Person 2 of 2",
+        "John Smith",
+        "Jane Smith",
+        "reported by 3 first-hand",
+        "reported by 1 first-hand",
+    ] {
+        assert!(human.contains(needle), "missing {needle:?} in\n{human}");
+    }
+
+    // Initials with a surname: J. could be John or Jane, so both.
+    let initials = warnings(&ann, &["--about", "J. Smith"]);
+    assert_eq!(initials.len(), 2, "{initials:#?}");
+    // The full name: John only, as an exact match.
+    let full = warnings(&ann, &["--about", "John Smith"]);
+    assert_eq!(full.len(), 1, "{full:#?}");
+    assert_eq!(full[0]["key"], "john smith");
+    assert_eq!(full[0]["match"], "exact");
+
+    // Arabic script: vocalised and plain spellings are one subject, found
+    // by the family name alone.
+    let arabic = warnings(&ann, &["--about", "الرشيد"]);
+    assert_eq!(arabic.len(), 1, "{arabic:#?}");
+    assert_eq!(arabic[0]["key"], "محمد الرشيد");
+    assert_eq!(arabic[0]["warnings"].as_array().expect("w").len(), 2);
+    let human = ann.ok(&["warnings", "--about", "محمد الرشيد"]);
+    assert!(human.contains("reported by 2 first-hand"), "{human}");
+
+    // Nothing matches: then, and only then, "No warnings."
+    let none = ann.ok(&["warnings", "--about", "Nobody Atall"]);
+    assert!(none.contains("No warnings."), "{none}");
+    assert!(warnings(&ann, &["--about", "Nobody Atall"]).is_empty());
+}
+
+/// Issue 12, item 4: the short card under each warning in `sotto warnings`
+/// showed "Police (by 2024-11-02, passed)" for sexual misconduct, while
+/// sexual offences have no time limit. For every kind, each route on the
+/// short card must say what the full card (`sotto routes --kind K --when D`)
+/// says about time.
+#[test]
+fn every_short_card_agrees_with_the_full_route_card() {
+    const WHEN: &str = "2024-05-02";
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann Quillfeather");
+    ann.ok(&["group", "create", STAFF]);
+    for kind in [
+        "harassment",
+        "sexual-misconduct",
+        "bullying",
+        "inappropriate-conduct",
+        "other",
+    ] {
+        let about = format!("Person {kind}");
+        ann.ok(&[
+            "warn", STAFF, "--about", &about, "--kind", kind, "--when", WHEN,
+        ]);
+        let short = ann.ok(&["warnings", "--about", &about]);
+        let can_go = short
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("can go to: "))
+            .unwrap_or_else(|| panic!("no short card for {kind}:\n{short}"))
+            .to_string();
+        let full = ann.ok(&["routes", "--kind", kind, "--when", WHEN]);
+        // Each route block of the full card: "N. Name" then its lines.
+        let mut routes: Vec<(String, String)> = Vec::new();
+        for line in full.lines() {
+            let numbered = line
+                .split_once(". ")
+                .filter(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+            match numbered {
+                Some((_, name)) => routes.push((name.to_string(), String::new())),
+                None => {
+                    if let Some((_, block)) = routes.last_mut() {
+                        block.push_str(line);
+                        block.push('\n');
+                    }
+                }
+            }
+        }
+        assert!(!routes.is_empty(), "no routes on the full card:\n{full}");
+        let entries: Vec<&str> = can_go.split("; ").collect();
+        assert_eq!(entries.len(), routes.len(), "{kind}: {can_go}\n{full}");
+        for ((name, block), entry) in routes.iter().zip(&entries) {
+            let what = format!("{kind}, {name}: short {entry:?}, full:\n{block}");
+            assert!(entry.starts_with(name.as_str()), "{what}");
+            let deadline = block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Deadline: "))
+                .unwrap_or_else(|| panic!("no deadline line: {what}"));
+            if deadline.starts_with("no time limit") {
+                assert_eq!(*entry, format!("{name} (no time limit)"), "{what}");
+            } else if deadline.starts_with("none fixed") {
+                assert_eq!(*entry, name.as_str(), "{what}");
+            } else {
+                // "2024-08-01 (passed). Label": the same date and status.
+                let (date, rest) = deadline.split_once(" (").expect("a dated deadline");
+                let status = rest.split_once(')').map(|(s, _)| s).expect("a status");
+                assert!(entry.ends_with(&format!("by {date}, {status})")), "{what}");
+            }
+        }
+        if kind == "sexual-misconduct" {
+            assert!(
+                entries.contains(&"Police (no time limit)"),
+                "sexual offences have no time limit: {can_go}"
+            );
+        }
+    }
 }

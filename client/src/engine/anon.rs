@@ -911,7 +911,30 @@ impl Engine {
                 "only moderators (admins) publish anonymous posts".into(),
             ));
         }
-        let s = self.find_submission(&g, id)?;
+        // Published posts are kept under no author; a second `publish` of
+        // one (mine, or another moderator's copy of the same submission)
+        // must say so rather than send it again or fail obscurely.
+        let published: Vec<[u8; 16]> = self
+            .store
+            .group_messages(&g.id)?
+            .into_iter()
+            .filter(|m| m.peer.is_nil())
+            .map(|m| m.id)
+            .collect();
+        let s = match self.find_submission(&g, id) {
+            Ok(s) => s,
+            Err(e) => {
+                return match one_by_id_prefix(published.iter().copied(), |m| *m, id) {
+                    Some(done) => Err(already_published(&done)),
+                    None => Err(e),
+                };
+            }
+        };
+        if published.contains(&s.id) {
+            // Another moderator published it first: nothing left to do here.
+            self.store.remove_submission(s.id)?;
+            return Err(already_published(&s.id));
+        }
         let a = content::Anonymous::decode(s.post.as_slice())
             .map_err(|_| StoreError::Corrupt("a kept submission".into()))?;
         if let Err(why) = check_anonymous(&g.state, &g.id, &a) {
@@ -943,6 +966,14 @@ impl Engine {
         self.store.remove_submission(s.id)?;
         Ok(())
     }
+}
+
+/// The answer to publishing a post that is already in the group.
+fn already_published(id: &[u8; 16]) -> EngineError {
+    EngineError::Invalid(format!(
+        "post {} was already published (by you or another moderator); nothing was sent again",
+        &hex(id)[..8]
+    ))
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ use crate::group::{
     Op, Pending, Role, Settings, SignedChange, apply, b64_decode, b64_encode, genesis, hex_decode,
     replay,
 };
+use crate::safe;
 use crate::store::{LocalGroup, PendingJoin};
 
 /// Compare-and-swap attempts before giving up on a busy group.
@@ -54,6 +55,19 @@ pub struct GroupInfo {
     pub pending: usize,
     /// True while my join request waits.
     pub waiting: bool,
+}
+
+/// Where a join request stands after my vouch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vouched {
+    /// Vouches from current members, mine included (0 once admitted).
+    pub have: usize,
+    /// Vouches the group requires.
+    pub needed: usize,
+    /// Join approval is on: an admin still has to approve.
+    pub approval: bool,
+    /// They are a member now.
+    pub admitted: bool,
 }
 
 /// A member as `sotto group members` shows it.
@@ -106,8 +120,21 @@ enum Fetched {
 struct GroupLink {
     id: [u8; 16],
     secret: [u8; 32],
+    /// The link carried its checksum (links made since it existed): a
+    /// refusal by the relay then means it was reset, not mistyped.
+    checked: bool,
 }
 
+/// Why a group link could not be used before asking the relay.
+const DAMAGED_LINK: &str = "this group link is damaged: part of it was copied wrongly (a \
+     character changed, missing or added). Copy the whole link again from where you got it, \
+     or ask an admin to send it again";
+
+/// Parses a group link. Links carry a checksum in the case of their hex
+/// letters (as Ethereum addresses do, EIP-55): a typo is caught here and
+/// reported as a damaged link, while an all-lowercase link (made before the
+/// checksum, or lowercased on the way) is taken unchecked. Old apps read
+/// checksummed links unchanged, since hex is read in either case.
 fn parse_link(link: &str) -> Result<GroupLink> {
     let bad = || {
         EngineError::Invalid(
@@ -115,25 +142,64 @@ fn parse_link(link: &str) -> Result<GroupLink> {
                 .into(),
         )
     };
+    let damaged = || EngineError::Invalid(DAMAGED_LINK.into());
     let query = link.trim().strip_prefix("sotto://group?").ok_or_else(bad)?;
-    let (mut id, mut secret) = (None, None);
+    let (mut id_hex, mut secret_hex) = (None, None);
     for pair in query.split('&') {
         match pair.split_once('=') {
-            Some(("id", v)) => id = hex_decode(v).and_then(|b| <[u8; 16]>::try_from(b).ok()),
-            Some(("secret", v)) => {
-                secret = hex_decode(v).and_then(|b| <[u8; 32]>::try_from(b).ok())
-            }
-            _ => return Err(bad()),
+            Some(("id", v)) => id_hex = Some(v),
+            Some(("secret", v)) => secret_hex = Some(v),
+            _ => return Err(damaged()),
         }
     }
+    let (Some(id_hex), Some(secret_hex)) = (id_hex, secret_hex) else {
+        return Err(damaged());
+    };
+    let id = hex_decode(id_hex)
+        .and_then(|b| <[u8; 16]>::try_from(b).ok())
+        .ok_or_else(damaged)?;
+    let secret = hex_decode(secret_hex)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())
+        .ok_or_else(damaged)?;
+    let written = format!("{id_hex}{secret_hex}");
+    let checked = written.chars().any(|c| c.is_ascii_uppercase());
+    if checked && written != link_case(&id, &secret) {
+        return Err(damaged());
+    }
     Ok(GroupLink {
-        id: id.ok_or_else(bad)?,
-        secret: secret.ok_or_else(bad)?,
+        id,
+        secret,
+        checked,
     })
 }
 
+/// The hex of `id` then `secret`, with each letter upper-cased where the
+/// link checksum (SHA-256 of both, a bit per character) has a 1.
+fn link_case(id: &[u8; 16], secret: &[u8; 32]) -> String {
+    use sha2::Digest as _;
+    let bits: [u8; 32] = sha2::Sha256::new()
+        .chain_update(b"sotto group link checksum v1")
+        .chain_update(id)
+        .chain_update(secret)
+        .finalize()
+        .into();
+    format!("{}{}", hex(id), hex(secret))
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if (bits[i / 8] >> (7 - i % 8)) & 1 == 1 {
+                c.to_ascii_uppercase()
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 fn link_string(id: &[u8; 16], secret: &[u8; 32]) -> String {
-    format!("sotto://group?id={}&secret={}", hex(id), hex(secret))
+    let cased = link_case(id, secret);
+    let (id_hex, secret_hex) = cased.split_at(32);
+    format!("sotto://group?id={id_hex}&secret={secret_hex}")
 }
 
 fn group_err(e: GroupError) -> EngineError {
@@ -361,12 +427,14 @@ impl Engine {
                 "ignored an invalid change (version {version}) to group {title:?}: {why}"
             )));
         }
+        let before = g.state.clone();
         if gap && r.state.version < blob.state.version && r.refusals.is_empty() {
             // Too far behind to check each step: trust the snapshot, as a new member does.
             g.state = blob.state.clone();
         } else {
             g.state = r.state;
         }
+        self.join_notices(&before, &g.state, &r.effects, false);
         let me = self.account.account_id;
         {
             for op in &r.effects {
@@ -449,17 +517,18 @@ impl Engine {
             let quiet = ops.iter().all(|op| matches!(op, Op::SetRingKey(_)));
             let version = relay_version + 1;
             let mut change = self.signed_change(&g.state, version, ops.clone())?;
-            let mut next = match apply(&g.state, &change) {
-                Ok(next) => next,
+            let (mut next, mut effects) = match group::apply_with_effects(&g.state, &change) {
+                Ok(applied) => applied,
                 Err(e) if check => return Err(group_err(e)),
                 // Unchecked (a test's forged change): the relay takes it as is.
-                Err(_) => g.state.clone(),
+                Err(_) => (g.state.clone(), Vec::new()),
             };
             let rotate = !leaving && (next.rekey_needed || ops.contains(&Op::RotateKey));
             if next.rekey_needed && !leaving {
                 ops.push(Op::RotateKey);
                 change = self.signed_change(&g.state, version, ops)?;
-                next = apply(&g.state, &change).map_err(group_err)?;
+                (next, effects) =
+                    group::apply_with_effects(&g.state, &change).map_err(group_err)?;
             }
             let key: [u8; 32] = if rotate { rand::rng().random() } else { g.key };
             let mut blob = Blob {
@@ -503,6 +572,7 @@ impl Engine {
                 Err(e) => return Err(e),
             }
             let before = std::mem::replace(&mut g.state, next.clone());
+            self.join_notices(&before, &next, &effects, true);
             if rotate {
                 g.key = key;
                 g.sender_key_sent_to.clear();
@@ -517,6 +587,114 @@ impl Engine {
         Err(EngineError::Invalid(
             "the group kept changing while we tried to update it; try again".into(),
         ))
+    }
+
+    /// Tells me about join requests in a group's changes: that a request
+    /// arrived, that one has its vouches and waits for an admin, and who was
+    /// admitted by which rule. Admins hear all of it (their apps act on
+    /// requests); members of a vetted group hear of requests to vouch for.
+    /// `mine`: the change is one my app just wrote, so what I did myself
+    /// (approving, denying, vouching) is not repeated back to me.
+    fn join_notices(
+        &mut self,
+        before: &GroupState,
+        after: &GroupState,
+        effects: &[Op],
+        mine: bool,
+    ) {
+        let me = self.account.account_id;
+        let Some(role) = after.role_of(me) else {
+            return;
+        };
+        let admin = role.is_admin();
+        let needed = after.settings.vouches_required as usize;
+        let approval = after.settings.approval;
+        let title = safe::line(&after.title);
+        let group_arg = safe::shell_arg(&after.title);
+        let name_of = |account: &Uuid| {
+            before
+                .pending
+                .iter()
+                .chain(&after.pending)
+                .find(|p| p.account == *account)
+                .map(|p| p.name.clone())
+                .or_else(|| after.member(*account).map(|m| m.name.clone()))
+                .unwrap_or_else(|| "someone".into())
+        };
+        let mut out = Vec::new();
+        let mut ready = Vec::new();
+        // Vouches earlier in these effects, for an admission in the same change.
+        let mut vouched: Vec<Uuid> = Vec::new();
+        for op in effects {
+            if let Op::Vouch(account) = op {
+                vouched.push(*account);
+            }
+            match op {
+                Op::Request(p) if admin || needed > 0 => {
+                    let (name, arg) = (safe::line(&p.name), safe::shell_arg(&p.name));
+                    out.push(match (approval, needed) {
+                        (true, 0) => format!(
+                            "{title}: {name} asked to join and waits for an admin's approval: \
+                             sotto group approve|deny {group_arg} {arg}"
+                        ),
+                        (true, n) => format!(
+                            "{title}: {name} asked to join; they need {n} vouches from members, \
+                             then an admin's approval (sotto group vouch {group_arg} {arg})"
+                        ),
+                        (false, 0) => format!("{title}: {name} asked to join through the link"),
+                        (false, n) => format!(
+                            "{title}: {name} asked to join; they are admitted once {n} members \
+                             vouch (sotto group vouch {group_arg} {arg})"
+                        ),
+                    });
+                }
+                // One notice per request, however many vouches arrived at once.
+                Op::Vouch(account)
+                    if admin && approval && needed > 0 && !ready.contains(account) =>
+                {
+                    let had = before
+                        .pending
+                        .iter()
+                        .find(|p| p.account == *account)
+                        .map_or(0, |p| p.vouch_count(before));
+                    let Some(p) = after.pending.iter().find(|p| p.account == *account) else {
+                        continue;
+                    };
+                    let have = p.vouch_count(after);
+                    if had < needed && have >= needed {
+                        ready.push(*account);
+                        out.push(format!(
+                            "{title}: {} has {have} of {needed} vouches and waits for an \
+                             admin's approval: sotto group approve {group_arg} {}",
+                            safe::line(&p.name),
+                            safe::shell_arg(&p.name)
+                        ));
+                    }
+                }
+                Op::Admit(account) if admin => {
+                    let have = before
+                        .pending
+                        .iter()
+                        .find(|p| p.account == *account)
+                        .map_or(0, |p| p.vouch_count(before))
+                        + vouched.iter().filter(|a| *a == account).count();
+                    out.push(format!(
+                        "{title}: admitted {} {}",
+                        safe::line(&name_of(account)),
+                        group::admission_rule(needed, have)
+                    ));
+                }
+                Op::Resolve { account, approve } if admin && !mine => {
+                    out.push(format!(
+                        "{title}: an admin {} {}'s join request",
+                        if *approve { "approved" } else { "denied" },
+                        safe::line(&name_of(account))
+                    ));
+                }
+                _ => {}
+            }
+        }
+        self.notices.extend(out.into_iter().map(Notice::Group));
     }
 
     /// Every member's account but mine.
@@ -750,10 +928,13 @@ impl Engine {
             self.refresh(&mut g).await?;
         }
         let needed = g.state.quorum_needed();
-        Ok(g.state
-            .proposals
-            .iter()
-            .map(|p| ProposalInfo {
+        let mut out = Vec::new();
+        for p in &g.state.proposals {
+            let message = match &p.action {
+                Op::DeleteMessage { id, author } => Some(self.proposed_message(&g, id, *author)?),
+                _ => None,
+            };
+            out.push(ProposalInfo {
                 id: p.id.clone(),
                 action: p.describe(&g.state),
                 by: g
@@ -763,8 +944,44 @@ impl Engine {
                 approvals: p.approval_count(&g.state),
                 needed,
                 at_ms: p.at_ms,
-            })
-            .collect())
+                message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// What a proposed deletion would remove, as this app has it, so the
+    /// admins who must agree can judge it.
+    fn proposed_message(
+        &self,
+        g: &LocalGroup,
+        id_hex: &str,
+        author: Uuid,
+    ) -> Result<ProposedMessage> {
+        let id = hex_decode(id_hex).and_then(|b| <[u8; 16]>::try_from(b).ok());
+        let record = match id {
+            Some(id) => self
+                .store
+                .group_messages(&g.id)?
+                .into_iter()
+                .find(|m| m.id == id && m.peer == author),
+            None => None,
+        };
+        let warning = match id {
+            Some(id) => self
+                .store
+                .warnings()?
+                .into_iter()
+                .find(|w| w.id == id && w.group == g.id),
+            None => None,
+        };
+        Ok(ProposedMessage {
+            id: id_hex.to_string(),
+            author: record.as_ref().map(|m| m.sender_name.clone()),
+            sent_at_ms: record.as_ref().map(|m| m.sent_at_ms),
+            text: record.map(|m| m.text),
+            warning: warning.map(|w| (w.subject, w.kind)),
+        })
     }
 
     /// Approves a proposal (admins); returns the state after, in which the
@@ -937,11 +1154,18 @@ impl Engine {
                     Some(ErrorCode::Forbidden | ErrorCode::UnknownGroup)
                 ) =>
             {
-                return Err(EngineError::Invalid(
-                    "this group link no longer works (it was reset or turned off); \
-                     ask an admin for the current one"
-                        .into(),
-                ));
+                // A checksummed link that parsed was copied right, so the
+                // relay refusing it means an admin reset or removed it; an
+                // old link cannot tell a typo from a reset.
+                return Err(EngineError::Invalid(if link.checked {
+                    "this group link no longer works: an admin reset it or turned it off \
+                     (or the group is gone). Ask an admin for the current one"
+                        .into()
+                } else {
+                    "this group link does not work: it may have been copied wrongly, or an \
+                     admin reset it; ask an admin for a new one"
+                        .into()
+                }));
             }
             Err(e) if refused_code(&e) == Some(ErrorCode::Quota) => {
                 return Err(EngineError::Invalid(
@@ -1038,19 +1262,15 @@ impl Engine {
                         state.member(p.account).is_none()
                             && !state.pending.iter().any(|q| q.account == p.account)
                     })
-                    .map(|p| {
-                        if state.settings.approval || state.settings.vouches_required > 0 {
-                            Op::Request(p.clone())
-                        } else {
-                            Op::Add(Member {
-                                account: p.account,
-                                identity_key: p.identity_key.clone(),
-                                name: p.name.clone(),
-                                role: Role::Member,
-                                joined_at_ms: 0,
-                                ring_key: None,
-                            })
+                    .flat_map(|p| {
+                        // Every request is recorded, so the log shows it
+                        // arrived; with approval off and no vetting the
+                        // group's rule admits it in the same change.
+                        let mut ops = vec![Op::Request(p.clone())];
+                        if !state.settings.approval && state.settings.vouches_required == 0 {
+                            ops.push(Op::Admit(p.account));
                         }
+                        ops
                     })
                     .collect())
             })
@@ -1094,10 +1314,11 @@ impl Engine {
         Ok(g.state.pending)
     }
 
-    /// Vouches for a pending join request (any member). When that brings it
-    /// to the group's required number and I am an admin, it is admitted in
-    /// the same change; otherwise an admin's app admits it on its next sync.
-    pub async fn group_vouch(&mut self, query: &str, who: &str) -> Result<usize> {
+    /// Vouches for a pending join request (any member). With join approval
+    /// off, when that brings it to the group's required number and I am an
+    /// admin, it is admitted in the same change; otherwise an admin's app
+    /// admits it on its next sync. With approval on, an admin approves it.
+    pub async fn group_vouch(&mut self, query: &str, who: &str) -> Result<Vouched> {
         let g = self.find_group(query)?;
         self.require_active(&g)?;
         let mut g2 = g.clone();
@@ -1117,20 +1338,24 @@ impl Engine {
                     )));
                 }
                 let mut ops = vec![Op::Vouch(target)];
-                if admin && p.vouch_count(state) + 1 >= state.settings.vouches_required as usize {
-                    ops.push(Op::Resolve {
-                        account: target,
-                        approve: true,
-                    });
+                // With approval off, the vouch that meets the rule admits at
+                // once; with approval on, vouching is not approving.
+                if admin
+                    && !state.settings.approval
+                    && p.vouch_count(state) + 1 >= state.settings.vouches_required as usize
+                {
+                    ops.push(Op::Admit(target));
                 }
                 Ok(ops)
             })
             .await?;
-        Ok(state
-            .pending
-            .iter()
-            .find(|p| p.account == target)
-            .map_or(usize::MAX, |p| p.vouch_count(&state)))
+        let waiting = state.pending.iter().find(|p| p.account == target);
+        Ok(Vouched {
+            have: waiting.map_or(0, |p| p.vouch_count(&state)),
+            needed: state.settings.vouches_required as usize,
+            approval: state.settings.approval,
+            admitted: state.member(target).is_some(),
+        })
     }
 
     /// Re-confirms my membership (groups with `--reconfirm`). Returns when
@@ -1229,37 +1454,32 @@ impl Engine {
         Ok(())
     }
 
-    /// Admits join requests that have gathered enough vouches (admins'
-    /// apps, on sync).
+    /// Admits join requests that have gathered enough vouches, when join
+    /// approval is off (admins' apps, on sync). With approval on they wait
+    /// for an admin's `approve`; the refresh still tells admins which
+    /// requests are ready ([`Engine::join_notices`]).
     pub(super) async fn admit_vouched(&mut self, id: [u8; 16]) -> Result<()> {
         let Some(mut g) = self.store.group(id)? else {
             return Ok(());
         };
         // Members' vouches are written by their apps: look at the relay's state.
         self.refresh(&mut g).await?;
-        let needed = g.state.settings.vouches_required as usize;
-        if needed == 0
-            || !g
-                .state
+        let ready = |state: &GroupState| -> Vec<Op> {
+            let needed = state.settings.vouches_required as usize;
+            if needed == 0 || state.settings.approval {
+                return Vec::new();
+            }
+            state
                 .pending
                 .iter()
-                .any(|p| p.vouch_count(&g.state) >= needed)
-        {
+                .filter(|p| p.vouch_count(state) >= needed)
+                .map(|p| Op::Admit(p.account))
+                .collect()
+        };
+        if ready(&g.state).is_empty() {
             return Ok(());
         }
-        self.commit(id, &|state| {
-            let needed = state.settings.vouches_required as usize;
-            Ok(state
-                .pending
-                .iter()
-                .filter(|p| needed > 0 && p.vouch_count(state) >= needed)
-                .map(|p| Op::Resolve {
-                    account: p.account,
-                    approve: true,
-                })
-                .collect())
-        })
-        .await?;
+        self.commit(id, &|state| Ok(ready(state))).await?;
         Ok(())
     }
 
@@ -2058,6 +2278,24 @@ pub struct ProposalInfo {
     pub needed: usize,
     /// When it was proposed.
     pub at_ms: u64,
+    /// For a deletion: the message it would remove, as this app has it.
+    pub message: Option<ProposedMessage>,
+}
+
+/// The message a proposed deletion would remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposedMessage {
+    /// Its id, hex.
+    pub id: String,
+    /// Its author as this app shows them; `None` when this app does not have it.
+    pub author: Option<String>,
+    /// When it was sent; `None` when this app does not have it.
+    pub sent_at_ms: Option<u64>,
+    /// Its text; `None` when this app does not have the message (it
+    /// disappeared, was deleted, or arrived before I joined).
+    pub text: Option<String>,
+    /// For a warning: who it is about and its kind.
+    pub warning: Option<(String, String)>,
 }
 
 /// Settings to change; `None` leaves one as it is.
@@ -2155,5 +2393,60 @@ fn relay_ttl(settings: &Settings, content: &[u8]) -> u64 {
         settings.warning_retention_ms
     } else {
         settings.disappearing_ms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(e: EngineError) -> String {
+        e.to_string()
+    }
+
+    /// Issue 12, item 7: a link with a typo in its secret was reported as
+    /// "reset or turned off". The checksum tells a damaged link apart.
+    #[test]
+    fn a_mistyped_group_link_is_damaged_not_reset() {
+        let (id, secret) = ([0x5a; 16], [0xc3; 32]);
+        let link = link_string(&id, &secret);
+        let parsed = parse_link(&link).expect("parses");
+        assert_eq!(
+            (parsed.id, parsed.secret, parsed.checked),
+            (id, secret, true)
+        );
+        // Every single-character change to the id or the secret is caught.
+        let start = link.find("id=").expect("id") + 3;
+        let mut caught = 0;
+        let mut tried = 0;
+        for (i, c) in link.char_indices().skip(start) {
+            if !c.is_ascii_hexdigit() {
+                continue;
+            }
+            for typo in ['0', '7', 'a', 'F'] {
+                if typo.eq_ignore_ascii_case(&c) {
+                    continue;
+                }
+                let mut bad = link.clone();
+                bad.replace_range(i..i + 1, &typo.to_string());
+                tried += 1;
+                if parse_link(&bad).is_err_and(|e| message(e).contains("damaged")) {
+                    caught += 1;
+                }
+            }
+        }
+        // A checksum of one bit per letter misses a typo only by chance.
+        assert!(caught * 100 >= tried * 99, "{caught} of {tried}");
+        // Cut short, or with a character added: damaged.
+        for bad in [&link[..link.len() - 1], &format!("{link}0")] {
+            let err = message(parse_link(bad).err().expect("refused"));
+            assert!(err.contains("damaged"), "{err}");
+        }
+        // Lower-cased (as made before the checksum): accepted, unchecked.
+        let old = parse_link(&link.to_lowercase()).expect("old link");
+        assert!(!old.checked);
+        assert_eq!((old.id, old.secret), (id, secret));
+        let err = message(parse_link("https://example.org").err().expect("refused"));
+        assert!(err.contains("not a group link"), "{err}");
     }
 }

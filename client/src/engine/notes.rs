@@ -75,7 +75,9 @@ pub struct ProofFile {
 pub struct Verified {
     /// The note existed by this time (the relay's clock).
     pub existed_by_ms: u64,
-    /// SHA-256 of the trust root key, hex: the relay the proof depends on.
+    /// The fingerprint of the relay's trust root the proof depends on, as
+    /// `sotto_wire::invite::trust_root_fingerprint` writes it (SHA-256 of
+    /// the key, hex in groups of four).
     pub trust_root_fingerprint: String,
     /// The note.
     pub text: String,
@@ -160,7 +162,9 @@ pub fn verify_proof(bytes: &[u8]) -> std::result::Result<Verified, String> {
     }
     Ok(Verified {
         existed_by_ms: p.countersigned_at_ms,
-        trust_root_fingerprint: hex(&Sha256::digest(trust_root.serialize())),
+        // The format people compare: `sotto-relay stats` and `sotto whoami`
+        // print the same string.
+        trust_root_fingerprint: sotto_wire::invite::trust_root_fingerprint(&trust_root.serialize()),
         text: p.text,
         file_name: p.file_name,
     })

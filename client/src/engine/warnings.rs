@@ -73,6 +73,14 @@ const TITLES: &[&str] = &[
     "ma",
     "phd",
     "esq",
+    // Arabic honorifics (compared after folding): Mr, Mrs, Dr, Prof, Sheikh.
+    "السيد",
+    "السيدة",
+    "الدكتور",
+    "الدكتورة",
+    "الأستاذ",
+    "الأستاذة",
+    "الشيخ",
 ];
 
 /// What a member fills in to post a warning.
@@ -101,6 +109,10 @@ pub struct WarningInput {
 pub struct SubjectSummary {
     /// The matching key (lowercase, no accents or titles).
     pub key: String,
+    /// With `--about`: how the name searched for matches this subject.
+    /// Two subjects are two people as far as this app knows, until merged.
+    #[serde(rename = "match", skip_serializing_if = "Option::is_none")]
+    pub matched: Option<NameMatch>,
     /// The names authors used, most used first.
     pub names: Vec<String>,
     /// The roles authors gave.
@@ -161,17 +173,20 @@ pub struct WarningView {
 }
 
 /// The matching key of a subject's name: case, accents, punctuation,
-/// spacing and titles ("Sir", "MP", "Rt Hon") do not matter.
+/// spacing and titles ("Sir", "MP", "Rt Hon", "السيد") do not matter.
+///
+/// Every script is kept: letters and digits of any alphabet stay, marks that
+/// only decorate a letter (Latin accents, Arabic and Hebrew vowel points,
+/// whether precomposed or typed as combining characters) are dropped rather
+/// than split the word, and spelling variants one writer uses and another
+/// does not are folded (Arabic alef forms, teh marbuta, alef maqsura, the
+/// Persian yeh and keheh, tatweel; Arabic-Indic digits; Greek tonos and
+/// final sigma; Cyrillic ё; ß).
 pub fn subject_key(name: &str) -> String {
-    let folded: String = name
-        .chars()
-        .flat_map(char::to_lowercase)
-        .map(fold_accent)
-        .map(|c| if c.is_alphanumeric() { c } else { ' ' })
-        .collect();
+    let folded = fold_name(name);
     let words: Vec<&str> = folded
         .split_whitespace()
-        .filter(|w| !TITLES.contains(w))
+        .filter(|w| !TITLES.iter().any(|t| fold_name(t) == *w))
         .collect();
     if words.is_empty() {
         // A name made only of titles ("The Minister") still needs a key.
@@ -181,31 +196,253 @@ pub fn subject_key(name: &str) -> String {
     }
 }
 
-/// The base letter of a lowercase Latin letter with a diacritic (no tables
-/// crate: the names people type here are Latin-script).
-fn fold_accent(c: char) -> char {
-    match c {
-        'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => 'a',
-        'ç' | 'ć' | 'č' | 'ĉ' | 'ċ' => 'c',
-        'ď' | 'đ' => 'd',
-        'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => 'e',
-        'ĝ' | 'ğ' | 'ġ' | 'ģ' => 'g',
-        'ĥ' | 'ħ' => 'h',
-        'ì' | 'í' | 'î' | 'ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' | 'ı' => 'i',
-        'ĵ' => 'j',
-        'ķ' => 'k',
-        'ĺ' | 'ļ' | 'ľ' | 'ŀ' | 'ł' => 'l',
-        'ñ' | 'ń' | 'ņ' | 'ň' => 'n',
-        'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ŏ' | 'ő' => 'o',
-        'ŕ' | 'ŗ' | 'ř' => 'r',
-        'ś' | 'ŝ' | 'ş' | 'š' | 'ș' => 's',
-        'ţ' | 'ť' | 'ŧ' | 'ț' => 't',
-        'ù' | 'ú' | 'û' | 'ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => 'u',
-        'ŵ' => 'w',
-        'ý' | 'ÿ' | 'ŷ' => 'y',
-        'ź' | 'ż' | 'ž' => 'z',
-        other => other,
+/// Lowercased and folded, with spaces, punctuation and symbols as spaces.
+/// Marks that belong to a letter (an Indic virama, say) stay in the word:
+/// only what separates words separates them.
+fn fold_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if is_dropped_mark(c) {
+            continue;
+        }
+        match fold_char(c) {
+            Folded::One(c) if c.is_alphanumeric() || !is_separator(c) => out.push(c),
+            Folded::One(_) => out.push(' '),
+            Folded::Two(a, b) => {
+                out.push(a);
+                out.push(b);
+            }
+        }
     }
+    out
+}
+
+/// Spaces, controls, punctuation and symbols, in the scripts names come in.
+fn is_separator(c: char) -> bool {
+    c.is_whitespace()
+        || c.is_control()
+        || (c.is_ascii() && !c.is_ascii_alphanumeric())
+        || matches!(
+            c,
+            '\u{00A1}'..='\u{00BF}' // Latin-1 punctuation and symbols
+            | '\u{00D7}'
+            | '\u{00F7}'
+            | '\u{05BE}'             // Hebrew maqaf, paseq, sof pasuq, geresh
+            | '\u{05C0}'
+            | '\u{05C3}'
+            | '\u{05C6}'
+            | '\u{05F3}'..='\u{05F4}'
+            | '\u{060C}'             // Arabic comma, semicolon, question mark
+            | '\u{061B}'
+            | '\u{061F}'
+            | '\u{066A}'..='\u{066D}'
+            | '\u{06D4}'
+            | '\u{0964}'..='\u{0965}' // Devanagari danda
+            | '\u{0970}'
+            | '\u{2000}'..='\u{206F}' // general punctuation
+            | '\u{2190}'..='\u{2BFF}' // arrows and symbols
+            | '\u{2E00}'..='\u{2E7F}'
+            | '\u{3000}'..='\u{303F}' // CJK punctuation
+            | '\u{30FB}'             // katakana middle dot (between names)
+            | '\u{FE10}'..='\u{FE1F}'
+            | '\u{FE30}'..='\u{FE6F}'
+            | '\u{FF01}'..='\u{FF0F}' // fullwidth punctuation
+            | '\u{FF1A}'..='\u{FF20}'
+            | '\u{FF3B}'..='\u{FF40}'
+            | '\u{FF5B}'..='\u{FF65}'
+        )
+}
+
+enum Folded {
+    One(char),
+    Two(char, char),
+}
+
+/// Marks that decorate a letter without making a different name, and
+/// invisible joiners: dropped, so "Jo\u{301}hn" and "مُحَمَّد" keep their words
+/// whole and match "John" and "محمد". Vowel signs of Indic scripts are not
+/// here: they are letters of the name.
+fn is_dropped_mark(c: char) -> bool {
+    matches!(
+        c,
+        '\u{0300}'..='\u{036F}'  // combining diacritical marks (NFD Latin, Greek, Cyrillic)
+        | '\u{1AB0}'..='\u{1AFF}'
+        | '\u{1DC0}'..='\u{1DFF}'
+        | '\u{20D0}'..='\u{20FF}'
+        | '\u{FE20}'..='\u{FE2F}'
+        | '\u{0591}'..='\u{05BD}' // Hebrew points and cantillation
+        | '\u{05BF}'
+        | '\u{05C1}'..='\u{05C2}'
+        | '\u{05C4}'..='\u{05C5}'
+        | '\u{05C7}'
+        | '\u{0610}'..='\u{061A}' // Arabic honorific marks
+        | '\u{064B}'..='\u{065F}' // Arabic harakat, shadda, sukun
+        | '\u{0670}'              // superscript alef
+        | '\u{06D6}'..='\u{06DC}'
+        | '\u{06DF}'..='\u{06E4}'
+        | '\u{06E7}'..='\u{06E8}'
+        | '\u{06EA}'..='\u{06ED}'
+        | '\u{0640}'              // tatweel (a stretch, not a letter)
+        | '\u{00AD}'              // soft hyphen
+        | '\u{200B}'..='\u{200D}' // zero-width space, non-joiner, joiner
+        | '\u{2060}'
+        | '\u{FEFF}'
+    )
+}
+
+/// The plain form of a lowercase letter that writers spell more than one way.
+fn fold_char(c: char) -> Folded {
+    use Folded::{One, Two};
+    match c {
+        'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' | 'ā' | 'ă' | 'ą' => One('a'),
+        'ç' | 'ć' | 'č' | 'ĉ' | 'ċ' => One('c'),
+        'ď' | 'đ' => One('d'),
+        'è' | 'é' | 'ê' | 'ë' | 'ē' | 'ĕ' | 'ė' | 'ę' | 'ě' => One('e'),
+        'ĝ' | 'ğ' | 'ġ' | 'ģ' => One('g'),
+        'ĥ' | 'ħ' => One('h'),
+        'ì' | 'í' | 'î' | 'ï' | 'ĩ' | 'ī' | 'ĭ' | 'į' | 'ı' => One('i'),
+        'ĵ' => One('j'),
+        'ķ' => One('k'),
+        'ĺ' | 'ļ' | 'ľ' | 'ŀ' | 'ł' => One('l'),
+        'ñ' | 'ń' | 'ņ' | 'ň' => One('n'),
+        'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' | 'ō' | 'ŏ' | 'ő' => One('o'),
+        'ŕ' | 'ŗ' | 'ř' => One('r'),
+        'ś' | 'ŝ' | 'ş' | 'š' | 'ș' => One('s'),
+        'ţ' | 'ť' | 'ŧ' | 'ț' => One('t'),
+        'ù' | 'ú' | 'û' | 'ü' | 'ũ' | 'ū' | 'ŭ' | 'ů' | 'ű' | 'ų' => One('u'),
+        'ŵ' => One('w'),
+        'ý' | 'ÿ' | 'ŷ' => One('y'),
+        'ź' | 'ż' | 'ž' => One('z'),
+        'ß' => Two('s', 's'),
+        'æ' => Two('a', 'e'),
+        'œ' => Two('o', 'e'),
+        // Greek: tonos and dialytika, final sigma.
+        'ά' => One('α'),
+        'έ' => One('ε'),
+        'ή' => One('η'),
+        'ί' | 'ϊ' | 'ΐ' => One('ι'),
+        'ό' => One('ο'),
+        'ύ' | 'ϋ' | 'ΰ' => One('υ'),
+        'ώ' => One('ω'),
+        'ς' => One('σ'),
+        // Cyrillic: ё is usually written е.
+        'ё' => One('е'),
+        // Arabic: alef with hamza or madda, alef wasla; teh marbuta; alef
+        // maqsura and the Persian yeh; hamza on waw or yeh; keheh.
+        'أ' | 'إ' | 'آ' | 'ٱ' => One('ا'),
+        'ة' => One('ه'),
+        'ى' | 'ی' | 'ئ' => One('ي'),
+        'ؤ' => One('و'),
+        'ک' => One('ك'),
+        // Arabic-Indic and Persian digits.
+        '\u{0660}'..='\u{0669}' => One(digit(c as u32 - 0x0660)),
+        '\u{06F0}'..='\u{06F9}' => One(digit(c as u32 - 0x06F0)),
+        other => One(other),
+    }
+}
+
+fn digit(n: u32) -> char {
+    char::from_digit(n, 10).unwrap_or('0')
+}
+
+/// How a name someone searched for (`sotto warnings --about`) matches a
+/// subject's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NameMatch {
+    /// The same key: the same name as far as matching goes.
+    Exact,
+    /// Some of the name: a surname alone ("smith"), initials with a surname
+    /// ("J. Smith"), or a fuller name ("John Michael Smith" for "John
+    /// Smith"). Possibly the same person, possibly not.
+    Partial,
+}
+
+/// Whether `query` (a key from [`subject_key`]) names the subject `key`:
+/// every word of the shorter name must match its own word of the longer,
+/// in any order, where a word matches the same word, an initial matches a
+/// word it begins, and in scripts written without spaces between names
+/// (Chinese, Japanese, Korean) a word matches a word that contains it. At
+/// least one pair must be a whole word, so "J." alone matches no one.
+pub fn name_match(query: &str, key: &str) -> Option<NameMatch> {
+    if query.is_empty() || key.is_empty() {
+        return None;
+    }
+    if query == key {
+        return Some(NameMatch::Exact);
+    }
+    let (q, k): (Vec<&str>, Vec<&str>) = (
+        query.split_whitespace().collect(),
+        key.split_whitespace().collect(),
+    );
+    // Names are a few words; the cap keeps the search small whatever a
+    // modified app sends.
+    if q.len() > 12 || k.len() > 12 {
+        return None;
+    }
+    let (short, long) = if q.len() <= k.len() { (q, k) } else { (k, q) };
+    let mut used = vec![false; long.len()];
+    assign(&short, &long, &mut used, false).then_some(NameMatch::Partial)
+}
+
+/// Backtracking: can each word of `short` take an unused word of `long`?
+fn assign(short: &[&str], long: &[&str], used: &mut [bool], whole: bool) -> bool {
+    let Some((first, rest)) = short.split_first() else {
+        return whole;
+    };
+    for i in 0..long.len() {
+        if used[i] {
+            continue;
+        }
+        let Some(how) = word_match(first, long[i]) else {
+            continue;
+        };
+        used[i] = true;
+        if assign(rest, long, used, whole || how == WordMatch::Whole) {
+            return true;
+        }
+        used[i] = false;
+    }
+    false
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WordMatch {
+    Whole,
+    Initial,
+}
+
+fn word_match(a: &str, b: &str) -> Option<WordMatch> {
+    if a == b {
+        return Some(WordMatch::Whole);
+    }
+    // First: one Han character is a family name, not an initial.
+    let unspaced = |w: &str| w.chars().any(is_unspaced_script);
+    if unspaced(a) && unspaced(b) && (a.contains(b) || b.contains(a)) {
+        return Some(WordMatch::Whole);
+    }
+    let initial = |w: &str| {
+        let mut cs = w.chars();
+        matches!((cs.next(), cs.next()), (Some(c), None) if c.is_alphabetic())
+    };
+    if (initial(a) && b.starts_with(a)) || (initial(b) && a.starts_with(b)) {
+        return Some(WordMatch::Initial);
+    }
+    None
+}
+
+/// Scripts whose names are written without a space between family and
+/// given name: Han, kana, Hangul.
+fn is_unspaced_script(c: char) -> bool {
+    matches!(
+        c,
+        '\u{3040}'..='\u{30FF}'
+        | '\u{3400}'..='\u{4DBF}'
+        | '\u{4E00}'..='\u{9FFF}'
+        | '\u{AC00}'..='\u{D7AF}'
+        | '\u{F900}'..='\u{FAFF}'
+        | '\u{20000}'..='\u{2FA1F}'
+    )
 }
 
 /// Checks a `when`: empty, `YYYY-MM` or `YYYY-MM-DD` with a real month and
@@ -519,7 +756,7 @@ impl Engine {
             }
             key
         };
-        let wanted = about.map(|a| resolve(subject_key(a)));
+        let wanted = about.map(subject_key);
         let mut titles: HashMap<[u8; 16], String> = HashMap::new();
         let mut by_key: BTreeMap<String, Vec<WarningRecord>> = BTreeMap::new();
         for w in self.store.warnings()? {
@@ -527,14 +764,33 @@ impl Engine {
                 continue;
             }
             let key = resolve(subject_key(&w.subject));
-            if wanted.as_ref().is_some_and(|k| *k != key) {
-                continue;
-            }
             if let std::collections::hash_map::Entry::Vacant(slot) = titles.entry(w.group) {
                 let title = self.store.group_title(w.group)?;
                 slot.insert(title.unwrap_or_else(|| "(a group)".into()));
             }
             by_key.entry(key).or_default().push(w);
+        }
+        // A search keeps every subject the name could be: the best match
+        // among its key (after merges) and the names its warnings use.
+        let mut matched: HashMap<String, NameMatch> = HashMap::new();
+        if let Some(query) = &wanted {
+            let merged_query = resolve(query.clone());
+            by_key.retain(|key, ws| {
+                let best = std::iter::once(key.clone())
+                    .chain(ws.iter().map(|w| subject_key(&w.subject)))
+                    .filter_map(|k| {
+                        if k == merged_query || k == *query {
+                            Some(NameMatch::Exact)
+                        } else {
+                            name_match(query, &k)
+                        }
+                    })
+                    .min();
+                if let Some(m) = best {
+                    matched.insert(key.clone(), m);
+                }
+                best.is_some()
+            });
         }
         let corroborations = self.store.corroborations()?;
         let mut out: Vec<SubjectSummary> = by_key
@@ -592,6 +848,7 @@ impl Engine {
                     .unwrap_or_default();
                 let me = self.account.account_id;
                 SubjectSummary {
+                    matched: matched.get(&key).copied(),
                     key,
                     names: names.into_iter().map(|(n, _)| n.to_string()).collect(),
                     roles,
@@ -614,8 +871,10 @@ impl Engine {
                 }
             })
             .collect();
+        // Exact matches of a search first, then the most reported.
         out.sort_by_key(|s| {
             (
+                s.matched,
                 std::cmp::Reverse(s.firsthand_reporters + s.secondhand_reporters),
                 s.key.clone(),
             )
@@ -754,6 +1013,71 @@ mod tests {
         // Only titles: keep them rather than match everyone.
         assert_eq!(subject_key("The MP"), "the mp");
         assert_eq!(subject_key("  "), "");
+    }
+
+    /// Issue 12, item 1: names in any script keep their words, and spelling
+    /// variants fold together.
+    #[test]
+    fn subject_keys_keep_every_script_and_fold_its_variants() {
+        // Combining accents (as typed on some systems) do not split a word.
+        assert_eq!(subject_key("Jo\u{301}hn Smi\u{301}th"), "john smith");
+        // Arabic: vowel points, shadda, tatweel and alef forms do not matter.
+        let plain = subject_key("محمد الرشيد");
+        assert_eq!(plain, "محمد الرشيد");
+        for variant in ["مُحَمَّد الرَّشِيد", "محـمد الرشيد", "الدكتور محمد الرشيد"]
+        {
+            assert_eq!(subject_key(variant), plain, "{variant:?}");
+        }
+        assert_eq!(subject_key("أحمد"), subject_key("احمد"));
+        assert_eq!(subject_key("فاطمة"), subject_key("فاطمه"));
+        assert_ne!(subject_key("محمد"), subject_key("أحمد"));
+        // Other scripts stay as they are, lowercased.
+        assert_eq!(subject_key("Ἀλέξης Παππάς"), subject_key("ἀλεξης παππας"));
+        assert_eq!(subject_key("Пётр Иванов"), "петр иванов");
+        assert_eq!(subject_key("王小明"), "王小明");
+        assert_eq!(subject_key("राम शर्मा"), "राम शर्मा");
+        assert_ne!(subject_key("राम"), subject_key("रम"));
+        assert_eq!(subject_key("Strauß"), "strauss");
+    }
+
+    #[test]
+    fn a_surname_or_initials_match_the_full_name() {
+        let key = subject_key("Sir John Smith MP");
+        let m = |q: &str| name_match(&subject_key(q), &key);
+        assert_eq!(m("John Smith"), Some(NameMatch::Exact));
+        for partial in [
+            "smith",
+            "SMITH",
+            "J. Smith",
+            "Smith, John",
+            "John Michael Smith",
+        ] {
+            assert_eq!(m(partial), Some(NameMatch::Partial), "{partial:?}");
+        }
+        for other in ["Jane Smith", "Smithson", "J.", "J. S.", "Jones", "K. Smith"] {
+            assert_eq!(m(other), None, "{other:?}");
+        }
+        // The subject written with an initial matches the full name too.
+        assert_eq!(
+            name_match(&subject_key("John Smith"), &subject_key("J Smith")),
+            Some(NameMatch::Partial)
+        );
+        // Arabic: the family name alone, and a vocalised spelling.
+        let arabic = subject_key("محمد الرشيد");
+        assert_eq!(
+            name_match(&subject_key("الرشيد"), &arabic),
+            Some(NameMatch::Partial)
+        );
+        assert_eq!(
+            name_match(&subject_key("مُحَمَّد الرَّشِيد"), &arabic),
+            Some(NameMatch::Exact)
+        );
+        // Chinese: the family name is written joined to the given name.
+        assert_eq!(
+            name_match(&subject_key("王"), &subject_key("王小明")),
+            Some(NameMatch::Partial)
+        );
+        assert_eq!(name_match(&subject_key("李"), &subject_key("王小明")), None);
     }
 
     #[test]

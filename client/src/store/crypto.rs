@@ -179,6 +179,20 @@ impl Keys {
     }
 }
 
+impl Keys {
+    /// Keys no passphrase derives: for a filler store that must look like a
+    /// profile and open for no one (see `Store::create_filler`).
+    pub(crate) fn random() -> Keys {
+        let mut keys = Keys {
+            enc: [0; 32],
+            mac: [0; 32],
+        };
+        rand::rng().fill_bytes(&mut keys.enc);
+        rand::rng().fill_bytes(&mut keys.mac);
+        keys
+    }
+}
+
 /// A fresh random erase key.
 pub(crate) fn random_erase_key() -> [u8; ERASE_KEY_LEN] {
     let mut key = [0u8; ERASE_KEY_LEN];

@@ -136,6 +136,11 @@ pub struct AccountRecord {
     /// crypto-erases the real profile it stands in for.
     #[serde(default)]
     pub duress_erases_real: bool,
+    /// The real profile's knowledge that its second store slot holds a
+    /// decoy (a duress passphrase is set) rather than a filler; nothing on
+    /// disk outside this encrypted record says which.
+    #[serde(default)]
+    pub duress_decoy_set: bool,
 }
 
 impl fmt::Debug for AccountRecord {
@@ -552,6 +557,42 @@ impl Store {
     }
 
     fn create_with_params(dir: &Path, passphrase: &str, kdf: KdfParams) -> Result<Store> {
+        Self::create_keyed(dir, kdf, |salt, kdf, erase_key| {
+            Keys::derive_with_erase_key(passphrase, salt, kdf, Some(erase_key))
+                .map_err(|_| StoreError::Corrupt("unsupported key derivation parameters".into()))
+        })
+    }
+
+    /// Creates a store that no passphrase opens, in `dir`: the same files,
+    /// header (format, salt, Argon2 parameters) and verifier as a profile's,
+    /// but sealed under random keys that are then forgotten. Every profile
+    /// has one in its second slot until a duress passphrase puts a decoy
+    /// there, so a profile with a decoy looks like one without (ARCHITECTURE.md,
+    /// "Duress passphrase"). Runs no KDF.
+    ///
+    /// It holds what a newly registered profile holds, with `template`'s
+    /// relay and sizes ([`Store::fill_like_a_new_profile`]), so its files
+    /// are the size of a profile nobody has used yet.
+    pub fn create_filler(dir: &Path, template: &AccountRecord, one_time_keys: u32) -> Result<()> {
+        let store = Self::create_keyed(dir, KdfParams::default_params(), |_, _, _| {
+            Ok(Keys::random())
+        })?;
+        let filled = store.fill_like_a_new_profile(template, one_time_keys);
+        let flushed = store.inner.db.flush().map(|_| ()).map_err(StoreError::from);
+        drop(store);
+        if let Err(e) = filled.and(flushed) {
+            // Half a filler is not a filler: the caller makes a new one.
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn create_keyed(
+        dir: &Path,
+        kdf: KdfParams,
+        keys: impl FnOnce(&[u8], &KdfParams, &[u8]) -> Result<Keys>,
+    ) -> Result<Store> {
         let db = open_sled(dir)?;
         let meta = db.open_tree(TREE_META)?;
         // An interrupted create leaves sled files but no header; that is not a profile.
@@ -563,8 +604,7 @@ impl Store {
         // finished, so a finished profile always has one.
         let erase_key = crypto::random_erase_key();
         write_erase_key(dir, &erase_key)?;
-        let keys = Keys::derive_with_erase_key(passphrase, &salt, &kdf, Some(&erase_key))
-            .map_err(|_| StoreError::Corrupt("unsupported key derivation parameters".into()))?;
+        let keys = keys(&salt, &kdf, &erase_key)?;
         let header = Header {
             format: FORMAT_VERSION,
             salt: salt.to_vec(),
@@ -640,6 +680,53 @@ impl Store {
             let _ = d.sync_all();
         }
         Ok(true)
+    }
+
+    /// Destroys the profile's erase key like [`Store::crypto_erase`], but
+    /// leaves a file of random bytes in its place, with the old access and
+    /// modification times, so the store looks as it did and a passphrase
+    /// fails on it exactly as a wrong one does. The duress passphrase's
+    /// `--erase-real` uses it: someone watching must not learn that the
+    /// real profile was just destroyed. Returns false when there was no key.
+    pub fn crypto_erase_quietly(dir: &Path) -> Result<bool> {
+        use std::io::{Seek, Write};
+        let path = dir.join(ERASE_KEY_FILE);
+        let mut f = match std::fs::OpenOptions::new().write(true).open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::Io(e)),
+        };
+        let times = f.metadata().ok().and_then(|m| {
+            Some(
+                std::fs::FileTimes::new()
+                    .set_accessed(m.accessed().ok()?)
+                    .set_modified(m.modified().ok()?),
+            )
+        });
+        // Two random fills, each synced: the old key is gone from the file's
+        // blocks, and what stays is indistinguishable from a key.
+        for fill in [crypto::random_erase_key(), crypto::random_erase_key()] {
+            f.seek(std::io::SeekFrom::Start(0))
+                .map_err(StoreError::Io)?;
+            f.write_all(&fill).map_err(StoreError::Io)?;
+            f.sync_all().map_err(StoreError::Io)?;
+        }
+        if let Some(times) = times {
+            let _ = f.set_times(times);
+        }
+        Ok(true)
+    }
+
+    /// Opens and closes the database in `dir` without reading anything
+    /// (no keys needed), as any use of a store does: sled rewrites its
+    /// snapshot and the files' times move. Errors (a store held by another
+    /// process) are ignored: this only keeps a filler looking used.
+    pub fn touch(dir: &Path) {
+        if Store::exists(dir)
+            && let Ok(db) = open_sled(dir)
+        {
+            let _ = db.flush();
+        }
     }
 
     /// Whether `dir` looks like it holds a store (without opening or locking it).
@@ -1379,6 +1466,7 @@ mod tests {
             transport_hint: None,
             keys_rotated_at_ms: 0,
             duress_erases_real: false,
+            duress_decoy_set: false,
         }
     }
 

@@ -319,6 +319,66 @@ impl SenderKeyStore for Store {
 
 impl ProtocolStore for Store {}
 
+impl Store {
+    /// Writes what a newly registered profile holds (an account record like
+    /// `template` but with a fresh identity and account id, `count` one-time
+    /// EC and Kyber prekeys, a signed prekey and a Kyber last-resort key), so
+    /// that a filler store (`Store::create_filler`) has the trees, record
+    /// sizes and file sizes of a profile nobody has used yet.
+    pub(crate) fn fill_like_a_new_profile(
+        &self,
+        template: &super::AccountRecord,
+        count: u32,
+    ) -> super::Result<()> {
+        let failed = |_| StoreError::Corrupt("could not make the filler's keys".into());
+        let mut rng = rand::rng();
+        let identity = IdentityKeyPair::generate(&mut rng);
+        let mut account = template.clone();
+        account.account_id = Uuid::new_v4();
+        account.identity_key_pair = identity.serialize().to_vec();
+        account.registration_id = rand::Rng::random_range(&mut rng, 1..16380);
+        account.name = "x".repeat(template.name.len());
+        account.sender_certificate = None;
+        account.duress_erases_real = false;
+        account.duress_decoy_set = false;
+        self.set_account(&account)?;
+        let private = identity.private_key();
+        let first = self.next_ids(super::IdKind::PreKey, count)?;
+        for id in first..first + count {
+            let pair = libsignal_protocol::KeyPair::generate(&mut rng);
+            let bytes = PreKeyRecord::new(id.into(), &pair)
+                .serialize()
+                .map_err(failed)?;
+            self.put_raw(TREE_PREKEYS, &id_key(id), &bytes)?;
+        }
+        let first = self.next_ids(super::IdKind::KyberPreKey, count + 1)?;
+        for id in first..=first + count {
+            let record = KyberPreKeyRecord::generate(
+                libsignal_protocol::kem::KeyType::Kyber1024,
+                id.into(),
+                private,
+            )
+            .map_err(failed)?;
+            let bytes = record.serialize().map_err(failed)?;
+            self.put_raw(TREE_KYBER_PREKEYS, &id_key(id), &bytes)?;
+        }
+        self.set_kyber_last_resort((first + count).into())?;
+        let id = self.next_ids(super::IdKind::SignedPreKey, 1)?;
+        let pair = libsignal_protocol::KeyPair::generate(&mut rng);
+        let signature = private
+            .calculate_signature(&pair.public_key.serialize(), &mut rng)
+            .map_err(|_| StoreError::Corrupt("could not make the filler's keys".into()))?;
+        let record = SignedPreKeyRecord::new(
+            id.into(),
+            libsignal_protocol::Timestamp::from_epoch_millis(template.keys_rotated_at_ms),
+            &pair,
+            &signature,
+        );
+        let bytes = record.serialize().map_err(failed)?;
+        self.put_raw(TREE_SIGNED_PREKEYS, &id_key(id), &bytes)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -358,6 +418,7 @@ mod tests {
                 transport_hint: None,
                 keys_rotated_at_ms: 0,
                 duress_erases_real: false,
+                duress_decoy_set: false,
             })
             .expect("set_account");
         ProtocolAddress::new(account_id.to_string(), device())
