@@ -19,6 +19,7 @@
 //! before sign-in, what an attacker would send now), over QUIC and TCP. The
 //! per-address budget for unauthenticated connections is lifted, as if they
 //! came from many addresses, so the byte budget is what is measured.
+//! `--scenario hostile_memory` runs this phase alone.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -199,7 +200,7 @@ pub(crate) async fn run(runs: usize) -> anyhow::Result<Vec<Figure>> {
 /// The memory phase (see the module docs): for each transport and frame
 /// size, the relay's RSS growth in MiB while [`STALLED`] unauthenticated
 /// connections each hold a stalled frame.
-async fn memory_before_login(runs: usize) -> anyhow::Result<Vec<Figure>> {
+pub(crate) async fn memory_before_login(runs: usize) -> anyhow::Result<Vec<Figure>> {
     let cases = [
         ("QUIC", 500 * 1024),
         ("QUIC", 260 * 1024),

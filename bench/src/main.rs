@@ -61,6 +61,7 @@ const ALL: &[&str] = &[
     "cold_sync",
     "e2e",
     "hostile",
+    "hostile_memory",
     "panic",
     "ring",
 ];
@@ -114,6 +115,7 @@ fn main() -> anyhow::Result<()> {
                 "cold_sync" => cold_sync::run(runs).await,
                 "e2e" => e2e::run(runs).await,
                 "hostile" => hostile::run(runs).await,
+                "hostile_memory" => hostile::memory_before_login(runs).await,
                 "panic" => panic::run(runs).await,
                 "ring" => ring::run(runs).await,
                 _ => unreachable!("checked above"),

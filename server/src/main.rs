@@ -587,9 +587,11 @@ fn serve(data_dir: &Path) -> anyhow::Result<()> {
             )
         })?;
         {
+            // A relay keeps serving when nobody reads its stdout (a closed
+            // pipe would otherwise count as a quiet, successful exit).
             let mut out = std::io::stdout().lock();
-            writeln!(out, "listening on {}", running.local_addr)?;
-            out.flush()?;
+            let _ = writeln!(out, "listening on {}", running.local_addr);
+            let _ = out.flush();
         }
         let token = running.shutdown_token();
         loop {

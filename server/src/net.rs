@@ -193,12 +193,14 @@ impl Shared {
 
     /// Takes budget for an `len`-byte request frame about to be read on
     /// `ctx`: nothing when it has signed in; `Err` when the frame is over the
-    /// pre-sign-in cap, or the unauthenticated byte budget is spent.
+    /// pre-sign-in cap, or the connection's share (one frame at the cap at a
+    /// time, so one connection cannot take the whole budget with parallel
+    /// streams) or the relay-wide unauthenticated byte budget is spent.
     pub(crate) fn frame_budget(
         &self,
         ctx: &ConnCtx,
         len: usize,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, FrameRefusal> {
+    ) -> Result<Option<FrameBudget>, FrameRefusal> {
         if ctx.signed_in() {
             return Ok(None);
         }
@@ -207,10 +209,13 @@ impl Shared {
             return Err(FrameRefusal::TooLarge);
         }
         let n = u32::try_from(len.max(1)).map_err(|_| FrameRefusal::TooLarge)?;
-        Arc::clone(&self.pre_auth_bytes)
+        let own = Arc::clone(&ctx.pre_auth_bytes)
             .try_acquire_many_owned(n)
-            .map(Some)
-            .map_err(|_| FrameRefusal::Busy)
+            .map_err(|_| FrameRefusal::Busy)?;
+        let shared = Arc::clone(&self.pre_auth_bytes)
+            .try_acquire_many_owned(n)
+            .map_err(|_| FrameRefusal::Busy)?;
+        Ok(Some(FrameBudget(own, shared)))
     }
 
     /// Whether a new connection from `ip` may start its handshake now. Checked
@@ -344,6 +349,12 @@ impl Shared {
                 unauth: Some(unauth),
                 signed_in: None,
             }),
+            pre_auth_bytes: Arc::new(Semaphore::new(
+                self.relay
+                    .config()
+                    .pre_auth_max_frame()
+                    .min(Semaphore::MAX_PERMITS),
+            )),
         })
     }
 
@@ -546,6 +557,8 @@ pub(crate) struct ConnCtx {
     push_budget: Arc<Semaphore>,
     activity: Mutex<Activity>,
     slots: Mutex<Slots>,
+    /// This connection's share of the unauthenticated byte budget.
+    pre_auth_bytes: Arc<Semaphore>,
 }
 
 /// When a connection last finished a request, and how many are in progress.
@@ -560,6 +573,13 @@ struct Slots {
     unauth: Option<UnauthSlot>,
     signed_in: Option<(tokio::sync::OwnedSemaphorePermit, AddressSlot)>,
 }
+
+/// Bytes of a request frame being read before sign-in, held against the
+/// connection's share and the relay-wide budget until the request is served.
+pub(crate) struct FrameBudget(
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+    #[allow(dead_code)] tokio::sync::OwnedSemaphorePermit,
+);
 
 /// Why a request frame is not read before sign-in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

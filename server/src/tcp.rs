@@ -144,7 +144,7 @@ async fn read_unit<R: tokio::io::AsyncRead + Unpin>(
     max: usize,
     shared: &Shared,
     ctx: &net::ConnCtx,
-) -> Result<(u32, Vec<u8>, Option<tokio::sync::OwnedSemaphorePermit>), UnitError> {
+) -> Result<(u32, Vec<u8>, Option<net::FrameBudget>), UnitError> {
     use tokio::io::AsyncReadExt;
     let id = u32::from_be_bytes(frame::read_header::<{ mux::ID_LEN }, _>(reader).await?);
     let request = id != mux::PUSH && id != mux::CLOSING;

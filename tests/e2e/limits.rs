@@ -61,8 +61,9 @@ fn connections_per_address_are_limited_with_a_reason() {
     let alice = User::new(&relay, "Alice");
     let bob = User::new(&relay, "Bob");
     let carol = User::new(&relay, "Carol");
-    let (mut first, _) = alice.listen();
-    let (mut second, _) = bob.listen();
+    let (first, _) = alice.listen();
+    let (second, _) = bob.listen();
+    let (mut first, _second) = (Stopped(first), Stopped(second));
     let deadline = std::time::Instant::now() + sotto_tests::TIMEOUT;
     let err = loop {
         // Until both listeners have signed in, Carol may still get a slot.
@@ -83,9 +84,9 @@ fn connections_per_address_are_limited_with_a_reason() {
     // leave the slot taken until QUIC's idle timeout).
     let _ = std::process::Command::new("kill")
         .arg("-INT")
-        .arg(first.id().to_string())
+        .arg(first.0.id().to_string())
         .status();
-    let _ = first.wait();
+    let _ = first.0.wait();
     // With a slot free again, the same user gets through.
     let deadline = std::time::Instant::now() + sotto_tests::TIMEOUT;
     while !carol.run(&["sync"]).status.success() {
@@ -94,8 +95,16 @@ fn connections_per_address_are_limited_with_a_reason() {
             "carol never got the freed slot"
         );
     }
-    let _ = second.kill();
-    let _ = second.wait();
+}
+
+/// A `sotto listen` killed when the test ends, however it ends.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]

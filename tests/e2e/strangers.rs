@@ -260,8 +260,8 @@ fn frames_before_sign_in_are_capped_and_share_a_budget() {
     use sotto_tests::raw::Outcome;
     use sotto_wire::relay::{ErrorCode, response};
 
-    // The smallest budget allowed: one frame at the cap (264 KiB + 16 KiB).
-    let relay = Relay::start_with_env(&[("SOTTO_RELAY_UNAUTHENTICATED_BUFFER_BYTES", "286720")]);
+    // Two frames at the cap (264 KiB + 16 KiB each) in all.
+    let relay = Relay::start_with_env(&[("SOTTO_RELAY_UNAUTHENTICATED_BUFFER_BYTES", "573440")]);
     let alice = User::new(&relay, "Alice");
     let bob = User::new(&relay, "Bob");
     alice.add_contact("bob", &bob);
@@ -272,37 +272,49 @@ fn frames_before_sign_in_are_capped_and_share_a_budget() {
         },
         _ => None,
     };
+    let frame = |kib: u32, sent: usize| {
+        let mut f = (kib * 1024).to_be_bytes().to_vec();
+        f.extend_from_slice(&vec![8; sent]);
+        f
+    };
     let rt = runtime();
     rt.block_on(async {
+        let connect = || RawClient::danger_connect(relay.addr());
         // 500 KiB is under max_frame_bytes but over the cap before sign-in.
-        let big = RawClient::danger_connect(relay.addr())
-            .await
-            .expect("connect");
-        let mut frame = (500u32 * 1024).to_be_bytes().to_vec();
-        frame.extend_from_slice(&[8; 1024]);
-        let outcome = big.exchange(&frame, false).await;
+        let big = connect().await.expect("connect");
+        let outcome = big.exchange(&frame(500, 1024), false).await;
         assert_eq!(code(&outcome), Some(ErrorCode::TooLarge), "{outcome:?}");
 
-        // One stalled 200 KiB frame holds most of the budget...
-        let staller = RawClient::danger_connect(relay.addr())
-            .await
-            .expect("connect");
-        let (mut send, _recv) = staller.connection().open_bi().await.expect("stream");
-        let mut partial = (200u32 * 1024).to_be_bytes().to_vec();
-        partial.extend_from_slice(&[8; 100 * 1024]);
-        tokio::time::timeout(TIMEOUT, send.write_all(&partial))
-            .await
-            .expect("the relay reads a frame it has budget for")
-            .expect("write");
-        // ...so the next one is told to come back, not held.
-        let next = RawClient::danger_connect(relay.addr())
-            .await
-            .expect("connect");
-        let mut frame = (200u32 * 1024).to_be_bytes().to_vec();
-        frame.extend_from_slice(&[8; 1024]);
-        let outcome = next.exchange(&frame, false).await;
+        // A stalled 200 KiB frame on each of two connections...
+        let mut held = Vec::new();
+        let mut stallers = Vec::new();
+        for _ in 0..2 {
+            let staller = connect().await.expect("connect");
+            let (mut send, recv) = staller.connection().open_bi().await.expect("stream");
+            tokio::time::timeout(TIMEOUT, send.write_all(&frame(200, 100 * 1024)))
+                .await
+                .expect("the relay reads a frame it has budget for")
+                .expect("write");
+            held.push((send, recv));
+            stallers.push(staller);
+        }
+        // ...leaves the first no room for another 100 KiB (one frame at the
+        // cap per connection, though the budget has 160 KiB left)...
+        let outcome = stallers[0].exchange(&frame(100, 1024), false).await;
         assert_eq!(code(&outcome), Some(ErrorCode::Unavailable), "{outcome:?}");
-        drop(send);
+        // ...and a third connection's 200 KiB is told to come back, not held.
+        let next = connect().await.expect("connect");
+        let outcome = next.exchange(&frame(200, 1024), false).await;
+        assert_eq!(code(&outcome), Some(ErrorCode::Unavailable), "{outcome:?}");
+        // A smaller one still fits: read whole and decoded (its bytes of 8
+        // say protocol version 8, which is refused).
+        let outcome = next.exchange(&frame(100, 100 * 1024), true).await;
+        assert_eq!(
+            code(&outcome),
+            Some(ErrorCode::UnsupportedVersion),
+            "{outcome:?}"
+        );
+        drop(held);
     });
     // Signed-in members do not draw on that budget.
     alice.ok(&["send", "bob", "unaffected"]);
