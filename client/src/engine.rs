@@ -94,6 +94,9 @@ pub enum EngineError {
         "no contact named {0:?}: add one with `sotto contact add NAME CODE` (see `sotto contact list`)"
     )]
     UnknownContact(String),
+    /// No group has that title or id prefix.
+    #[error("no group matching {0:?}: see `sotto groups` for titles and ids")]
+    UnknownGroup(String),
     /// A contact by that name already exists.
     #[error("a contact named {0:?} already exists; pick another name")]
     ContactExists(String),

@@ -1089,11 +1089,13 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             let mut printer = Printer::new(json, false);
             // A contact's conversation, else a group's.
             let messages = match engine.history(&name) {
-                Err(EngineError::UnknownContact(_)) => engine.group_history(&name).map_err(|_| {
-                    anyhow::anyhow!(
+                // An ambiguous title says which groups it matches.
+                Err(EngineError::UnknownContact(_)) => match engine.group_history(&name) {
+                    Err(EngineError::UnknownGroup(_)) => bail!(
                         "no contact or group called \"{name}\": see `sotto contact list` and `sotto groups`"
-                    )
-                })?,
+                    ),
+                    other => other?,
+                },
                 other => other?,
             };
             for message in messages {

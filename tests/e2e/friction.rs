@@ -44,6 +44,10 @@ fn contacts_by_any_case_renamed_removed_and_strangers_found_again() {
     let err = ann.fails(&["contact", "add", "bob", &amira.code()]);
     assert!(err.contains("already exists"), "{err}");
     ann.ok(&["send", "bob", "hi bob"]);
+    // A member named by my contact name, in any case.
+    ann.ok(&["group", "create", "Staff"]);
+    ann.ok(&["group", "add", "Staff", "BOB"]);
+    ann.ok(&["group", "promote", "Staff", "bob"]);
     bob.add_contact("ann", &ann);
     bob.ok(&["send", "ann", "hello ann"]);
     ann.ok(&["sync"]);
@@ -129,6 +133,8 @@ fn titles_with_emoji_paste_back_and_duplicate_titles_are_named_by_id() {
         "{err}"
     );
     assert!(ann.ok(&["group", "members", &second_id]).contains("Ann"));
+    let err = ann.fails(&["history", title]);
+    assert!(err.contains("matches 2 groups"), "{err}");
     let groups = ann.ok(&["groups"]);
     assert!(
         groups.contains(&first_id) && groups.contains(&second_id),

@@ -192,9 +192,7 @@ impl Engine {
         }
         match found.as_slice() {
             [g] => Ok((*g).clone()),
-            [] => Err(EngineError::Invalid(format!(
-                "no group matching {query:?}: see `sotto groups` for titles and ids"
-            ))),
+            [] => Err(EngineError::UnknownGroup(query.trim().to_string())),
             several => {
                 let list: Vec<String> = several
                     .iter()
@@ -240,7 +238,7 @@ impl Engine {
 
     fn find_in(&self, candidates: &[(Uuid, String)], who: &str, what: &str) -> Result<Uuid> {
         let who = who.trim();
-        if let Some(c) = self.store.contact(who)?
+        if let Some(c) = self.find_contact(who)?
             && candidates.iter().any(|(a, _)| *a == c.account_id)
         {
             return Ok(c.account_id);
