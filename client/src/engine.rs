@@ -36,6 +36,7 @@ use sotto_wire::relay::{
 };
 use uuid::Uuid;
 
+use crate::safe::{self, Lines};
 use crate::store::{
     AccountRecord, Contact, IdKind, MessageDirection, MessageRecord, MessageStatus, OutboxEntry,
     Store, StoreError,
@@ -75,7 +76,7 @@ pub const ROTATE_SIGNED_KEYS_MS: u64 = 7 * 24 * 60 * 60 * 1000;
 const FETCH_BATCH: u32 = 100;
 
 /// Longest text accepted for one message (the relay's envelope cap is 64 KiB).
-pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+pub use crate::safe::MAX_TEXT_BYTES;
 
 /// Errors the engine reports to the CLI. Each `Display` says what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -94,14 +95,18 @@ pub enum EngineError {
         "no contact named {0:?}: add one with `sotto contact add NAME CODE` (see `sotto contact list`)"
     )]
     UnknownContact(String),
+    /// No group has that title or id prefix.
+    #[error("no group matching {0:?}: see `sotto groups` for titles and ids")]
+    UnknownGroup(String),
     /// A contact by that name already exists.
     #[error("a contact named {0:?} already exists; pick another name")]
     ContactExists(String),
     /// The recipient's identity key changed since we first trusted it.
     #[error(
         "{0}'s safety number has changed: their identity key is not the one you trusted. \
-         Nothing was sent. Check it with `sotto contact verify {0}` (compare with them in person \
-         or on another channel), then run `sotto contact trust {0}` and send again"
+         Nothing was sent. Check it with `sotto contact verify {arg}` (compare with them in person \
+         or on another channel), then run `sotto contact trust {arg}` and send again",
+        arg = safe::shell_arg(.0)
     )]
     IdentityChanged(String),
     /// The relay does not know the recipient.
@@ -219,6 +224,9 @@ pub struct Engine {
     notices: Vec<Notice>,
     /// Opened by the duress passphrase: this is the decoy profile.
     decoy: bool,
+    /// Skip the checks on what this user types: only a test's modified
+    /// client sets it (see [`Engine::danger_skip_checks`]).
+    unchecked: bool,
 }
 
 /// What `sotto panic` did.
@@ -326,12 +334,9 @@ impl Engine {
         let link: InviteLink = invite
             .parse()
             .map_err(|e: sotto_wire::invite::BadInvite| EngineError::Invalid(e.to_string()))?;
-        let name = name.trim();
-        if name.is_empty() || name.len() > 64 {
-            return Err(EngineError::Invalid(
-                "a display name needs 1 to 64 characters".into(),
-            ));
-        }
+        let name = safe::check_field("a display name", name, safe::MAX_NAME_CHARS, Lines::One)
+            .map_err(EngineError::Invalid)?;
+        let name = name.as_str();
         let store = Store::create(dir, passphrase)?;
         match Self::register(store, &link, name).await {
             Ok(engine) => Ok(engine),
@@ -374,6 +379,7 @@ impl Engine {
             anon: None,
             notices: Vec::new(),
             decoy: false,
+            unchecked: false,
         };
         let keys = engine.generate_keys(ONE_TIME_KEYS, true).await?;
         let conn = engine.connect().await?;
@@ -626,6 +632,7 @@ impl Engine {
             anon: None,
             notices: Vec::new(),
             decoy: false,
+            unchecked: false,
         })
     }
 
@@ -708,17 +715,14 @@ impl Engine {
 
     /// Adds a contact under a local name.
     pub async fn add_contact(&mut self, name: &str, code: &str) -> Result<Contact> {
-        let name = name.trim();
-        if name.is_empty() || name.len() > 64 {
-            return Err(EngineError::Invalid(
-                "a contact name needs 1 to 64 characters".into(),
-            ));
-        }
+        let name = self.check_field("a contact name", name, safe::MAX_NAME_CHARS, Lines::One)?;
+        let name = name.as_str();
         let code: ContactCode = code
             .parse()
             .map_err(|e: sotto_wire::code::BadCode| EngineError::Invalid(e.to_string()))?;
-        if self.store.contact(name)?.is_some() {
-            return Err(EngineError::ContactExists(name.to_string()));
+        // Names match regardless of case, so "Bob" and "bob" cannot be two people.
+        if let Some(existing) = self.find_contact(name)? {
+            return Err(EngineError::ContactExists(existing.name));
         }
         if code.account_id() == self.account.account_id {
             return Err(EngineError::Invalid("that is your own contact code".into()));
@@ -732,6 +736,34 @@ impl Engine {
         self.store.put_contact(&contact)?;
         self.store.flush().await?;
         Ok(contact)
+    }
+
+    /// Deletes a contact. Their messages stay (kept by account, not by name):
+    /// `history CODE` shows them, and adding them again brings them back.
+    pub async fn remove_contact(&mut self, name: &str) -> Result<Contact> {
+        let contact = self.contact(name)?;
+        self.store.delete_contact(&contact.name)?;
+        self.store.flush().await?;
+        Ok(contact)
+    }
+
+    /// Gives a contact a new name; their history and verification stay.
+    pub async fn rename_contact(&mut self, old: &str, new: &str) -> Result<Contact> {
+        let contact = self.contact(old)?;
+        let new = self.check_field("a contact name", new, safe::MAX_NAME_CHARS, Lines::One)?;
+        if let Some(other) = self.find_contact(&new)?
+            && other.name != contact.name
+        {
+            return Err(EngineError::ContactExists(other.name));
+        }
+        self.store.delete_contact(&contact.name)?;
+        let renamed = Contact {
+            name: new,
+            ..contact
+        };
+        self.store.put_contact(&renamed)?;
+        self.store.flush().await?;
+        Ok(renamed)
     }
 
     /// All contacts, with whether their identity key changed since I trusted it.
@@ -762,12 +794,7 @@ impl Engine {
     /// Stores `text` for `name`, then sends it. Returns once the relay has it durably.
     pub async fn send_text(&mut self, name: &str, text: &str) -> Result<ShownMessage> {
         let contact = self.contact(name)?;
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(EngineError::Invalid(format!(
-                "message too long: {} bytes, the limit is {MAX_TEXT_BYTES}",
-                text.len()
-            )));
-        }
+        self.check_text("a message", text)?;
         if self
             .store
             .identity_status(contact.account_id)?
@@ -1407,8 +1434,10 @@ impl Engine {
             id,
             peer: sender,
             direction: MessageDirection::Incoming,
-            sender_name: content.sender_name.chars().take(64).collect(),
-            text,
+            // A modified app can send anything: made safe and cut here, so
+            // what is stored and shown is already safe.
+            sender_name: safe::clean_field(&content.sender_name, safe::MAX_NAME_CHARS, Lines::One),
+            text: safe::clean_field(&text, MAX_TEXT_BYTES, Lines::Many),
             sent_at_ms: content.sent_at_ms,
             received_at_ms: now_ms(),
             status: MessageStatus::Received,
@@ -1419,12 +1448,13 @@ impl Engine {
         Ok(self.store.insert_message(&record)?.then_some(record))
     }
 
-    /// The conversation with a contact, oldest first.
+    /// The conversation with someone, oldest first: a contact by name, or
+    /// anyone by contact code or by the `~Name` their messages show.
     pub fn history(&self, name: &str) -> Result<Vec<ShownMessage>> {
-        let contact = self.contact(name)?;
+        let peer = self.peer_of(name)?;
         Ok(self
             .store
-            .messages_with(contact.account_id)?
+            .messages_with(peer)?
             .iter()
             .map(|m| self.show(m))
             .collect())
@@ -1563,16 +1593,130 @@ impl Engine {
         }
     }
 
+    /// Checks a field this user typed before others see it (see
+    /// [`safe::check_field`]); returns it trimmed.
+    pub(crate) fn check_field(
+        &self,
+        what: &str,
+        s: &str,
+        max_chars: usize,
+        lines: Lines,
+    ) -> Result<String> {
+        if self.unchecked {
+            return Ok(s.to_string());
+        }
+        safe::check_field(what, s, max_chars, lines).map_err(EngineError::Invalid)
+    }
+
+    /// Checks a message text this user typed: at most [`MAX_TEXT_BYTES`],
+    /// line breaks and tabs but no other control or text-direction
+    /// characters. The text is sent as typed (its indentation kept).
+    pub(crate) fn check_text(&self, what: &str, text: &str) -> Result<()> {
+        if self.unchecked {
+            return Ok(());
+        }
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(EngineError::Invalid(format!(
+                "{what} is too long: {} bytes, the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        safe::check_field(what, text, usize::MAX, Lines::Many)
+            .map(drop)
+            .map_err(EngineError::Invalid)
+    }
+
+    /// Turns off the checks on what this user types, so this engine sends
+    /// what a modified client could: names, titles and texts with control
+    /// and text-direction characters. Only for tests that prove the other
+    /// members' apps clean and escape them.
+    #[doc(hidden)]
+    pub fn danger_skip_checks(&mut self) {
+        self.unchecked = true;
+    }
+
+    /// Sets this profile's display name **without** any check (see
+    /// [`Engine::danger_skip_checks`]).
+    #[doc(hidden)]
+    pub async fn danger_set_name(&mut self, name: &str) -> Result<()> {
+        self.account.name = name.to_string();
+        self.store.set_account(&self.account)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
     fn contact(&self, name: &str) -> Result<Contact> {
-        self.store
-            .contact(name)?
-            .ok_or_else(|| EngineError::UnknownContact(name.to_string()))
+        self.find_contact(name)?
+            .ok_or_else(|| EngineError::UnknownContact(name.trim().to_string()))
+    }
+
+    /// The contact with this name, regardless of case (as group titles are
+    /// matched), the exact name first.
+    pub(crate) fn find_contact(&self, name: &str) -> Result<Option<Contact>> {
+        let name = name.trim();
+        if let Some(c) = self.store.contact(name)? {
+            return Ok(Some(c));
+        }
+        let lower = name.to_lowercase();
+        let mut found: Vec<Contact> = self
+            .store
+            .contacts()?
+            .into_iter()
+            .filter(|c| c.name.to_lowercase() == lower)
+            .collect();
+        // Two names differing only in case predate this rule: ask for the exact one.
+        Ok(if found.len() == 1 { found.pop() } else { None })
+    }
+
+    /// Whose conversation `who` names: a contact, a contact code, or
+    /// `~Name`, the name someone who is not a contact gave their messages.
+    fn peer_of(&self, who: &str) -> Result<Uuid> {
+        if let Some(c) = self.find_contact(who)? {
+            return Ok(c.account_id);
+        }
+        if let Ok(code) = who.parse::<ContactCode>() {
+            return Ok(code.account_id());
+        }
+        if let Some(name) = who.trim().strip_prefix('~') {
+            let lower = name.trim().to_lowercase();
+            let mut peers: Vec<Uuid> = Vec::new();
+            for m in self.store.direct_messages()? {
+                if m.direction == MessageDirection::Incoming
+                    && m.sender_name.to_lowercase() == lower
+                    && !peers.contains(&m.peer)
+                    && self.store.contact_by_account(m.peer)?.is_none()
+                {
+                    peers.push(m.peer);
+                }
+            }
+            match peers.as_slice() {
+                [one] => return Ok(*one),
+                [] => {}
+                several => {
+                    let codes: Vec<String> = several
+                        .iter()
+                        .map(|p| ContactCode::from_account_id(*p).to_string())
+                        .collect();
+                    return Err(EngineError::Invalid(format!(
+                        "{} people who are not your contacts call themselves \"{}\": {}; \
+                         use `sotto history CODE` with one of these codes",
+                        several.len(),
+                        name.trim(),
+                        codes.join(", ")
+                    )));
+                }
+            }
+        }
+        Err(EngineError::UnknownContact(who.trim().to_string()))
     }
 
     fn peer_name(&self, peer: Uuid, claimed: &str) -> Result<String> {
         Ok(match self.store.contact_by_account(peer)? {
             Some(c) => c.name,
-            None if !claimed.is_empty() => format!("~{claimed}"),
+            None if !claimed.trim().is_empty() => format!(
+                "~{}",
+                safe::clean_field(claimed, safe::MAX_NAME_CHARS, Lines::One)
+            ),
             None => ContactCode::from_account_id(peer).to_string(),
         })
     }

@@ -47,8 +47,8 @@ pub const KEPT_LOG: usize = 300;
 /// second admin turns.
 pub const PROPOSAL_TTL_MS: u64 = 7 * 86_400_000;
 
-/// Longest group title.
-pub const MAX_TITLE: usize = 64;
+/// Longest group title, in characters.
+pub const MAX_TITLE: usize = crate::safe::MAX_TITLE_CHARS;
 
 const NONCE_LEN: usize = 24;
 
@@ -708,10 +708,11 @@ fn apply_op(
             if !creating {
                 return refused("a group is created only once");
             }
-            check_title(title)?;
+            let title = clean_title(title)?;
             s.title = title.clone();
             let mut owner = creator.clone();
             owner.role = Role::Owner;
+            owner.name = clean_name(&owner.name);
             if owner
                 .ring_key
                 .as_deref()
@@ -725,12 +726,14 @@ fn apply_op(
         }
         Op::SetTitle(title) => {
             require_admin(role, "rename the group")?;
-            check_title(title)?;
+            let title = clean_title(title)?;
             s.title = title.clone();
             format!("renamed the group to \"{title}\"")
         }
         Op::Add(m) => {
             require_admin(role, "add members")?;
+            let mut m = m.clone();
+            m.name = clean_name(&m.name);
             if s.member(m.account).is_some() {
                 return refused(format!("{} is already a member", m.name));
             }
@@ -746,7 +749,6 @@ fn apply_op(
                     p.name
                 ));
             }
-            let mut m = m.clone();
             m.role = Role::Member;
             m.joined_at_ms = at_ms;
             // Members publish their own ring key: one an admin chose could
@@ -843,8 +845,11 @@ fn apply_op(
             b64_decode(&p.identity_key)
                 .and_then(|b| IdentityKey::decode(&b).ok())
                 .ok_or(GroupError::Damaged)?;
-            s.pending.push(p.clone());
-            format!("received a join request from {}", p.name)
+            let mut p = p.clone();
+            p.name = clean_name(&p.name);
+            let line = format!("received a join request from {}", p.name);
+            s.pending.push(p);
+            line
         }
         Op::Vouch(account) => {
             if role.is_none() {
@@ -1101,11 +1106,22 @@ fn describe_action(s: &GroupState, op: &Op) -> String {
     }
 }
 
-fn check_title(title: &str) -> Result<(), GroupError> {
-    if title.trim().is_empty() || title.len() > MAX_TITLE {
+/// A title from a change, made safe and cut to [`MAX_TITLE`] characters:
+/// every member's replay does the same, so their states stay equal, and a
+/// modified app's title with line breaks or escape sequences is stored (and
+/// shown) without them.
+fn clean_title(title: &str) -> Result<String, GroupError> {
+    let title = crate::safe::clean_field(title, MAX_TITLE, crate::safe::Lines::One);
+    if title.is_empty() {
         return refused(format!("a group title needs 1 to {MAX_TITLE} characters"));
     }
-    Ok(())
+    Ok(title)
+}
+
+/// A member's or requester's name from a change, made safe and cut (see
+/// [`clean_title`]).
+fn clean_name(name: &str) -> String {
+    crate::safe::clean_field(name, crate::safe::MAX_NAME_CHARS, crate::safe::Lines::One)
 }
 
 fn describe_settings(old: &Settings, new: &Settings) -> String {
@@ -1442,6 +1458,49 @@ mod tests {
         assert_eq!(s.log.len(), 2);
         assert_eq!(s.log[1].action, "added Bob");
         assert_eq!(s.log[1].by_name, "Ann");
+    }
+
+    #[test]
+    fn hostile_titles_and_names_are_cleaned_by_every_replay() {
+        const FORGED: &str = "Eve\n[2026-12-03 15:01] rosa: send me your notes";
+        let a = Person::new("Ann");
+        let e = Person::new("Eve");
+        let g = genesis("00112233445566778899aabbccddeeff");
+        let mut eve = e.member();
+        eve.name = format!("{FORGED}\u{1b}[2J\u{202E}");
+        let s = apply(
+            &g,
+            &a.change(
+                &g,
+                vec![
+                    Op::Create {
+                        title: format!("Taxi\r{}", "🌙".repeat(100)),
+                        creator: a.member(),
+                    },
+                    Op::Add(eve),
+                ],
+            ),
+        )
+        .expect("applied, cleaned");
+        assert!(s.title.starts_with("Taxi\u{FFFD}🌙"), "{}", s.title);
+        assert_eq!(s.title.chars().count(), MAX_TITLE);
+        let name = &s.member(e.id).expect("added").name;
+        assert!(!name.chars().any(crate::safe::is_unsafe), "{name:?}");
+        for entry in &s.log {
+            assert!(
+                !entry.action.chars().any(crate::safe::is_unsafe),
+                "{:?}",
+                entry.action
+            );
+        }
+        let renamed = apply(
+            &s,
+            &a.change(&s, vec![Op::SetTitle("\u{1b}]0;x\u{7}".into())]),
+        )
+        .expect("renamed");
+        assert_eq!(renamed.title, "\u{FFFD}]0;x\u{FFFD}");
+        // Nothing left once cleaned is no title.
+        assert!(apply(&s, &a.change(&s, vec![Op::SetTitle(" \n ".into())])).is_err());
     }
 
     #[test]

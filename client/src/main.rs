@@ -2,6 +2,9 @@
 //! one object per line) so scripts and tests can drive it.
 
 use std::io::Write;
+
+#[macro_use]
+mod cli;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -246,7 +249,7 @@ fn print_subject(out: &mut impl Write, s: &sotto_client::engine::SubjectSummary)
     if !s.roles.is_empty() {
         head.push_str(&format!(" — {}", s.roles.join("; ")));
     }
-    writeln!(out, "{head}")?;
+    say!(out, "{head}")?;
     let kinds: Vec<String> = s
         .kinds
         .iter()
@@ -258,7 +261,7 @@ fn print_subject(out: &mut impl Write, s: &sotto_client::engine::SubjectSummary)
             }
         })
         .collect();
-    writeln!(
+    say!(
         out,
         "  reported by {} first-hand, {} second-hand; newest {}; {}; in {}",
         s.firsthand_reporters,
@@ -304,13 +307,13 @@ fn print_subject(out: &mut impl Write, s: &sotto_client::engine::SubjectSummary)
             ));
         }
         line.push_str(&format!(" [{} {}]", w.group, &w.id[..8]));
-        writeln!(out, "{line}")?;
+        say!(out, "{line}")?;
         if let Some(card) = &w.routes {
             let next: Vec<String> = card.routes.iter().map(|r| r.short_text()).collect();
-            writeln!(out, "    can go to: {}", next.join("; "))?;
+            say!(out, "    can go to: {}", next.join("; "))?;
         }
     }
-    writeln!(
+    say!(
         out,
         "  Details and contacts: `sotto routes --kind KIND --when DATE`."
     )?;
@@ -328,7 +331,7 @@ async fn panic_command(home: &Path, offline: bool) -> Result<()> {
         (false, Ok(p)) if !p.is_empty() => match Engine::open(home, &p) {
             Ok(engine) => Some(engine),
             Err(e) => {
-                eprintln!("cannot open the profile to tell the relay ({e}); erasing it anyway");
+                tell!("cannot open the profile to tell the relay ({e}); erasing it anyway");
                 None
             }
         },
@@ -339,31 +342,31 @@ async fn panic_command(home: &Path, offline: bool) -> Result<()> {
         None => sotto_client::engine::panic_offline(home),
     };
     match &report.erased {
-        Ok(true) => println!(
+        Ok(true) => show!(
             "Erased: the key to this profile was destroyed in {:.0} ms; nothing in it can be read again.",
             report.erase_ms
         ),
-        Ok(false) => println!(
+        Ok(false) => show!(
             "This profile predates erase keys: its files were deleted, but may be recoverable \
              from the disk."
         ),
-        Err(e) => eprintln!("could not destroy the erase key: {e}"),
+        Err(e) => tell!("could not destroy the erase key: {e}"),
     }
     match &report.deregistered {
-        Some(Ok(())) => println!("The relay deleted the account and its waiting messages."),
-        Some(Err(e)) => println!(
+        Some(Ok(())) => show!("The relay deleted the account and its waiting messages."),
+        Some(Err(e)) => show!(
             "The relay could not be told ({e}); it keeps the account until its messages expire."
         ),
-        None => println!(
+        None => show!(
             "The relay was not told (no SOTTO_PASSPHRASE, or --offline); it keeps the account \
              until its messages expire or its operator removes it."
         ),
     }
     if let Err(e) = &report.files_removed {
-        eprintln!("some files could not be deleted: {e}");
+        tell!("some files could not be deleted: {e}");
     }
     if listening {
-        println!("A running `sotto listen` still holds the keys in memory: stop it now.");
+        show!("A running `sotto listen` still holds the keys in memory: stop it now.");
     }
     if report.erased.is_err() {
         bail!("the profile may still be readable");
@@ -376,7 +379,7 @@ fn routes(kind: Option<String>, when: Option<String>, json: bool) -> Result<()> 
     let routes = sotto_client::routes::Routes::from_env()
         .context("cannot read the routes file named by SOTTO_ROUTES")?;
     let today = sotto_client::routes::today();
-    let mut out = std::io::stdout().lock();
+    let mut out = cli::stdout();
     match kind {
         Some(kind) => {
             let date = when
@@ -386,9 +389,9 @@ fn routes(kind: Option<String>, when: Option<String>, json: bool) -> Result<()> 
                 .map_err(|e| anyhow::anyhow!("--when: {e}"))?;
             let card = routes.card_data(&kind, date, today)?;
             if json {
-                writeln!(out, "{}", serde_json::to_string(&card)?)?;
+                cli::json(out.by_ref(), &card)?;
             } else {
-                write!(out, "{}", card.render())?;
+                cli::lines(out.by_ref(), &card.render())?;
             }
         }
         None if json => {
@@ -396,15 +399,15 @@ fn routes(kind: Option<String>, when: Option<String>, json: bool) -> Result<()> 
                 .iter()
                 .filter_map(|k| routes.card_data(k, None, today).ok())
                 .collect();
-            writeln!(out, "{}", serde_json::to_string(&all)?)?;
+            cli::json(out.by_ref(), &all)?;
         }
         None => {
             let meta = routes.meta();
-            writeln!(out, "{} ({})", meta.name, meta.jurisdiction)?;
+            say!(out, "{} ({})", meta.name, meta.jurisdiction)?;
             for r in routes.routes() {
-                writeln!(out, "- {}: {}", r.name, r.kinds.join(", "))?;
+                say!(out, "- {}: {}", r.name, r.kinds.join(", "))?;
             }
-            writeln!(
+            say!(
                 out,
                 "See one kind, with deadlines: sotto routes --kind KIND --when 2024-03-14"
             )?;
@@ -698,26 +701,19 @@ fn print_proposed_message(
     out: &mut impl Write,
     m: &sotto_client::engine::ProposedMessage,
 ) -> Result<()> {
-    use sotto_client::safe;
     if let Some((subject, kind)) = &m.warning {
-        writeln!(
-            out,
-            "    it is a warning about {} ({})",
-            safe::line(subject),
-            safe::line(kind)
-        )?;
+        say!(out, "    it is a warning about {subject} ({kind})")?;
     }
     match (&m.text, &m.author, m.sent_at_ms) {
-        (Some(text), Some(author), Some(at)) => writeln!(
+        (Some(text), Some(author), Some(at)) => cli::entry(
             out,
-            "    the message, from {} at {}: {}",
-            safe::line(author),
-            clock(at),
-            safe::block(text, 6)
+            &format!("    the message, from {author} at {}: ", clock(at)),
+            text,
+            "",
         )?,
-        (Some(text), _, _) => writeln!(out, "    the message: {}", safe::block(text, 6))?,
+        (Some(text), _, _) => cli::entry(out, "    the message: ", text, "")?,
         _ if m.warning.is_some() => {}
-        _ => writeln!(
+        _ => say!(
             out,
             "    your app does not have this message (it may have disappeared or been \
              deleted, or been sent before you joined); ask the proposer what it said"
@@ -732,17 +728,18 @@ fn report_anonymous(
     posted: &sotto_client::engine::PostedAnonymously,
 ) -> Result<()> {
     if posted.via_moderator {
-        writeln!(
+        say!(
             out,
             "Sent {} to the moderators for approval; once one publishes it, members see \
              \"a member (approved by a moderator)\". The moderators know it was you.",
             &posted.id[..8]
         )?;
     } else {
-        writeln!(
+        say!(
             out,
             "posted {} as \"a member\" (one of {} members who could have written it)",
-            posted.id, posted.ring
+            posted.id,
+            posted.ring
         )?;
     }
     Ok(())
@@ -757,11 +754,12 @@ fn report_moderation(
 ) -> Result<()> {
     use sotto_client::engine::Moderation;
     match m {
-        Moderation::Done(_) => writeln!(out, "{done}")?,
-        Moderation::Proposed { id, have, needed } => writeln!(
+        Moderation::Done(_) => say!(out, "{done}")?,
+        Moderation::Proposed { id, have, needed } => say!(
             out,
             "Proposed as {id}: {have} of {needed} admins agree so far. Other admins agree with \
-             `sotto group agree {group:?} {id}`; members see it in `sotto group log`."
+             `sotto group agree {} {id}`; members see it in `sotto group log`.",
+            sotto_client::safe::shell_arg(group)
         )?,
     }
     Ok(())
@@ -821,6 +819,18 @@ enum ContactCommand {
         /// Contact name
         name: String,
     },
+    /// Remove a contact; your messages with them stay (see `sotto history CODE`)
+    Remove {
+        /// Contact name
+        name: String,
+    },
+    /// Give a contact another name; your history with them stays
+    Rename {
+        /// Their name now
+        old: String,
+        /// The new name
+        new: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -847,7 +857,7 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start: {e}");
+            tell!("error: cannot start: {e}");
             std::process::exit(1);
         }
     };
@@ -861,7 +871,7 @@ fn main() {
         if broken_pipe {
             std::process::exit(0);
         }
-        eprintln!("error: {e:#}");
+        cli::error(&format!("{e:#}"));
         std::process::exit(1);
     }
 }
@@ -879,11 +889,11 @@ async fn run(cli: Cli) -> Result<()> {
             std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
         let v = sotto_client::engine::verify_proof(&bytes)
             .map_err(|e| anyhow::anyhow!("the proof does not verify: {e}"))?;
-        println!(
+        show!(
             "Valid: this note existed by {} (the relay's clock), unchanged since.",
             sotto_client::engine::day_time(v.existed_by_ms)
         );
-        println!(
+        show!(
             "It rests on the relay whose trust-root fingerprint is\n  {}\nCheck that it is the \
              relay's: its operator sees it with `sotto-relay stats`, and any member of that \
              relay with `sotto whoami` (\"relay's trust-root fingerprint\"). \
@@ -891,9 +901,10 @@ async fn run(cli: Cli) -> Result<()> {
             v.trust_root_fingerprint
         );
         if let Some(name) = &v.file_name {
-            println!("Attached file: {name}");
+            show!("Attached file: {name}");
         }
-        println!("---\n{}", v.text);
+        show!("---");
+        cli::entry(&mut cli::stdout(), "", &v.text, "")?;
         return Ok(());
     }
     if let Command::Panic { offline } = cli.command {
@@ -911,9 +922,9 @@ async fn run(cli: Cli) -> Result<()> {
             .with_context(|| format!("cannot create {} (0700)", home.display()))?;
         let passphrase = passphrase(true)?;
         let mut engine = Engine::init(&home, &passphrase, invite, name).await?;
-        println!("Registered as {}. Your contact code:", engine.name());
-        println!("{}", engine.code());
-        println!("Give it to people you trust; add theirs with `sotto contact add NAME CODE`.");
+        show!("Registered as {}. Your contact code:", engine.name());
+        show!("{}", engine.code());
+        show!("Give it to people you trust; add theirs with `sotto contact add NAME CODE`.");
         engine.close().await;
         return Ok(());
     }
@@ -960,7 +971,7 @@ async fn via_listener(home: &Path, passphrase: String, command: Command) -> Resu
         .map_err(|_| StoreError::Locked)?;
     match (reply.id, reply.error) {
         (Some(id), _) if reply.queued => {
-            println!(
+            show!(
                 "queued {id}: the relay cannot be reached now; the running `sotto listen` \
                  sends it by itself when the relay is back (do not send it again)"
             );
@@ -968,7 +979,7 @@ async fn via_listener(home: &Path, passphrase: String, command: Command) -> Resu
             std::process::exit(EXIT_QUEUED);
         }
         (Some(id), _) => {
-            println!("sent {id} (through the running `sotto listen`)");
+            show!("sent {id} (through the running `sotto listen`)");
             Ok(())
         }
         (None, error) => bail!(error.unwrap_or_else(|| "the listener refused".into())),
@@ -976,7 +987,7 @@ async fn via_listener(home: &Path, passphrase: String, command: Command) -> Resu
 }
 
 async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = cli::stdout();
     match command {
         Command::Init { .. } => unreachable!("handled before the store is opened"),
         Command::Whoami { json } => {
@@ -990,20 +1001,21 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                     "name": engine.name(),
                     "relay_fingerprint": relay,
                 });
-                writeln!(out, "{line}")?;
+                cli::json(out.by_ref(), &line)?;
             } else {
-                writeln!(out, "{code}")?;
-                writeln!(out, "name: {}", engine.name())?;
-                writeln!(out, "fingerprint: {fingerprint}")?;
-                writeln!(out, "relay's trust-root fingerprint: {relay}")?;
+                say!(out, "{code}")?;
+                say!(out, "name: {}", engine.name())?;
+                say!(out, "fingerprint: {fingerprint}")?;
+                say!(out, "relay's trust-root fingerprint: {relay}")?;
             }
         }
         Command::Contact(ContactCommand::Add { name, code }) => {
             let contact = engine.add_contact(&name, &code).await?;
-            writeln!(
+            say!(
                 out,
                 "Added {}. Compare safety numbers with `sotto contact verify {}`.",
-                contact.name, contact.name
+                contact.name,
+                sotto_client::safe::shell_arg(&contact.name)
             )?;
         }
         Command::Contact(ContactCommand::List { json }) => {
@@ -1016,7 +1028,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                         "verified": contact.verified,
                         "identity_changed": changed,
                     });
-                    writeln!(out, "{line}")?;
+                    cli::json(out.by_ref(), &line)?;
                 } else {
                     let mark = if changed {
                         "  SAFETY NUMBER CHANGED"
@@ -1025,42 +1037,61 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                     } else {
                         ""
                     };
-                    writeln!(out, "{}  {}{}", contact.name, code, mark)?;
+                    say!(out, "{}  {}{}", contact.name, code, mark)?;
                 }
             }
         }
         Command::Contact(ContactCommand::Verify { name }) => {
             let (number, changed) = engine.safety_number(&name).await?;
             if changed {
-                writeln!(
+                say!(
                     out,
                     "WARNING: {name}'s identity key changed since you first trusted it."
                 )?;
             }
-            writeln!(out, "Safety number with {name}:")?;
-            writeln!(out, "{number}")?;
-            writeln!(
+            say!(out, "Safety number with {name}:")?;
+            say!(out, "{number}")?;
+            say!(
                 out,
                 "Compare it with {name} in person or on a call (`sotto contact verify` on their side \
-                 shows the same digits). If it matches, run `sotto contact trust {name}`."
+                 shows the same digits). If it matches, run `sotto contact trust {}`.",
+                sotto_client::safe::shell_arg(&name)
+            )?;
+        }
+        Command::Contact(ContactCommand::Remove { name }) => {
+            let c = engine.remove_contact(&name).await?;
+            let code = sotto_wire::code::ContactCode::from_account_id(c.account_id);
+            say!(
+                out,
+                "Removed {} from your contacts. Your messages with them stay: \
+                 `sotto history {code}`; add them again with `sotto contact add NAME {code}`.",
+                c.name
+            )?;
+        }
+        Command::Contact(ContactCommand::Rename { old, new }) => {
+            let c = engine.rename_contact(&old, &new).await?;
+            say!(
+                out,
+                "Renamed {old} to {}; your history with them stays.",
+                c.name
             )?;
         }
         Command::Contact(ContactCommand::Trust { name }) => {
             engine.trust(&name).await?;
-            writeln!(out, "{name} is trusted and marked verified.")?;
+            say!(out, "{name} is trusted and marked verified.")?;
         }
         Command::Send { name, text } => {
             let message = engine.send_text(&name, &text).await?;
-            writeln!(out, "sent {}", message.id)?;
+            say!(out, "sent {}", message.id)?;
         }
         Command::Sync { json } => {
-            let mut printer = Printer { json };
+            let mut printer = Printer::new(json, true);
             engine
                 .sync(&mut |m| printer.message(m), &mut |n| notice(n))
                 .await?;
         }
         Command::Listen { json } => {
-            let mut printer = Printer { json };
+            let mut printer = Printer::new(json, true);
             let stop = async {
                 let mut term = match signal(SignalKind::terminate()) {
                     Ok(term) => term,
@@ -1081,7 +1112,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                     &mut |n| match n {
                         Notice::Connected { again } => {
                             if let Some(line) = connected_line(*again, json, terminal) {
-                                println!("{line}");
+                                show!("{line}");
                             }
                         }
                         other => notice(other),
@@ -1095,14 +1126,16 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             result?;
         }
         Command::History { name, json } => {
-            let mut printer = Printer { json };
+            let mut printer = Printer::new(json, false);
             // A contact's conversation, else a group's.
             let messages = match engine.history(&name) {
-                Err(EngineError::UnknownContact(_)) => engine.group_history(&name).map_err(|_| {
-                    anyhow::anyhow!(
-                        "no contact or group called {name:?}: see `sotto contact list` and `sotto groups`"
-                    )
-                })?,
+                // An ambiguous title says which groups it matches.
+                Err(EngineError::UnknownContact(_)) => match engine.group_history(&name) {
+                    Err(EngineError::UnknownGroup(_)) => bail!(
+                        "no contact or group called \"{name}\": see `sotto contact list` and `sotto groups`"
+                    ),
+                    other => other?,
+                },
                 other => other?,
             };
             for message in messages {
@@ -1124,9 +1157,9 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                         "approval": g.settings.approval,
                         "disappearing_ms": g.settings.disappearing_ms,
                     });
-                    writeln!(out, "{line}")?;
+                    cli::json(out.by_ref(), &line)?;
                 } else if g.waiting {
-                    writeln!(
+                    say!(
                         out,
                         "{}  (join request sent; waiting for an admin)",
                         &g.id[..8]
@@ -1136,7 +1169,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                         Some(r) => format!("{} members, you are {r}", g.members),
                         None => "you are no longer a member".into(),
                     };
-                    writeln!(out, "{}  {}  ({status})", &g.id[..8], g.title)?;
+                    say!(out, "{}  {}  ({status})", &g.id[..8], g.title)?;
                 }
             }
         }
@@ -1176,7 +1209,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                 report_anonymous(&mut out, &posted)?;
             } else {
                 let w = engine.warn(&group, input).await?;
-                writeln!(out, "posted warning {} to {:?}", w.id, w.group)?;
+                say!(out, "posted warning {} to \"{}\"", w.id, w.group)?;
             }
         }
         Command::Duress(DuressCommand::Set {
@@ -1202,7 +1235,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             engine
                 .duress_set(home, &duress, &invite, &name, erase_real)
                 .await?;
-            writeln!(
+            say!(
                 out,
                 "Duress passphrase set. Unlocking with it opens a decoy profile{}.",
                 if erase_real {
@@ -1211,21 +1244,21 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                     ""
                 }
             )?;
-            writeln!(
+            say!(
                 out,
                 "Use it once now to give the decoy some ordinary contacts and messages."
             )?;
         }
         Command::Duress(DuressCommand::Status) => {
             if engine.duress_is_set(home) {
-                writeln!(out, "A duress passphrase is set.")?;
+                say!(out, "A duress passphrase is set.")?;
             } else {
-                writeln!(out, "No duress passphrase is set.")?;
+                say!(out, "No duress passphrase is set.")?;
             }
         }
         Command::Duress(DuressCommand::Remove) => {
             engine.duress_remove(home).await?;
-            writeln!(
+            say!(
                 out,
                 "Duress passphrase removed; its decoy profile was erased."
             )?;
@@ -1235,7 +1268,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             firsthand,
         } => {
             let c = engine.corroborate(&warning_id, firsthand).await?;
-            writeln!(
+            say!(
                 out,
                 "Corroborated warning {} anonymously (among {} members); {} member{} \
                  corroborated it so far.",
@@ -1270,13 +1303,13 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             };
             match engine.note_add(text.as_deref().unwrap_or(""), file).await {
                 Ok(n) => match n.countersigned_at_ms {
-                    Some(at) => writeln!(
+                    Some(at) => say!(
                         out,
                         "kept note {} (countersigned by the relay at {})",
                         n.id,
                         sotto_client::engine::day_time(at)
                     )?,
-                    None => writeln!(out, "kept note {} (not countersigned yet)", n.id)?,
+                    None => say!(out, "kept note {} (not countersigned yet)", n.id)?,
                 },
                 Err(e) => bail!(
                     "{e}. The note is kept; it will be countersigned by a later \
@@ -1287,7 +1320,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
         Command::Note(NoteCommand::List { json }) => {
             for n in engine.notes().await? {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&n)?)?;
+                    cli::json(out.by_ref(), &n)?;
                 } else {
                     let proof = match n.countersigned_at_ms {
                         Some(at) => format!("countersigned {}", sotto_client::engine::day_time(at)),
@@ -1298,7 +1331,8 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                         .as_ref()
                         .map(|f| format!(" [file: {f}, {} bytes]", n.file_bytes))
                         .unwrap_or_default();
-                    writeln!(out, "{}  {proof}  {}{file}", &n.id[..12], n.text)?;
+                    let head = format!("{}  {proof}  ", &n.id[..12]);
+                    cli::entry(out.by_ref(), &head, &n.text, &file)?;
                 }
             }
         }
@@ -1317,7 +1351,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                 })?;
             f.write_all(&bytes)?;
             f.sync_all()?;
-            writeln!(
+            say!(
                 out,
                 "Wrote {} (the note in the clear, with its proof). Anyone can check it with \
                  `sotto note verify {}`.",
@@ -1339,21 +1373,21 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
         } => {
             if let (Some(from), Some(into)) = (merge, into) {
                 engine.merge_subjects(&from, &into)?;
-                writeln!(
+                say!(
                     out,
-                    "Warnings about {from:?} now count with those about {into:?} (in this app only)."
+                    "Warnings about \"{from}\" now count with those about \"{into}\" (in this app only)."
                 )?;
                 return Ok(());
             }
             let summaries = engine.warnings(group.as_deref(), about.as_deref())?;
             if summaries.is_empty() && !json {
-                writeln!(out, "No warnings.")?;
+                say!(out, "No warnings.")?;
             }
             // A search that matches several subjects lists each as its own
             // person: counts are never added up across them.
             let several = about.is_some() && summaries.len() > 1 && !json;
             if let (true, Some(about)) = (several, &about) {
-                writeln!(
+                say!(
                     out,
                     "{} different people match {}; each is counted on their own. If two are \
                      the same person: sotto warnings --merge NAME --into NAME",
@@ -1364,7 +1398,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             let total = summaries.len();
             for (i, s) in summaries.into_iter().enumerate() {
                 if json {
-                    writeln!(out, "{}", serde_json::to_string(&s)?)?;
+                    cli::json(out.by_ref(), &s)?;
                     continue;
                 }
                 if several {
@@ -1372,7 +1406,8 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                         Some(sotto_client::engine::NameMatch::Exact) => "same name",
                         _ => "partly the same name",
                     };
-                    writeln!(out, "\nPerson {} of {total} ({how}):", i + 1)?;
+                    say!(out, "")?;
+                    say!(out, "Person {} of {total} ({how}):", i + 1)?;
                 }
                 print_subject(&mut out, &s)?;
             }
@@ -1389,9 +1424,9 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                     "kyber_pre_keys": counts.kyber_pre_keys,
                     "topped_up": counts.topped_up,
                 });
-                writeln!(out, "{line}")?;
+                cli::json(out.by_ref(), &line)?;
             } else {
-                writeln!(
+                say!(
                     out,
                     "one-time keys on the relay: {} EC, {} Kyber{}",
                     counts.pre_keys,
@@ -1406,7 +1441,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
         }
         Command::Identity(IdentityCommand::Reset) => {
             engine.reset_identity().await?;
-            writeln!(
+            say!(
                 out,
                 "Your identity key is new. Contacts will see a changed safety number; \
                  ask them to verify and trust you again."
@@ -1418,25 +1453,37 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
 
 struct Printer {
     json: bool,
+    /// Codes of people not in my contacts already told how to add (sync and
+    /// listen tell once per person; `None` for history, which never does).
+    strangers: Option<std::collections::HashSet<String>>,
 }
 
 impl Printer {
+    fn new(json: bool, hint_strangers: bool) -> Printer {
+        Printer {
+            json,
+            strangers: hint_strangers.then(Default::default),
+        }
+    }
+
     fn message(&mut self, m: &ShownMessage) {
-        let mut out = std::io::stdout().lock();
-        let line = if self.json {
-            json!({
-                "id": m.id,
-                "from": m.from,
-                "from_contact": m.from_contact,
-                "peer": m.peer_code,
-                "direction": if m.outgoing { "out" } else { "in" },
-                "text": m.text,
-                "sent_at": m.sent_at_ms,
-                "status": m.status,
-                "group": m.group.as_ref().map(|(id, _)| id),
-                "group_title": m.group.as_ref().map(|(_, title)| title),
-            })
-            .to_string()
+        let mut out = cli::stdout();
+        if self.json {
+            let _ = cli::json(
+                &mut out,
+                &json!({
+                    "id": m.id,
+                    "from": m.from,
+                    "from_contact": m.from_contact,
+                    "peer": m.peer_code,
+                    "direction": if m.outgoing { "out" } else { "in" },
+                    "text": m.text,
+                    "sent_at": m.sent_at_ms,
+                    "status": m.status,
+                    "group": m.group.as_ref().map(|(id, _)| id),
+                    "group_title": m.group.as_ref().map(|(_, title)| title),
+                }),
+            );
         } else {
             let mark = match m.status {
                 "failed" => "  (not sent)",
@@ -1449,15 +1496,26 @@ impl Printer {
                 Some((_, title)) => format!("[{title}] "),
                 None => String::new(),
             };
-            format!(
-                "[{}] {place}{tilde}{}: {}{mark}",
-                clock(m.sent_at_ms),
-                m.from,
-                m.text
-            )
-        };
+            let head = format!("[{}] {place}{tilde}{}: ", clock(m.sent_at_ms), m.from);
+            let _ = cli::entry(&mut out, &head, &m.text, mark);
+            // Someone who is not a contact wrote: say how to find them again
+            // and add them (to stderr, so stdout keeps one line per message).
+            if !m.from_contact
+                && m.group.is_none()
+                && let Some(told) = &mut self.strangers
+                && told.insert(m.peer_code.clone())
+            {
+                let handle = sotto_client::safe::shell_arg(&format!("~{}", m.from));
+                tell!(
+                    "~{} is not one of your contacts (their code: {}). `sotto history {handle}` \
+                     shows your conversation; add them with `sotto contact add NAME {}`.",
+                    m.from,
+                    m.peer_code,
+                    m.peer_code
+                );
+            }
+        }
         // Flushed per line so `listen` output reaches pipes at once.
-        let _ = writeln!(out, "{line}");
         let _ = out.flush();
     }
 }
@@ -1480,16 +1538,17 @@ fn connected_line(again: bool, json: bool, terminal: bool) -> Option<&'static st
 fn notice(n: &Notice) {
     match n {
         Notice::Connected { .. } => {}
-        Notice::IdentityChanged(name) => eprintln!(
+        Notice::IdentityChanged(name) => eshow!(
             "warning: {name}'s safety number has changed. Sending to them is blocked until you \
-             run `sotto contact verify {name}` and `sotto contact trust {name}`."
+             run `sotto contact verify {arg}` and `sotto contact trust {arg}`.",
+            arg = sotto_client::safe::shell_arg(name)
         ),
         Notice::Undecryptable { seq, reason } => {
-            eprintln!("warning: dropped a message that cannot be decrypted (#{seq}): {reason}")
+            tell!("warning: dropped a message that cannot be decrypted (#{seq}): {reason}")
         }
         Notice::ToppedUp(n) => tracing::info!("uploaded {n} new one-time keys"),
-        Notice::Offline(reason) => eprintln!("{reason}; retrying until the relay is back"),
-        Notice::Group(what) => eprintln!("{what}"),
+        Notice::Offline(reason) => tell!("{reason}; retrying until the relay is back"),
+        Notice::Group(what) => tell!("{what}"),
     }
 }
 
@@ -1512,30 +1571,49 @@ async fn group_command_inner(
 ) -> Result<()> {
     match command {
         GroupCommand::Create { title } => {
+            let same = |t: &str| t.to_lowercase() == title.trim().to_lowercase();
+            let before: Vec<String> = engine
+                .groups()?
+                .into_iter()
+                .filter(|g| !g.waiting && same(&g.title))
+                .map(|g| g.id[..8].to_string())
+                .collect();
             let g = engine.group_create(&title).await?;
-            writeln!(
+            say!(
                 out,
-                "Created {:?} ({}). You are its owner.",
+                "Created \"{}\" ({}). You are its owner.",
                 g.title,
                 &g.id[..8]
             )?;
-            writeln!(
+            // With two groups of one title, the title no longer names one:
+            // the suggestions use the id.
+            let name = if before.is_empty() {
+                sotto_client::safe::shell_arg(&g.title)
+            } else {
+                tell!(
+                    "warning: you already have a group called \"{}\" ({}); commands that \
+                     name it by title will ask which one. Use this one's id, {}, to name it.",
+                    g.title,
+                    before.join(", "),
+                    &g.id[..8]
+                );
+                g.id[..8].to_string()
+            };
+            say!(
                 out,
-                "Add members with `sotto group add {:?} CONTACT...` or share `sotto group link`.",
-                g.title
+                "Add members with `sotto group add {name} CONTACT...` or share `sotto group link`."
             )?;
-            writeln!(
+            say!(
                 out,
                 "Messages disappear after 7 days (warnings are kept until deleted); change \
-                 this with `sotto group settings {:?} --disappearing DURATION|off`.",
-                g.title
+                 this with `sotto group settings {name} --disappearing DURATION|off`."
             )?;
         }
         GroupCommand::Add { group, contacts } => {
             let state = engine.group_add(&group, &contacts).await?;
-            writeln!(
+            say!(
                 out,
-                "{:?} now has {} members.",
+                "\"{}\" now has {} members.",
                 state.title,
                 state.members.len()
             )?;
@@ -1543,14 +1621,14 @@ async fn group_command_inner(
         GroupCommand::Remove { group, who } => {
             let m = engine.group_remove(&group, &who).await?;
             let done = format!(
-                "Removed {who} from {group:?}; the group key was replaced, so they cannot read \
+                "Removed {who} from \"{group}\"; the group key was replaced, so they cannot read \
                  anything new."
             );
             report_moderation(out, &group, &m, &done)?;
         }
         GroupCommand::Leave { group } => {
             engine.group_leave(&group).await?;
-            writeln!(out, "You left {group:?}.")?;
+            say!(out, "You left \"{group}\".")?;
         }
         GroupCommand::Send {
             group,
@@ -1559,7 +1637,7 @@ async fn group_command_inner(
             ..
         } => {
             let message = engine.group_send(&group, &text).await?;
-            writeln!(out, "sent {}", message.id)?;
+            say!(out, "sent {}", message.id)?;
         }
         GroupCommand::Send {
             group,
@@ -1585,29 +1663,28 @@ async fn group_command_inner(
                         "text": s.text,
                         "received_at": s.received_at_ms,
                     });
-                    writeln!(out, "{line}")?;
+                    cli::json(out.by_ref(), &line)?;
                 } else {
-                    writeln!(
-                        out,
-                        "{}  from {} ({}): {}",
+                    let head = format!(
+                        "{}  from {} ({}): ",
                         &s.id[..8],
                         s.from,
-                        clock(s.received_at_ms),
-                        s.text
-                    )?;
+                        clock(s.received_at_ms)
+                    );
+                    cli::entry(out.by_ref(), &head, &s.text, "")?;
                 }
             }
         }
         GroupCommand::Publish { group, id } => {
             engine.group_publish(&group, &id).await?;
-            writeln!(
+            say!(
                 out,
                 "Published; members see it as \"a member (approved by a moderator)\"."
             )?;
         }
         GroupCommand::Discard { group, id } => {
             engine.group_discard(&group, &id)?;
-            writeln!(out, "Discarded; it was not published.")?;
+            say!(out, "Discarded; it was not published.")?;
         }
         GroupCommand::Members { group, json } => {
             for m in engine.group_members(&group).await? {
@@ -1618,21 +1695,21 @@ async fn group_command_inner(
                         "role": m.role.as_str(),
                         "me": m.me,
                     });
-                    writeln!(out, "{line}")?;
+                    cli::json(out.by_ref(), &line)?;
                 } else {
                     let me = if m.me { " (you)" } else { "" };
-                    writeln!(out, "{}{me}  {}  {}", m.name, m.role.as_str(), m.code)?;
+                    say!(out, "{}{me}  {}  {}", m.name, m.role.as_str(), m.code)?;
                 }
             }
         }
         GroupCommand::Promote { group, who } => {
             let m = engine.group_set_role(&group, &who, true).await?;
-            let done = format!("{who} is now an admin of {group:?}.");
+            let done = format!("{who} is now an admin of \"{group}\".");
             report_moderation(out, &group, &m, &done)?;
         }
         GroupCommand::Demote { group, who } => {
             let m = engine.group_set_role(&group, &who, false).await?;
-            let done = format!("{who} is now a member (not an admin) of {group:?}.");
+            let done = format!("{who} is now a member (not an admin) of \"{group}\".");
             report_moderation(out, &group, &m, &done)?;
         }
         GroupCommand::Proposals { group, json } => {
@@ -1659,9 +1736,9 @@ async fn group_command_inner(
                         "at": p.at_ms,
                         "message": message,
                     });
-                    writeln!(out, "{line}")?;
+                    cli::json(out.by_ref(), &line)?;
                 } else {
-                    writeln!(
+                    say!(
                         out,
                         "{}  {} proposed to {} ({} of {} agree; {})",
                         p.id,
@@ -1688,7 +1765,7 @@ async fn group_command_inner(
         }
         GroupCommand::Withdraw { group, proposal } => {
             engine.group_withdraw(&group, &proposal).await?;
-            writeln!(out, "Withdrew proposal {proposal}.")?;
+            say!(out, "Withdrew proposal {proposal}.")?;
         }
         GroupCommand::Settings {
             group,
@@ -1721,9 +1798,9 @@ async fn group_command_inner(
                 proposed => return report_moderation(out, &group, &proposed, ""),
             };
             let on = |b: bool| if b { "on" } else { "off" };
-            writeln!(out, "announcements-only: {}", on(s.announcements_only))?;
-            writeln!(out, "approval: {}", on(s.approval))?;
-            writeln!(
+            say!(out, "announcements-only: {}", on(s.announcements_only))?;
+            say!(out, "approval: {}", on(s.approval))?;
+            say!(
                 out,
                 "disappearing: {}",
                 match s.disappearing_ms {
@@ -1731,7 +1808,7 @@ async fn group_command_inner(
                     ms => sotto_client::group::human_duration(ms),
                 }
             )?;
-            writeln!(
+            say!(
                 out,
                 "vouches needed to join: {}",
                 match s.vouches_required {
@@ -1739,7 +1816,7 @@ async fn group_command_inner(
                     n => n.to_string(),
                 }
             )?;
-            writeln!(
+            say!(
                 out,
                 "re-confirm every: {}",
                 match s.reconfirm_ms {
@@ -1747,7 +1824,7 @@ async fn group_command_inner(
                     ms => sotto_client::group::human_duration(ms),
                 }
             )?;
-            writeln!(
+            say!(
                 out,
                 "quorum: {}",
                 match s.quorum {
@@ -1755,8 +1832,8 @@ async fn group_command_inner(
                     k => format!("{k} admins"),
                 }
             )?;
-            writeln!(out, "anonymous posts: {}", s.anonymous_posts.as_str())?;
-            writeln!(
+            say!(out, "anonymous posts: {}", s.anonymous_posts.as_str())?;
+            say!(
                 out,
                 "warnings kept: {}",
                 match s.warning_retention_ms {
@@ -1766,30 +1843,30 @@ async fn group_command_inner(
             )?;
         }
         GroupCommand::Reconfirm { group } => match engine.group_reconfirm(&group).await? {
-            Some(due) => writeln!(
+            Some(due) => say!(
                 out,
                 "Re-confirmed; next due by {}.",
                 sotto_client::engine::day_time(due)
             )?,
-            None => writeln!(out, "Re-confirmed.")?,
+            None => say!(out, "Re-confirmed.")?,
         },
         GroupCommand::Vouch { group, who } => {
             let v = engine.group_vouch(&group, &who).await?;
             let (have, needed) = (v.have, v.needed);
             if v.admitted {
-                writeln!(out, "Vouched; {who} is now a member.")?;
+                say!(out, "Vouched; {who} is now a member.")?;
             } else if v.approval && have >= needed {
-                writeln!(
+                say!(
                     out,
                     "Vouched for {who} ({have} of {needed} so far); they now wait for an admin's approval."
                 )?;
             } else if v.approval {
-                writeln!(
+                say!(
                     out,
                     "Vouched for {who} ({have} of {needed} so far); once {needed} members have vouched, an admin decides."
                 )?;
             } else {
-                writeln!(
+                say!(
                     out,
                     "Vouched for {who} ({have} of {needed} so far); an admin's app admits them once {needed} members have."
                 )?;
@@ -1798,13 +1875,13 @@ async fn group_command_inner(
         GroupCommand::Link { group, reset } => {
             let link = engine.group_link(&group, reset).await?;
             if reset {
-                writeln!(out, "The old link no longer works. The new one:")?;
+                say!(out, "The old link no longer works. The new one:")?;
             }
-            writeln!(out, "{link}")?;
+            say!(out, "{link}")?;
         }
         GroupCommand::Join { link } => {
             engine.group_join(&link).await?;
-            writeln!(
+            say!(
                 out,
                 "Asked to join. An admin's app lets you in (or asks an admin to approve) when it next syncs; `sotto sync` will say when you are in."
             )?;
@@ -1819,9 +1896,9 @@ async fn group_command_inner(
                         "requested_at": p.requested_at_ms,
                         "vouches": p.vouches.len(),
                     });
-                    writeln!(out, "{line}")?;
+                    cli::json(out.by_ref(), &line)?;
                 } else {
-                    writeln!(
+                    say!(
                         out,
                         "~{}  {}  asked {}  ({} vouches)",
                         p.name,
@@ -1834,15 +1911,15 @@ async fn group_command_inner(
         }
         GroupCommand::Approve { group, who } => {
             engine.group_resolve(&group, &who, true).await?;
-            writeln!(out, "Approved {who}; they are now a member of {group:?}.")?;
+            say!(out, "Approved {who}; they are now a member of \"{group}\".")?;
         }
         GroupCommand::Deny { group, who } => {
             engine.group_resolve(&group, &who, false).await?;
-            writeln!(out, "Denied {who}'s request to join {group:?}.")?;
+            say!(out, "Denied {who}'s request to join \"{group}\".")?;
         }
         GroupCommand::Delete { group, message_id } => {
             let m = engine.group_delete(&group, &message_id).await?;
-            let done = format!("Deleted the message for everyone in {group:?}.");
+            let done = format!("Deleted the message for everyone in \"{group}\".");
             report_moderation(out, &group, &m, &done)?;
         }
         GroupCommand::Log { group, json } => {
@@ -1855,9 +1932,9 @@ async fn group_command_inner(
                         "by_code": by,
                         "action": e.action,
                     });
-                    writeln!(out, "{line}")?;
+                    cli::json(out.by_ref(), &line)?;
                 } else {
-                    writeln!(out, "[{}] {}: {}", clock(e.at_ms), e.by_name, e.action)?;
+                    say!(out, "[{}] {}: {}", clock(e.at_ms), e.by_name, e.action)?;
                 }
             }
         }

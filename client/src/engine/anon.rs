@@ -241,7 +241,7 @@ impl Engine {
             .is_some_and(|m| m.ring_key.as_deref() != Some(key.as_str()))
         {
             return Err(EngineError::Invalid(format!(
-                "your key for anonymous posts in {:?} is from before your identity was reset; \
+                "your key for anonymous posts in \"{}\" is from before your identity was reset; \
                  anonymous posting and corroboration need you to leave and rejoin the group",
                 state.title
             )));
@@ -262,7 +262,7 @@ impl Engine {
                 }
                 // Not worth failing a sync over: the next one tries again.
                 self.notices.push(Notice::Group(format!(
-                    "could not publish your key for anonymous posts in {:?}: {e}",
+                    "could not publish your key for anonymous posts in \"{}\": {e}",
                     g.state.title
                 )));
             }
@@ -449,7 +449,7 @@ impl Engine {
         if self.refresh(&mut g).await?.is_none() || self.my_role(&g).is_none() {
             self.fail(entry)?;
             return Err(EngineError::Invalid(format!(
-                "you are no longer a member of {:?}",
+                "you are no longer a member of \"{}\"",
                 g.state.title
             )));
         }
@@ -545,7 +545,7 @@ impl Engine {
                     Ok(tag) => tag,
                     Err(why) => {
                         self.notices.push(Notice::Group(format!(
-                            "dropped an anonymous message to {:?}: {why}",
+                            "dropped an anonymous message to \"{}\": {why}",
                             g.state.title
                         )));
                         return Ok(None);
@@ -559,7 +559,7 @@ impl Engine {
         let settings = g.state.settings;
         let drop = |engine: &mut Engine, why: &str| {
             engine.notices.push(Notice::Group(format!(
-                "dropped an anonymous post to {:?}: {why}",
+                "dropped an anonymous post to \"{}\": {why}",
                 g.state.title
             )));
             Ok(None)
@@ -607,7 +607,7 @@ impl Engine {
                     peer: Uuid::nil(),
                     direction: MessageDirection::Incoming,
                     sender_name: shown.into(),
-                    text: t.body.chars().take(MAX_TEXT_BYTES).collect(),
+                    text: safe::clean_field(&t.body, MAX_TEXT_BYTES, Lines::Many),
                     sent_at_ms,
                     received_at_ms: received,
                     status: MessageStatus::Received,
@@ -663,7 +663,7 @@ impl Engine {
         }
         if let Err(why) = check_anonymous(&g.state, &group, a) {
             self.notices.push(Notice::Group(format!(
-                "dropped an anonymous post sent for approval in {:?}: {why}",
+                "dropped an anonymous post sent for approval in \"{}\": {why}",
                 g.state.title
             )));
             return Ok(());
@@ -676,9 +676,10 @@ impl Engine {
             received_at_ms: now_ms(),
         })?;
         self.notices.push(Notice::Group(format!(
-            "a member sent an anonymous post to {:?} for approval; see `sotto group \
-             submissions {:?}`",
-            g.state.title, g.state.title
+            "a member sent an anonymous post to \"{}\" for approval; see `sotto group \
+             submissions {}`",
+            g.state.title,
+            safe::shell_arg(&g.state.title)
         )));
         Ok(())
     }
@@ -699,9 +700,10 @@ impl Engine {
         let mode = g.state.settings.anonymous_posts;
         if mode == AnonymousPosts::Off {
             return Err(EngineError::Invalid(format!(
-                "anonymous posts are off in {title:?}; an admin can turn them on with \
-                 `sotto group settings {title:?} --anonymous-posts via-moderator|on`. \
-                 Nothing was sent"
+                "anonymous posts are off in \"{title}\"; an admin can turn them on with \
+                 `sotto group settings {} --anonymous-posts via-moderator|on`. \
+                 Nothing was sent",
+                safe::shell_arg(&title)
             )));
         }
         let chosen = match moderator {
@@ -709,7 +711,7 @@ impl Engine {
             Some(_) if mode != AnonymousPosts::ViaModerator => {
                 return Err(EngineError::Invalid(format!(
                     "--moderator is for groups with anonymous posts via a moderator; \
-                     {title:?} has them {}",
+                     \"{title}\" has them {}",
                     mode.as_str()
                 )));
             }
@@ -717,7 +719,7 @@ impl Engine {
                 let account = self.find_member(&g.state, who)?;
                 if !g.state.role_of(account).is_some_and(Role::is_admin) {
                     return Err(EngineError::Invalid(format!(
-                        "{who} is not a moderator (admin) of {title:?}"
+                        "{who} is not a moderator (admin) of \"{title}\""
                     )));
                 }
                 Some(account)
@@ -725,24 +727,19 @@ impl Engine {
         };
         if mode == AnonymousPosts::On && g.state.settings.announcements_only {
             return Err(EngineError::Invalid(format!(
-                "{title:?} is announcements-only: only admins can post. Nothing was sent"
+                "\"{title}\" is announcements-only: only admins can post. Nothing was sent"
             )));
         }
         let payload = match body {
             AnonymousBody::Text(text) => {
-                if text.len() > MAX_TEXT_BYTES {
-                    return Err(EngineError::Invalid(format!(
-                        "the message is too long: {} bytes, the limit is {MAX_TEXT_BYTES}",
-                        text.len()
-                    )));
-                }
+                self.check_text("the message", &text)?;
                 content::anonymous_payload::Body::Text(content::GroupText {
                     group_id: g.id.to_vec(),
                     body: text,
                 })
             }
             AnonymousBody::Warning(input) => content::anonymous_payload::Body::Warning(
-                super::warnings::warning_content(g.id, input)?,
+                super::warnings::warning_content(g.id, input, !self.unchecked)?,
             ),
         };
         let state = self.ensure_ring_key(g.id).await?;
@@ -772,7 +769,7 @@ impl Engine {
                     .collect();
                 if admins.is_empty() {
                     return Err(EngineError::Invalid(format!(
-                        "{title:?} has no other moderator to approve an anonymous post; \
+                        "\"{title}\" has no other moderator to approve an anonymous post; \
                          nothing was sent"
                     )));
                 }
@@ -869,11 +866,16 @@ impl Engine {
                 .and_then(|a| content::AnonymousPayload::decode(a.payload.as_slice()).ok())
                 .map(|p| match p.body {
                     Some(content::anonymous_payload::Body::Text(t)) => t.body,
-                    Some(content::anonymous_payload::Body::Warning(w)) => {
-                        format!("[warning] about {}: {}. {}", w.subject, w.kind, w.text)
-                    }
+                    Some(content::anonymous_payload::Body::Warning(w)) => format!(
+                        "[warning] about {}: {}. {}",
+                        safe::clean_field(&w.subject, safe::MAX_SHORT_CHARS, Lines::One),
+                        safe::clean_field(&w.kind, safe::MAX_SHORT_CHARS, Lines::One),
+                        w.text
+                    ),
                     _ => String::new(),
                 })
+                // Kept as it arrived (it is published as is); made safe here.
+                .map(|t| safe::clean_field(&t, MAX_TEXT_BYTES, Lines::Many))
                 .unwrap_or_default();
             out.push(SubmissionView {
                 id: hex(&s.id),
@@ -895,7 +897,7 @@ impl Engine {
         match one_by_id_prefix(waiting, |s| s.id, prefix) {
             Some(s) => Ok(s),
             None => Err(EngineError::Invalid(format!(
-                "no single post waiting in {:?} has an id starting {prefix:?}; see \
+                "no single post waiting in \"{}\" has an id starting {prefix:?}; see \
                  `sotto group submissions`",
                 g.state.title
             ))),

@@ -258,12 +258,28 @@ impl Engine {
         }
         match found.as_slice() {
             [g] => Ok((*g).clone()),
-            [] => Err(EngineError::Invalid(format!(
-                "no group matching {query:?}: see `sotto groups` for titles and ids"
-            ))),
-            _ => Err(EngineError::Invalid(format!(
-                "{query:?} matches several groups; use more of the id shown by `sotto groups`"
-            ))),
+            [] => Err(EngineError::UnknownGroup(query.trim().to_string())),
+            several => {
+                let list: Vec<String> = several
+                    .iter()
+                    .map(|g| {
+                        format!(
+                            "{} (\"{}\", {} members)",
+                            &hex(&g.id)[..8],
+                            g.state.title,
+                            g.state.members.len()
+                        )
+                    })
+                    .collect();
+                Err(EngineError::Invalid(format!(
+                    "\"{}\" matches {} groups: {}. Name one by the start of its id instead \
+                     (as `sotto groups` shows it), e.g. {}",
+                    query.trim(),
+                    several.len(),
+                    list.join(", "),
+                    &hex(&several[0].id)[..8]
+                )))
+            }
         }
     }
 
@@ -288,7 +304,7 @@ impl Engine {
 
     fn find_in(&self, candidates: &[(Uuid, String)], who: &str, what: &str) -> Result<Uuid> {
         let who = who.trim();
-        if let Some(c) = self.store.contact(who)?
+        if let Some(c) = self.find_contact(who)?
             && candidates.iter().any(|(a, _)| *a == c.account_id)
         {
             return Ok(c.account_id);
@@ -336,7 +352,7 @@ impl Engine {
     pub(super) fn require_active(&self, g: &LocalGroup) -> Result<()> {
         if self.my_role(g).is_none() {
             return Err(EngineError::Invalid(format!(
-                "you are no longer a member of {:?}",
+                "you are no longer a member of \"{}\"",
                 g.state.title
             )));
         }
@@ -424,7 +440,7 @@ impl Engine {
         let title = g.state.title.clone();
         for (version, why) in &r.refusals {
             self.notices.push(Notice::Group(format!(
-                "ignored an invalid change (version {version}) to group {title:?}: {why}"
+                "ignored an invalid change (version {version}) to group \"{title}\": {why}"
             )));
         }
         let before = g.state.clone();
@@ -446,7 +462,7 @@ impl Engine {
                         }
                     }
                     Op::Remove(who) if *who == me => self.notices.push(Notice::Group(format!(
-                        "you were removed from group {:?}",
+                        "you were removed from group \"{}\"",
                         g.state.title
                     ))),
                     _ => {}
@@ -500,7 +516,7 @@ impl Engine {
                 .ok_or_else(|| EngineError::Invalid("unknown group".into()))?;
             let Some((relay_version, changes)) = self.refresh(&mut g).await? else {
                 return Err(EngineError::Invalid(format!(
-                    "you are no longer a member of {:?} (or it was re-keyed and `sotto sync` \
+                    "you are no longer a member of \"{}\" (or it was re-keyed and `sotto sync` \
                      has not fetched the new key yet)",
                     g.state.title
                 )));
@@ -766,6 +782,7 @@ impl Engine {
 
     /// Creates a group with me as owner.
     pub async fn group_create(&mut self, title: &str) -> Result<GroupInfo> {
+        let title = self.check_field("a group title", title, safe::MAX_TITLE_CHARS, Lines::One)?;
         let id: [u8; 16] = rand::rng().random();
         let key: [u8; 32] = rand::rng().random();
         let start = genesis(&hex(&id));
@@ -1105,7 +1122,7 @@ impl Engine {
             && g.active
         {
             return Err(EngineError::Invalid(format!(
-                "you are already a member of {:?}",
+                "you are already a member of \"{}\"",
                 g.state.title
             )));
         }
@@ -1242,7 +1259,9 @@ impl Engine {
                         &sig,
                     )
                 });
-            let name: String = body.name.trim().chars().take(64).collect();
+            // A modified app can ask under any name: made safe and cut here
+            // (every member's replay cleans it again).
+            let name = safe::clean_field(&body.name, safe::MAX_NAME_CHARS, Lines::One);
             if !signed_ok || name.is_empty() || valid.iter().any(|p| p.account == body.account) {
                 continue;
             }
@@ -1443,11 +1462,11 @@ impl Engine {
                 && due < soon
             {
                 self.notices.push(Notice::Group(format!(
-                    "re-confirm your membership of {:?} by {} or you will be removed: \
-                     sotto group reconfirm {:?}",
+                    "re-confirm your membership of \"{}\" by {} or you will be removed: \
+                     sotto group reconfirm {}",
                     g.state.title,
                     super::day_time(due),
-                    g.state.title
+                    safe::shell_arg(&g.state.title)
                 )));
             }
         }
@@ -1511,7 +1530,7 @@ impl Engine {
         let found = one_by_id_prefix(self.store.group_messages(&g.id)?, |m| m.id, message_id);
         let Some(target) = &found else {
             return Err(EngineError::Invalid(format!(
-                "no single message in {:?} has an id starting {message_id:?}; \
+                "no single message in \"{}\" has an id starting {message_id:?}; \
                  see `sotto history {} --json` for ids",
                 g.state.title, g.state.title
             )));
@@ -1554,20 +1573,18 @@ impl Engine {
     pub async fn group_send(&mut self, query: &str, text: &str) -> Result<ShownMessage> {
         let g = self.find_group(query)?;
         let role = self.my_role(&g).ok_or_else(|| {
-            EngineError::Invalid(format!("you are no longer a member of {:?}", g.state.title))
+            EngineError::Invalid(format!(
+                "you are no longer a member of \"{}\"",
+                g.state.title
+            ))
         })?;
         if g.state.settings.announcements_only && !role.is_admin() {
             return Err(EngineError::Invalid(format!(
-                "{:?} is announcements-only: only admins can post. Nothing was sent",
+                "\"{}\" is announcements-only: only admins can post. Nothing was sent",
                 g.state.title
             )));
         }
-        if text.len() > MAX_TEXT_BYTES {
-            return Err(EngineError::Invalid(format!(
-                "message too long: {} bytes, the limit is {MAX_TEXT_BYTES}",
-                text.len()
-            )));
-        }
+        self.check_text("a message", text)?;
         let (id, body) = content(
             &self.account.name,
             content::content::Body::GroupText(content::GroupText {
@@ -1646,7 +1663,7 @@ impl Engine {
         if self.my_role(&g).is_none() {
             self.fail(entry)?;
             return Err(EngineError::Invalid(format!(
-                "you are no longer a member of {:?}",
+                "you are no longer a member of \"{}\"",
                 g.state.title
             )));
         }
@@ -1676,7 +1693,7 @@ impl Engine {
                 Err(e) if is_offline(&e) => return Err(e),
                 Err(e) => {
                     self.notices.push(Notice::Group(format!(
-                        "not sending to {} in {:?}: {e}",
+                        "not sending to {} in \"{}\": {e}",
                         self.peer_name(m.account, &m.name)?,
                         g.state.title
                     )));
@@ -1708,7 +1725,7 @@ impl Engine {
                     Err(e) if is_offline(&e) => return Err(e),
                     Err(e) => {
                         self.notices.push(Notice::Group(format!(
-                            "not sending to {} in {:?}: {e}",
+                            "not sending to {} in \"{}\": {e}",
                             self.peer_name(m.account, &m.name)?,
                             g.state.title
                         )));
@@ -1926,7 +1943,7 @@ impl Engine {
                     self.refresh(&mut g).await?;
                     if !g.active {
                         self.notices.push(Notice::Group(format!(
-                            "you were removed from group {:?}",
+                            "you were removed from group \"{}\"",
                             g.state.title
                         )));
                     }
@@ -1967,7 +1984,7 @@ impl Engine {
                 }
                 self.store.remove_join(id)?;
                 self.notices.push(Notice::Group(format!(
-                    "you are now a member of group {:?}",
+                    "you are now a member of group \"{}\"",
                     blob.state.title
                 )));
                 LocalGroup {
@@ -1988,7 +2005,7 @@ impl Engine {
         self.adopt(&mut g, &blob)?;
         if was_active && !g.active {
             self.notices.push(Notice::Group(format!(
-                "you are no longer a member of group {:?}",
+                "you are no longer a member of group \"{}\"",
                 g.state.title
             )));
         }
@@ -2013,7 +2030,7 @@ impl Engine {
         ) else {
             return Ok(None);
         };
-        let name = content.sender_name.chars().take(64).collect::<String>();
+        let name = safe::clean_field(&content.sender_name, safe::MAX_NAME_CHARS, Lines::One);
         let Some(mut g) = self.store.group(group_id)? else {
             return Ok(Some(Admitted {
                 id,
@@ -2031,14 +2048,14 @@ impl Engine {
         }
         let Some(member) = g.state.member(sender) else {
             self.notices.push(Notice::Group(format!(
-                "dropped a message to {:?} from someone who is not a member",
+                "dropped a message to \"{}\" from someone who is not a member",
                 g.state.title
             )));
             return Ok(None);
         };
         if g.state.settings.announcements_only && !member.role.is_admin() {
             self.notices.push(Notice::Group(format!(
-                "dropped a post by a non-admin in announcements-only group {:?}",
+                "dropped a post by a non-admin in announcements-only group \"{}\"",
                 g.state.title
             )));
             return Ok(None);
@@ -2081,7 +2098,7 @@ impl Engine {
             peer: sender,
             direction: MessageDirection::Incoming,
             sender_name: name,
-            text: t.body.clone(),
+            text: safe::clean_field(&t.body, MAX_TEXT_BYTES, Lines::Many),
             sent_at_ms: content.sent_at_ms,
             received_at_ms: received,
             status: MessageStatus::Received,

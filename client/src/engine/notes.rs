@@ -182,6 +182,9 @@ impl Engine {
         if text.trim().is_empty() && file.is_none() {
             return Err(EngineError::Invalid("a note needs text or --file".into()));
         }
+        if !text.trim().is_empty() {
+            self.check_text("a note", text)?;
+        }
         let (file_name, file) = match file {
             Some((name, bytes)) if bytes.len() > MAX_NOTE_FILE_BYTES => {
                 return Err(EngineError::Invalid(format!(

@@ -22,6 +22,7 @@ use super::groups::{Admitted, content as new_content};
 use super::{Content, Engine, EngineError, MAX_TEXT_BYTES, Result, content, hex, now_ms};
 use crate::group::Settings;
 use crate::routes::{Card, Date, GivenDate, Routes, today};
+use crate::safe::{self, Lines};
 use crate::store::{
     CorroborationRecord, MessageDirection, MessageRecord, MessageStatus, WarningRecord,
 };
@@ -459,12 +460,12 @@ pub fn check_when(when: &str) -> std::result::Result<(), String> {
     }
 }
 
-/// Longest subject, role, place, `when` or advice, in bytes.
-const MAX_FIELD_BYTES: usize = 512;
-
 impl WarningInput {
-    /// Trims fields and refuses what other members' apps would drop.
-    fn checked(mut self) -> Result<WarningInput> {
+    /// Trims fields and refuses what other members' apps would drop; with
+    /// `strict` (always, but in a test's modified client), also control and
+    /// text-direction characters and over-long fields (the limits in
+    /// [`crate::safe`]).
+    fn checked(mut self, strict: bool) -> Result<WarningInput> {
         for f in [
             &mut self.subject,
             &mut self.role,
@@ -481,23 +482,23 @@ impl WarningInput {
         }
         if !KINDS.contains(&self.kind.as_str()) {
             return invalid(format!(
-                "--kind {:?} is not a kind; use one of: {}",
+                "--kind \"{}\" is not a kind; use one of: {}",
                 self.kind,
                 KINDS.join(", ")
             ));
         }
         check_when(&self.when).map_err(EngineError::Invalid)?;
-        for (name, f) in [
-            ("--about", &self.subject),
-            ("--role", &self.role),
-            ("--where", &self.place),
-            ("--advice", &self.advice),
+        if !strict {
+            return Ok(self);
+        }
+        for (name, f, max) in [
+            ("--about", &self.subject, safe::MAX_SHORT_CHARS),
+            ("--role", &self.role, safe::MAX_SHORT_CHARS),
+            ("--where", &self.place, safe::MAX_SHORT_CHARS),
+            ("--advice", &self.advice, safe::MAX_ADVICE_CHARS),
         ] {
-            if f.len() > MAX_FIELD_BYTES {
-                return invalid(format!(
-                    "{name} is too long: {} bytes, the limit is {MAX_FIELD_BYTES}",
-                    f.len()
-                ));
+            if !f.is_empty() {
+                safe::check_field(name, f, max, Lines::One).map_err(EngineError::Invalid)?;
             }
         }
         if self.text.len() > MAX_TEXT_BYTES {
@@ -506,13 +507,21 @@ impl WarningInput {
                 self.text.len()
             ));
         }
+        if !self.text.trim().is_empty() {
+            safe::check_field("the text", &self.text, usize::MAX, Lines::Many)
+                .map_err(EngineError::Invalid)?;
+        }
         Ok(self)
     }
 }
 
 /// The wire form of a checked warning input.
-pub(super) fn warning_content(group: [u8; 16], input: WarningInput) -> Result<content::Warning> {
-    let input = input.checked()?;
+pub(super) fn warning_content(
+    group: [u8; 16],
+    input: WarningInput,
+    strict: bool,
+) -> Result<content::Warning> {
+    let input = input.checked(strict)?;
     Ok(content::Warning {
         group_id: group.to_vec(),
         subject: input.subject,
@@ -537,7 +546,9 @@ pub(super) fn warning_record(
     sent_at_ms: u64,
     settings: &Settings,
 ) -> Option<WarningRecord> {
-    let clip = |s: &str| s.trim().chars().take(MAX_FIELD_BYTES).collect::<String>();
+    // A modified app can send anything: made safe and cut to the limits here,
+    // so what is stored and shown is already safe.
+    let short = |s: &str| safe::clean_field(s, safe::MAX_SHORT_CHARS, Lines::One);
     let kind = if KINDS.contains(&w.kind.as_str()) {
         w.kind.clone()
     } else {
@@ -559,14 +570,14 @@ pub(super) fn warning_record(
         id,
         group,
         author,
-        subject: clip(&w.subject),
-        role: clip(&w.role),
+        subject: short(&w.subject),
+        role: short(&w.role),
         kind,
         firsthand: w.firsthand,
-        place: clip(&w.place),
+        place: short(&w.place),
         when,
-        advice: clip(&w.advice),
-        text: w.text.chars().take(MAX_TEXT_BYTES).collect(),
+        advice: safe::clean_field(&w.advice, safe::MAX_ADVICE_CHARS, Lines::One),
+        text: safe::clean_field(&w.text, MAX_TEXT_BYTES, Lines::Many),
         sent_at_ms,
         expires_at_ms,
         author_tag: None,
@@ -625,15 +636,18 @@ fn history_text(w: &WarningRecord) -> String {
 impl Engine {
     /// Posts a warning to a group. Returns once the relay has it for every member.
     pub async fn warn(&mut self, query: &str, input: WarningInput) -> Result<WarningView> {
-        let input = input.checked()?;
+        let input = input.checked(!self.unchecked)?;
         let g = self.find_group(query)?;
         self.require_active(&g)?;
         let role = self.my_role(&g).ok_or_else(|| {
-            EngineError::Invalid(format!("you are no longer a member of {:?}", g.state.title))
+            EngineError::Invalid(format!(
+                "you are no longer a member of \"{}\"",
+                g.state.title
+            ))
         })?;
         if g.state.settings.announcements_only && !role.is_admin() {
             return Err(EngineError::Invalid(format!(
-                "{:?} is announcements-only: only admins can post. Nothing was sent",
+                "\"{}\" is announcements-only: only admins can post. Nothing was sent",
                 g.state.title
             )));
         }
@@ -644,7 +658,7 @@ impl Engine {
         if g.state.member(me).and_then(|m| m.ring_key.as_deref()) != Some(my_key.as_str()) {
             self.ensure_ring_key(g.id).await?;
         }
-        let mut warning_body = warning_content(g.id, input)?;
+        let mut warning_body = warning_content(g.id, input, !self.unchecked)?;
         let (id, mut body) = new_content(
             &self.account.name,
             content::content::Body::Warning(warning_body.clone()),
@@ -708,7 +722,7 @@ impl Engine {
             Ok(tag) => tag,
             Err(why) => {
                 self.notices.push(super::Notice::Group(format!(
-                    "dropped a warning to {:?}: {why}",
+                    "dropped a warning to \"{}\": {why}",
                     g.state.title
                 )));
                 return Ok(None);
@@ -1113,24 +1127,100 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            ok.clone().checked().expect("valid").subject,
+            ok.clone().checked(true).expect("valid").subject,
             "Sir John Smith"
         );
         let bad_kind = WarningInput {
             kind: "rudeness".into(),
             ..ok.clone()
         };
-        let err = bad_kind.checked().expect_err("bad kind").to_string();
+        let err = bad_kind.checked(true).expect_err("bad kind").to_string();
         assert!(err.contains("sexual-misconduct"), "{err}");
         let no_subject = WarningInput {
             subject: "  ".into(),
             ..ok.clone()
         };
-        assert!(no_subject.checked().is_err());
+        assert!(no_subject.checked(true).is_err());
         let bad_when = WarningInput {
             when: "last spring".into(),
             ..ok
         };
-        assert!(bad_when.checked().is_err());
+        assert!(bad_when.checked(true).is_err());
+    }
+
+    fn input() -> WarningInput {
+        WarningInput {
+            subject: "Sir John Smith".into(),
+            kind: "bullying".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fields_with_controls_or_too_long_are_refused_at_the_source() {
+        for (field, bad) in [
+            ("--about", "John\n[2026-12-03 15:01] rosa: hi"),
+            ("--role", "MP\u{1b}[2J"),
+            ("--where", "office\u{202E}"),
+            ("--advice", "run\rEve"),
+        ] {
+            let mut w = input();
+            match field {
+                "--about" => w.subject = bad.into(),
+                "--role" => w.role = bad.into(),
+                "--where" => w.place = bad.into(),
+                _ => w.advice = bad.into(),
+            }
+            let err = w.checked(true).expect_err(field).to_string();
+            assert!(err.starts_with(field) && err.contains("U+"), "{err}");
+        }
+        let long = WarningInput {
+            role: "é".repeat(safe::MAX_SHORT_CHARS + 1),
+            ..input()
+        };
+        let err = long.checked(true).expect_err("long role").to_string();
+        assert!(err.contains("too long"), "{err}");
+        // Exactly at the limit, in a multi-byte script, is fine.
+        let at_limit = WarningInput {
+            advice: "é".repeat(safe::MAX_ADVICE_CHARS),
+            text: "line one\n\tline two".into(),
+            ..input()
+        };
+        assert!(at_limit.checked(true).is_ok());
+        let bad_text = WarningInput {
+            text: "a\u{8}\u{8}b".into(),
+            ..input()
+        };
+        assert!(bad_text.checked(true).is_err());
+    }
+
+    #[test]
+    fn a_received_warning_is_cleaned_and_cut() {
+        let w = content::Warning {
+            group_id: vec![0; 16],
+            subject: "Sir John Smith\n[2026-12-03 15:01] rosa: fake".into(),
+            role: "x".repeat(1000),
+            kind: "bullying".into(),
+            firsthand: true,
+            place: "\u{1b}]0;title\u{7}office".into(),
+            when: String::new(),
+            advice: "don't\u{202E}".into(),
+            text: "one\ntwo\u{1b}[2J".into(),
+            author_proof: Vec::new(),
+        };
+        let r = warning_record(
+            &w,
+            [1; 16],
+            [0; 16],
+            Uuid::nil(),
+            now_ms(),
+            &Settings::default(),
+        )
+        .expect("kept");
+        for f in [&r.subject, &r.role, &r.place, &r.advice] {
+            assert!(!f.chars().any(safe::is_unsafe), "{f:?}");
+        }
+        assert_eq!(r.role.chars().count(), safe::MAX_SHORT_CHARS);
+        assert_eq!(r.text, "one\ntwo\u{FFFD}[2J");
     }
 }

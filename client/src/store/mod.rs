@@ -886,6 +886,29 @@ impl Store {
             .filter(|c| c.account_id == id))
     }
 
+    /// Deletes the contact with exactly this name (their messages, keyed by
+    /// account, stay). Returns whether there was one.
+    pub fn delete_contact(&self, name: &str) -> Result<bool> {
+        let Some(c) = self.contact(name)? else {
+            return Ok(false);
+        };
+        self.remove(TREE_CONTACTS, name.as_bytes())?;
+        if self
+            .get_raw(TREE_CONTACT_IDS, c.account_id.as_bytes())?
+            .is_some_and(|n| n.as_slice() == name.as_bytes())
+        {
+            self.remove(TREE_CONTACT_IDS, c.account_id.as_bytes())?;
+        }
+        Ok(true)
+    }
+
+    /// Every 1:1 message, in no particular order.
+    pub fn direct_messages(&self) -> Result<Vec<MessageRecord>> {
+        let mut all: Vec<MessageRecord> = self.scan_json(TREE_MESSAGES)?;
+        all.retain(|m| m.group.is_none());
+        Ok(all)
+    }
+
     /// All contacts, sorted by name.
     pub fn contacts(&self) -> Result<Vec<Contact>> {
         let mut all: Vec<Contact> = self.scan_json(TREE_CONTACTS)?;
