@@ -1538,7 +1538,7 @@ fn connected_line(again: bool, json: bool, terminal: bool) -> Option<&'static st
 fn notice(n: &Notice) {
     match n {
         Notice::Connected { .. } => {}
-        Notice::IdentityChanged(name) => eshow!(
+        Notice::IdentityChanged(name) => tell!(
             "warning: {name}'s safety number has changed. Sending to them is blocked until you \
              run `sotto contact verify {arg}` and `sotto contact trust {arg}`.",
             arg = sotto_client::safe::shell_arg(name)

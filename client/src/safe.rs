@@ -35,6 +35,10 @@ pub const MAX_TITLE_CHARS: usize = 64;
 pub const MAX_SHORT_CHARS: usize = 120;
 /// The longest advice on a warning, in characters.
 pub const MAX_ADVICE_CHARS: usize = 500;
+/// The longest message text (a message, a warning's text, a note), in bytes
+/// as typed; the relay's envelope cap is 64 KiB. A receiver keeps at most this
+/// many characters.
+pub const MAX_TEXT_BYTES: usize = 32 * 1024;
 
 /// Characters that reorder text (bidi embeddings, overrides and isolates, and
 /// the invisible direction marks). Any of them lets one person's text change
@@ -133,7 +137,10 @@ pub enum Lines {
 /// Returns the trimmed text, or an error naming the field (`what`, e.g.
 /// "a display name") that says what to change.
 pub fn check_field(what: &str, s: &str, max_chars: usize, lines: Lines) -> Result<String, String> {
-    let s = s.trim();
+    // A line break typed on Windows is a line break; a lone carriage return
+    // is how one line overwrites another, so it is refused below.
+    let normalised = s.replace("\r\n", "\n");
+    let s = normalised.trim();
     if s.is_empty() {
         return Err(format!("{what} cannot be empty"));
     }
@@ -144,7 +151,7 @@ pub fn check_field(what: &str, s: &str, max_chars: usize, lines: Lines) -> Resul
         ));
     }
     for c in s.chars() {
-        let allowed = lines == Lines::Many && matches!(c, '\n' | '\t' | '\r');
+        let allowed = lines == Lines::Many && matches!(c, '\n' | '\t');
         if is_unsafe(c) && !allowed {
             let mut shown = String::new();
             let _ = write!(shown, "U+{:04X}", u32::from(c));
@@ -167,7 +174,8 @@ pub fn check_field(what: &str, s: &str, max_chars: usize, lines: Lines) -> Resul
 /// (line breaks and tabs kept where `lines` is [`Lines::Many`]). Honest
 /// clients never send what this changes; it guards against modified ones.
 pub fn clean_field(s: &str, max_chars: usize, lines: Lines) -> String {
-    s.trim()
+    s.replace("\r\n", "\n")
+        .trim()
         .chars()
         .take(max_chars)
         .map(|c| {
@@ -248,13 +256,11 @@ mod tests {
     #[test]
     fn fields_are_checked_at_the_source() {
         assert!(check_field("a display name", FORGED, 64, Lines::One).is_err());
-        let e = check_field("a display name", "Eve\u{202E}", 64, Lines::One)
-            .expect_err("a bidi control is refused");
+        let e = check_field("a display name", "Eve\u{202E}", 64, Lines::One).expect_err("bidi");
         assert!(e.contains("U+202E"), "{e}");
         assert!(check_field("a display name", "   ", 64, Lines::One).is_err());
         let long = "x".repeat(65);
-        let e = check_field("a display name", &long, 64, Lines::One)
-            .expect_err("65 characters are refused");
+        let e = check_field("a display name", &long, 64, Lines::One).expect_err("long");
         assert!(e.contains("65") && e.contains("64"), "{e}");
         // 64 characters of a multi-byte script fit: the limit counts characters.
         assert!(check_field("a name", &"é".repeat(64), 64, Lines::One).is_ok());
@@ -263,6 +269,12 @@ mod tests {
             Ok("one\ntwo".into())
         );
         assert!(check_field("a message", "one\u{1b}[2J", 100, Lines::Many).is_err());
+        // A Windows line break is a line break; a lone CR overwrites a line.
+        assert_eq!(
+            check_field("a message", "one\r\ntwo", 100, Lines::Many),
+            Ok("one\ntwo".into())
+        );
+        assert!(check_field("a message", "rosa\rEve", 100, Lines::Many).is_err());
     }
 
     #[test]
@@ -278,6 +290,8 @@ mod tests {
         );
         assert_eq!(clean_field("a\nb", 10, Lines::Many), "a\nb");
         assert_eq!(clean_field("a\u{202E}b", 10, Lines::Many), "a\u{FFFD}b");
+        assert_eq!(clean_field("a\r\nb", 10, Lines::Many), "a\nb");
+        assert_eq!(clean_field("rosa\rEve", 10, Lines::Many), "rosa\u{FFFD}Eve");
     }
 
     #[test]
