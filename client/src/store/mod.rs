@@ -24,6 +24,8 @@
 mod crypto;
 mod signal;
 
+pub use signal::AsIdentity;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -95,6 +97,8 @@ pub struct IdentityStatus {
     pub trusted: Option<IdentityKey>,
     /// The key most recently seen from this account.
     pub current: IdentityKey,
+    /// The key whose safety number `contact verify` last showed, if any.
+    pub shown: Option<IdentityKey>,
 }
 
 impl IdentityStatus {
@@ -136,6 +140,36 @@ pub struct AccountRecord {
     /// crypto-erases the real profile it stands in for.
     #[serde(default)]
     pub duress_erases_real: bool,
+    /// Identity keys replaced by `identity reset`, newest last, kept for a
+    /// while so that messages sealed to them before peers learned the new
+    /// key still open (see `Engine::reset_identity`).
+    #[serde(default)]
+    pub retired_identities: Vec<IdentityRecord>,
+    /// A new identity key sent to the relay by `identity reset` whose answer
+    /// was not seen: the next connection finds out which key the relay holds
+    /// and finishes or undoes the reset.
+    #[serde(default)]
+    pub pending_identity: Option<IdentityRecord>,
+}
+
+/// One identity key of ours with its registration id.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    /// `IdentityKeyPair::serialize` (secret).
+    pub identity_key_pair: Vec<u8>,
+    /// The registration id that went with it.
+    pub registration_id: u32,
+    /// When it was retired (or, for a pending one, made), ms since the epoch.
+    pub at_ms: u64,
+}
+
+impl fmt::Debug for IdentityRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityRecord")
+            .field("identity_key_pair", &"<redacted>")
+            .field("at_ms", &self.at_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for AccountRecord {
@@ -511,6 +545,8 @@ struct Header {
 struct StoredIdentity {
     trusted: Option<Vec<u8>>,
     current: Vec<u8>,
+    #[serde(default)]
+    shown: Option<Vec<u8>>,
 }
 
 /// Stored form of an outbox entry: the sequence number gives enqueue order.
@@ -1041,6 +1077,7 @@ impl Store {
         Ok(Some(IdentityStatus {
             trusted: stored.trusted.as_deref().map(decode).transpose()?,
             current: decode(&stored.current)?,
+            shown: stored.shown.as_deref().map(decode).transpose()?,
         }))
     }
 
@@ -1059,6 +1096,20 @@ impl Store {
             return Ok(false);
         };
         stored.trusted = Some(stored.current.clone());
+        self.put_json(TREE_IDENTITIES, peer.as_bytes(), &stored)?;
+        Ok(true)
+    }
+
+    /// Records that the safety number of `key` was shown for `peer`, so
+    /// that `contact trust` may mark it verified. False if no key was ever
+    /// seen from `peer`.
+    pub fn mark_shown(&self, peer: Uuid, key: &IdentityKey) -> Result<bool> {
+        let _guard = self.lock();
+        let Some(mut stored) = self.get_json::<StoredIdentity>(TREE_IDENTITIES, peer.as_bytes())?
+        else {
+            return Ok(false);
+        };
+        stored.shown = Some(key.serialize().to_vec());
         self.put_json(TREE_IDENTITIES, peer.as_bytes(), &stored)?;
         Ok(true)
     }
@@ -1105,6 +1156,7 @@ impl Store {
                     StoredIdentity {
                         trusted: Some(key_bytes.clone()),
                         current: key_bytes,
+                        shown: None,
                     },
                     false,
                 ),
@@ -1339,6 +1391,8 @@ mod tests {
             transport_hint: None,
             keys_rotated_at_ms: 0,
             duress_erases_real: false,
+            retired_identities: Vec::new(),
+            pending_identity: None,
         }
     }
 
