@@ -1253,8 +1253,8 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                 }
                 None => None,
             };
-            // An error means nothing was kept; a note kept but not yet
-            // countersigned is a success that says so.
+            // An error from the engine means nothing was kept; a note kept
+            // but not countersigned fails too, and says it is kept.
             let n = engine.note_add(text.as_deref().unwrap_or(""), file).await?;
             match (n.countersigned_at_ms, n.countersign_error) {
                 (Some(at), _) => writeln!(
@@ -1263,13 +1263,13 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                     n.id,
                     sotto_client::engine::day_time(at)
                 )?,
-                (None, reason) => writeln!(
-                    out,
-                    "kept note {} (not countersigned yet{}; a later `sotto note list` or \
-                     `note export` countersigns it)",
-                    n.id,
-                    reason.map(|r| format!(": {r}")).unwrap_or_default()
-                )?,
+                (None, Some(reason)) => bail!(
+                    "{}. The note is kept (note {}); it will be countersigned by a later \
+                     `sotto note list` or `note export`",
+                    safe::line(&reason),
+                    n.id
+                ),
+                (None, None) => writeln!(out, "kept note {} (not countersigned yet)", n.id)?,
             }
         }
         Command::Note(NoteCommand::List { json }) => {
