@@ -153,7 +153,8 @@ pub const SEND_CONNECT_WAIT: Duration = Duration::from_secs(4);
 /// its own 20 s bound besides).
 pub const SEND_WAIT: Duration = Duration::from_secs(30);
 
-/// Where a message handed to [`Engine::send_text`] or [`Engine::group_send`] is.
+/// Where a message handed to [`Engine::send_text_outcome`] or
+/// [`Engine::group_send_outcome`] is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// The relay holds it durably (a group message: for every member it went to).
@@ -790,10 +791,17 @@ impl Engine {
         })
     }
 
+    /// Stores `text` for `name`, then sends it; `Ok` only once the relay has
+    /// it durably (a queued message is an error that says it is saved). See
+    /// [`Engine::send_text_outcome`] for the typed outcome.
+    pub async fn send_text(&mut self, name: &str, text: &str) -> Result<ShownMessage> {
+        self.send_text_outcome(name, text).await?.relayed()
+    }
+
     /// Stores `text` for `name`, then sends it. Returns once the relay has it
     /// durably, or once it is clear that it cannot get there now (it is then
     /// [`Delivery::Queued`]); an error means nothing will be sent.
-    pub async fn send_text(&mut self, name: &str, text: &str) -> Result<Sent> {
+    pub async fn send_text_outcome(&mut self, name: &str, text: &str) -> Result<Sent> {
         let contact = self.contact(name)?;
         check_text(text)?;
         if text.len() > MAX_TEXT_BYTES {

@@ -1040,7 +1040,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             writeln!(out, "{}", trust_report(&name, trusted))?;
         }
         Command::Send { name, text } => {
-            let sent = engine.send_text(&name, &text).await?;
+            let sent = engine.send_text_outcome(&name, &text).await?;
             report_sent(&mut out, sent)?;
         }
         Command::Sync { json } => {
@@ -1587,7 +1587,7 @@ async fn group_command_inner(
             anonymous: false,
             ..
         } => {
-            let sent = engine.group_send(&group, &text).await?;
+            let sent = engine.group_send_outcome(&group, &text).await?;
             report_sent(out, sent)?;
         }
         GroupCommand::Send {

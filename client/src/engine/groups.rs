@@ -1331,9 +1331,16 @@ impl Engine {
         Ok(done)
     }
 
+    /// Posts a text to a group; `Ok` only once the relay has it for every
+    /// member (a queued message is an error that says it is saved). See
+    /// [`Engine::group_send_outcome`] for the typed outcome.
+    pub async fn group_send(&mut self, query: &str, text: &str) -> Result<ShownMessage> {
+        self.group_send_outcome(query, text).await?.relayed()
+    }
+
     /// Posts a text to a group. Returns once the relay has it for every
     /// member, or once it is clear it cannot get there now ([`super::Delivery::Queued`]).
-    pub async fn group_send(&mut self, query: &str, text: &str) -> Result<Sent> {
+    pub async fn group_send_outcome(&mut self, query: &str, text: &str) -> Result<Sent> {
         let g = self.find_group(query)?;
         check_text(text)?;
         let role = self.my_role(&g).ok_or_else(|| {
