@@ -19,14 +19,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libsignal_protocol::{
-    DeviceId, Fingerprint, GenericSignedPreKey, IdentityKey, IdentityKeyPair, KeyPair,
+    ContentHint, DeviceId, Fingerprint, GenericSignedPreKey, IdentityKey, IdentityKeyPair, KeyPair,
     KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
     PublicKey, SenderCertificate, SessionRecord, SessionStore, SessionUsabilityRequirements,
-    SignalProtocolError, SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem,
-    process_prekey_bundle, sealed_sender_encrypt,
+    SignalProtocolError, SignedPreKeyRecord, SignedPreKeyStore, Timestamp,
+    UnidentifiedSenderMessageContent, kem, message_encrypt, process_prekey_bundle,
+    sealed_sender_encrypt_from_usmc,
 };
 use prost::Message as _;
 use rand::Rng;
+use sha2::{Digest, Sha256};
 use sotto_wire::auth::{Purpose, transcript};
 use sotto_wire::code::ContactCode;
 use sotto_wire::content::{self, Content};
@@ -38,7 +40,7 @@ use uuid::Uuid;
 
 use crate::store::{
     AccountRecord, AsIdentity, Contact, IdKind, IdentityRecord, MessageDirection, MessageRecord,
-    MessageStatus, OutboxEntry, Store, StoreError,
+    MessageStatus, OutboxEntry, SentLogEntry, Store, StoreError,
 };
 use crate::transport::{Connection, Route, TransportError};
 
@@ -286,6 +288,9 @@ pub struct Engine {
     notices: Vec<Notice>,
     /// Opened by the duress passphrase: this is the decoy profile.
     decoy: bool,
+    /// Set by `unseal` when it knew the sender but could not decrypt: who,
+    /// and the SHA-256 of the ciphertext, for a retry request.
+    retry_for: Option<(Uuid, [u8; 32])>,
 }
 
 /// What `sotto panic` did.
@@ -403,6 +408,7 @@ impl Engine {
             anon: None,
             notices: Vec::new(),
             decoy: false,
+            retry_for: None,
         };
         let keys = engine.generate_keys(ONE_TIME_KEYS, true).await?;
         let conn = engine.connect().await?;
@@ -578,6 +584,7 @@ impl Engine {
             anon: None,
             notices: Vec::new(),
             decoy: false,
+            retry_for: None,
         })
     }
 
@@ -977,16 +984,28 @@ impl Engine {
             let certificate = self.sender_certificate().await?;
             let mut sessions = self.store.clone();
             let mut identities = self.store.clone();
-            let envelope = sealed_sender_encrypt(
-                &address,
-                &certificate,
+            // sealed_sender_encrypt in two steps, to log the inner ciphertext
+            // that a retry request would name.
+            let inner = message_encrypt(
                 &entry.content,
+                &address,
                 &mut sessions,
                 &mut identities,
                 SystemTime::now(),
                 &mut rand::rng(),
             )
             .await?;
+            let usmc = UnidentifiedSenderMessageContent::new(
+                inner.message_type(),
+                certificate,
+                inner.serialize().to_vec(),
+                ContentHint::Default,
+                None,
+            )?;
+            self.log_sent(inner.serialize(), entry, None)?;
+            let envelope =
+                sealed_sender_encrypt_from_usmc(&address, &usmc, &identities, &mut rand::rng())
+                    .await?;
             let conn = self.connection().await?;
             let answer = conn
                 .request(Req::Send(relay::Send {
@@ -1023,6 +1042,134 @@ impl Engine {
         Err(EngineError::Invalid(format!(
             "the relay keeps refusing our session with {peer_name}; try again later"
         )))
+    }
+
+    /// Remembers what the ciphertext `inner` held, so that its recipient can
+    /// ask for it again (see [`Engine::on_retry_request`]).
+    pub(crate) fn log_sent(
+        &self,
+        inner: &[u8],
+        entry: &OutboxEntry,
+        group: Option<[u8; 16]>,
+    ) -> Result<()> {
+        let message_id = Content::decode(entry.content.as_slice())
+            .ok()
+            .and_then(|c| <[u8; 16]>::try_from(c.id.as_slice()).ok())
+            .unwrap_or(entry.id);
+        self.store.log_sent(
+            &Sha256::digest(inner).into(),
+            &SentLogEntry {
+                message_id,
+                recipient: entry.recipient,
+                group,
+                content: entry.content.clone(),
+                at_ms: now_ms(),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Asks `sender` to send again a message we could unseal but not
+    /// decrypt. Our session with them may be what broke, so it is archived:
+    /// the request (and their copy) start a new one. Queued in the outbox,
+    /// in the receive's staged writes, so it is sent by the next drain.
+    async fn ask_again(&mut self, sender: Uuid, hash: [u8; 32]) -> Result<()> {
+        let address = address_of(sender)?;
+        if let Some(mut session) = self.store.load_session(&address).await? {
+            session.archive_current_state()?;
+            let mut sessions = self.store.clone();
+            sessions.store_session(&address, &session).await?;
+        }
+        let (id, body) = groups::content(
+            &self.account.name,
+            content::content::Body::RetryRequest(content::RetryRequest {
+                ciphertext_hash: hash.to_vec(),
+            }),
+        );
+        self.store.outbox_push(&OutboxEntry {
+            id,
+            recipient: sender,
+            content: body.encode_to_vec(),
+            created_at_ms: now_ms(),
+            group: None,
+            anonymous: false,
+        })?;
+        Ok(())
+    }
+
+    /// A recipient could not open something we sent: send it again, once,
+    /// under a new session (and, for a group, with our sender key again).
+    async fn on_retry_request(
+        &mut self,
+        sender: Uuid,
+        r: &content::RetryRequest,
+    ) -> Result<Option<MessageRecord>> {
+        let name = self.peer_name(sender, "")?;
+        let logged = match <[u8; 32]>::try_from(r.ciphertext_hash.as_slice()) {
+            Ok(hash) => self.store.sent_logged(&hash)?,
+            Err(_) => None,
+        };
+        let Some(logged) = logged else {
+            self.notices.push(Notice::Group(format!(
+                "{name} could not open a message from you that is no longer kept here"
+            )));
+            return Ok(None);
+        };
+        // Only to whom it was for: a request cannot fetch someone else's message.
+        let group = match logged.group {
+            None if logged.recipient == sender => None,
+            None => return Ok(None),
+            Some(gid) => match self.store.group(gid)? {
+                Some(g) if g.state.members.iter().any(|m| m.account == sender) => Some(g),
+                _ => return Ok(None),
+            },
+        };
+        if !self.store.mark_retried(logged.message_id, sender)? {
+            self.notices.push(Notice::Group(format!(
+                "{name} still cannot open a message you sent them (it was sent again once); \
+                 it is marked not sent"
+            )));
+            if let Some(mut record) = self.store.message(sender, logged.message_id)? {
+                record.status = MessageStatus::Failed;
+                self.store.update_message(&record)?;
+            }
+            return Ok(None);
+        }
+        let address = address_of(sender)?;
+        if let Some(mut session) = self.store.load_session(&address).await? {
+            session.archive_current_state()?;
+            let mut sessions = self.store.clone();
+            sessions.store_session(&address, &session).await?;
+        }
+        let outbox_id = match group {
+            Some(mut g) => {
+                // Their copy of our sender key is gone or bad: send it again
+                // with our next group message.
+                g.sender_key_sent_to.retain(|a| *a != sender);
+                self.store.put_group(&g)?;
+                rand::rng().random()
+            }
+            None => {
+                // The message shows as waiting until the relay has the new copy.
+                if let Some(mut record) = self.store.message(sender, logged.message_id)? {
+                    record.status = MessageStatus::Pending;
+                    self.store.update_message(&record)?;
+                }
+                logged.message_id
+            }
+        };
+        self.store.outbox_push(&OutboxEntry {
+            id: outbox_id,
+            recipient: sender,
+            content: logged.content,
+            created_at_ms: now_ms(),
+            group: None,
+            anonymous: false,
+        })?;
+        self.notices.push(Notice::Group(format!(
+            "{name} could not open a message you sent; sending it again"
+        )));
+        Ok(None)
     }
 
     /// Takes a message that can never be delivered out of the outbox and marks it failed.
@@ -1358,6 +1505,7 @@ impl Engine {
         envelope: &relay::Envelope,
         on_notice: &mut dyn FnMut(&Notice),
     ) -> Result<Option<MessageRecord>> {
+        self.retry_for = None;
         let (sender, plain) = match self.unseal(envelope).await {
             Ok(d) => d,
             Err(SignalProtocolError::DuplicatedMessage(..)) => return Ok(None),
@@ -1373,6 +1521,10 @@ impl Engine {
                     seq: envelope.seq,
                     reason: e.to_string(),
                 });
+                if let Some((sender, hash)) = self.retry_for.take() {
+                    // Its sender is known: ask them to send it again.
+                    self.ask_again(sender, hash).await?;
+                }
                 return Ok(None);
             }
         };
@@ -1400,6 +1552,9 @@ impl Engine {
         };
         let text = match &content.body {
             Some(content::content::Body::Text(t)) => t.body.clone(),
+            Some(content::content::Body::RetryRequest(r)) => {
+                return self.on_retry_request(sender, r).await;
+            }
             Some(other) => return self.receive_group_content(sender, &content, other).await,
             // A newer client's message kind we cannot show: drop it rather than fail the batch.
             None => return Ok(None),

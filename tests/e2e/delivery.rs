@@ -276,3 +276,101 @@ fn an_empty_sync_to_a_pipe_prints_nothing() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
     assert_eq!(alice.ok(&["sync", "--json"]), "");
 }
+
+/// Copies a profile's files (the profile must not be open).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for entry in std::fs::read_dir(from).expect("read the profile") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a file");
+        }
+    }
+}
+
+#[test]
+fn a_message_the_recipient_cannot_open_is_asked_for_and_sent_again() {
+    let relay = Relay::start();
+    let (alice, bob) = pair(&relay);
+    // Bob's profile goes back to a copy made before he had Alice's group
+    // key (a restored backup): her next group message cannot be opened.
+    let saved = tempfile::tempdir().expect("temp dir");
+    copy_dir(bob.home(), saved.path());
+    alice.ok(&["group", "send", TITLE, "g1"]);
+    assert_eq!(texts(&bob.sync_json()), ["g1"]);
+    std::fs::remove_dir_all(bob.home().join("store")).expect("remove bob's store");
+    copy_dir(&saved.path().join("store"), &bob.home().join("store"));
+    alice.ok(&["group", "send", TITLE, "g2"]);
+
+    let out = bob.run(&["sync", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be decrypted"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "nothing to show yet"
+    );
+
+    // Alice's app gets Bob's request and sends the message again.
+    let out = alice.run(&["sync"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sending it again"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(texts(&bob.sync_json()), ["g2"]);
+    // And her next group message carries her group key again.
+    alice.ok(&["group", "send", TITLE, "g3"]);
+    assert_eq!(texts(&bob.sync_json()), ["g3"]);
+}
+
+#[test]
+fn a_direct_message_the_recipient_cannot_open_is_sent_again_and_shows_its_state() {
+    let relay = Relay::start();
+    let alice = User::new(&relay, "Alice");
+    let bob = User::new(&relay, "Bob");
+    alice.add_contact("bob", &bob);
+    bob.add_contact("alice", &alice);
+    // Bob's profile goes back to before he had a session with Alice.
+    let saved = tempfile::tempdir().expect("temp dir");
+    copy_dir(bob.home(), saved.path());
+    alice.ok(&["send", "bob", "a1"]);
+    assert_eq!(texts(&bob.sync_json()), ["a1"]);
+    // His answer moves Alice's side of the session on: her next message
+    // needs the session state Bob is about to lose.
+    bob.ok(&["send", "alice", "b1"]);
+    assert_eq!(texts(&alice.sync_json()), ["b1"]);
+    std::fs::remove_dir_all(bob.home().join("store")).expect("remove bob's store");
+    copy_dir(&saved.path().join("store"), &bob.home().join("store"));
+    alice.ok(&["send", "bob", "a2"]);
+
+    let out = bob.run(&["sync", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "",
+        "{}",
+        describe(&out)
+    );
+    let out = alice.run(&["sync"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sending it again"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(texts(&bob.sync_json()), ["a2"]);
+    let statuses: Vec<String> = alice
+        .history_json("bob")
+        .iter()
+        .map(|m| m["status"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(statuses, ["sent", "received", "sent"]);
+}

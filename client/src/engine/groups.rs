@@ -1516,6 +1516,7 @@ impl Engine {
             &mut rand::rng(),
         )
         .await?;
+        self.log_sent(message.serialized(), entry, Some(g.id))?;
         let certificate = self.sender_certificate().await?;
         let usmc = UnidentifiedSenderMessageContent::new(
             CiphertextMessageType::SenderKey,
@@ -1655,45 +1656,61 @@ impl Engine {
             Some(view) => view,
             None => &mut current,
         };
-        let plain = match usmc.msg_type()? {
-            CiphertextMessageType::Whisper => {
-                message_decrypt_signal(
-                    &SignalMessage::try_from(usmc.contents()?)?,
-                    &address,
-                    &mut sessions,
-                    identities,
-                    &mut rand::rng(),
-                )
-                .await?
+        // What a retry request names if this does not decrypt.
+        let hash: [u8; 32] = Sha256::digest(usmc.contents()?).into();
+        let decrypted = async {
+            Ok(match usmc.msg_type()? {
+                CiphertextMessageType::Whisper => {
+                    message_decrypt_signal(
+                        &SignalMessage::try_from(usmc.contents()?)?,
+                        &address,
+                        &mut sessions,
+                        identities,
+                        &mut rand::rng(),
+                    )
+                    .await?
+                }
+                CiphertextMessageType::PreKey => {
+                    let mut pre_keys = self.store.clone();
+                    let signed = self.store.clone();
+                    let mut kyber = self.store.clone();
+                    message_decrypt_prekey(
+                        &PreKeySignalMessage::try_from(usmc.contents()?)?,
+                        &address,
+                        &mut sessions,
+                        identities,
+                        &mut pre_keys,
+                        &signed,
+                        &mut kyber,
+                        &mut rand::rng(),
+                    )
+                    .await?
+                }
+                CiphertextMessageType::SenderKey => {
+                    let mut sender_keys = self.store.clone();
+                    group_decrypt(usmc.contents()?, &mut sender_keys, &address).await?
+                }
+                other => {
+                    return Err(SignalProtocolError::InvalidMessage(
+                        other,
+                        "unexpected message type",
+                    ));
+                }
+            })
+        }
+        .await;
+        match decrypted {
+            Ok(plain) => Ok((account, plain)),
+            // A replay, or our own store failing: nothing to ask the sender.
+            Err(
+                e @ (SignalProtocolError::DuplicatedMessage(..)
+                | SignalProtocolError::ApplicationCallbackError(..)),
+            ) => Err(e),
+            Err(e) => {
+                self.retry_for = Some((account, hash));
+                Err(e)
             }
-            CiphertextMessageType::PreKey => {
-                let mut pre_keys = self.store.clone();
-                let signed = self.store.clone();
-                let mut kyber = self.store.clone();
-                message_decrypt_prekey(
-                    &PreKeySignalMessage::try_from(usmc.contents()?)?,
-                    &address,
-                    &mut sessions,
-                    identities,
-                    &mut pre_keys,
-                    &signed,
-                    &mut kyber,
-                    &mut rand::rng(),
-                )
-                .await?
-            }
-            CiphertextMessageType::SenderKey => {
-                let mut sender_keys = self.store.clone();
-                group_decrypt(usmc.contents()?, &mut sender_keys, &address).await?
-            }
-            other => {
-                return Err(SignalProtocolError::InvalidMessage(
-                    other,
-                    "unexpected message type",
-                ));
-            }
-        };
-        Ok((account, plain))
+        }
     }
 
     /// Handles the group kinds of content. Returns a record to show for group texts.
@@ -1705,6 +1722,8 @@ impl Engine {
     ) -> Result<Option<MessageRecord>> {
         use content::content::Body;
         match body {
+            // Handled before group content (`open_envelope`).
+            Body::RetryRequest(_) => Ok(None),
             Body::GroupText(t) => self.on_group_text(sender, content, t).await,
             Body::Warning(w) => self.on_warning(sender, content, w).await,
             Body::Anonymous(a) => self.on_anonymous(Some(sender), content, a).await,

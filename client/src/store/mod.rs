@@ -517,6 +517,10 @@ const TREE_SUBJECT_MERGES: &str = "subject_merges";
 const TREE_CORROBORATIONS: &str = "corroborations";
 /// Anonymous posts waiting for a moderator, by post id.
 const TREE_SUBMISSIONS: &str = "submissions";
+/// What we sent, by the SHA-256 of its inner ciphertext (see [`SentLogEntry`]).
+const TREE_SENT_LOG: &str = "sent_log";
+/// Message id || requester: a message already sent again once to them.
+const TREE_RETRIED: &str = "retried";
 pub(crate) const TREE_IDENTITIES: &str = "identities";
 pub(crate) const TREE_SESSIONS: &str = "sessions";
 pub(crate) const TREE_PREKEYS: &str = "prekeys";
@@ -531,6 +535,23 @@ const ID_LIMIT: u32 = 0xFF_FFFF;
 
 /// A decrypted `(logical key, value)` pair, wiped when dropped.
 type Entry = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
+
+/// A message we sent, found by the SHA-256 of its inner ciphertext, so a
+/// recipient who could unseal but not decrypt it can ask for it again.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SentLogEntry {
+    /// The message id inside the content (what receivers deduplicate by).
+    pub message_id: [u8; 16],
+    /// Who it went to (1:1), or ourselves for a group message.
+    #[serde(with = "uuid_bytes")]
+    pub recipient: Uuid,
+    /// The group, for a group message.
+    pub group: Option<[u8; 16]>,
+    /// The encoded `Content`, to send again.
+    pub content: Vec<u8>,
+    /// When it was sent (ms since the epoch).
+    pub at_ms: u64,
+}
 
 /// The plaintext header in the `meta` tree.
 #[derive(Serialize, Deserialize)]
@@ -1111,6 +1132,30 @@ impl Store {
         };
         stored.shown = Some(key.serialize().to_vec());
         self.put_json(TREE_IDENTITIES, peer.as_bytes(), &stored)?;
+        Ok(true)
+    }
+
+    /// Remembers what a sent ciphertext held (see [`SentLogEntry`]).
+    pub fn log_sent(&self, hash: &[u8; 32], e: &SentLogEntry) -> Result<()> {
+        self.put_json(TREE_SENT_LOG, hash, e)
+    }
+
+    /// What we sent as the ciphertext with this SHA-256, if we did.
+    pub fn sent_logged(&self, hash: &[u8; 32]) -> Result<Option<SentLogEntry>> {
+        self.get_json(TREE_SENT_LOG, hash)
+    }
+
+    /// Records that message `id` was sent again to `requester`; false if it
+    /// already was (a message is sent again once per recipient, so two apps
+    /// that cannot open each other's messages do not loop).
+    pub fn mark_retried(&self, id: [u8; 16], requester: Uuid) -> Result<bool> {
+        let _guard = self.lock();
+        let mut key = id.to_vec();
+        key.extend_from_slice(requester.as_bytes());
+        if self.get_raw(TREE_RETRIED, &key)?.is_some() {
+            return Ok(false);
+        }
+        self.put_raw(TREE_RETRIED, &key, &[])?;
         Ok(true)
     }
 
