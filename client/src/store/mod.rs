@@ -1987,6 +1987,44 @@ mod tests {
         // Addresses that are not account ids are refused, not panicked on.
         let bad = ProtocolAddress::new("not-a-uuid".into(), device);
         assert!(store.get_identity(&bad).await.is_err());
+
+        // Which key's safety number was shown is remembered per key: a
+        // later key is not "shown" until verify shows it.
+        assert!(store.mark_shown(peer, &k3).expect("shown"));
+        let status = store.identity_status(peer).expect("status").expect("some");
+        assert_eq!(status.shown, Some(k3));
+        let k4 = identity();
+        store.note_identity(peer, &k4).expect("note");
+        let status = store.identity_status(peer).expect("status").expect("some");
+        assert_ne!(status.shown, Some(status.current));
+        assert!(!store.mark_shown(Uuid::new_v4(), &k4).expect("no record"));
+    }
+
+    #[test]
+    fn a_message_is_sent_again_once_per_requester() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), PASS).expect("create");
+        let (id, bob, cat) = ([7u8; 16], Uuid::new_v4(), Uuid::new_v4());
+        assert!(store.mark_retried(id, bob).expect("first"));
+        assert!(!store.mark_retried(id, bob).expect("second"));
+        assert!(store.mark_retried(id, cat).expect("another requester"));
+        assert!(store.mark_retried([8u8; 16], bob).expect("another message"));
+
+        let hash = [1u8; 32];
+        assert!(store.sent_logged(&hash).expect("lookup").is_none());
+        let entry = SentLogEntry {
+            message_id: id,
+            recipient: bob,
+            group: None,
+            content: b"content".to_vec(),
+            at_ms: 5,
+        };
+        store.log_sent(&hash, &entry).expect("log");
+        drop(store);
+        let store = Store::open(dir.path(), PASS).expect("reopen");
+        let found = store.sent_logged(&hash).expect("lookup").expect("logged");
+        assert_eq!((found.message_id, found.recipient), (id, bob));
+        assert_eq!(found.content, b"content");
     }
 
     #[test]
