@@ -19,14 +19,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use libsignal_protocol::{
-    DeviceId, Fingerprint, GenericSignedPreKey, IdentityKey, IdentityKeyPair, KeyPair,
+    ContentHint, DeviceId, Fingerprint, GenericSignedPreKey, IdentityKey, IdentityKeyPair, KeyPair,
     KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
-    PublicKey, SenderCertificate, SessionStore, SessionUsabilityRequirements, SignalProtocolError,
-    SignedPreKeyRecord, SignedPreKeyStore, Timestamp, kem, process_prekey_bundle,
-    sealed_sender_encrypt,
+    PublicKey, SenderCertificate, SessionRecord, SessionStore, SessionUsabilityRequirements,
+    SignalProtocolError, SignedPreKeyRecord, SignedPreKeyStore, Timestamp,
+    UnidentifiedSenderMessageContent, kem, message_encrypt, process_prekey_bundle,
+    sealed_sender_encrypt_from_usmc,
 };
 use prost::Message as _;
 use rand::Rng;
+use sha2::{Digest, Sha256};
 use sotto_wire::auth::{Purpose, transcript};
 use sotto_wire::code::ContactCode;
 use sotto_wire::content::{self, Content};
@@ -38,8 +40,8 @@ use uuid::Uuid;
 
 use crate::safe::{self, Lines};
 use crate::store::{
-    AccountRecord, Contact, IdKind, MessageDirection, MessageRecord, MessageStatus, OutboxEntry,
-    Store, StoreError,
+    AccountRecord, AsIdentity, Contact, IdKind, IdentityRecord, MessageDirection, MessageRecord,
+    MessageStatus, OutboxEntry, SentLogEntry, Store, StoreError,
 };
 use crate::transport::{Connection, Route, TransportError};
 
@@ -57,6 +59,13 @@ pub use warnings::{
     KINDS, NameMatch, SubjectSummary, WarningInput, WarningView, check_when, day_of, day_time,
     name_match, subject_key,
 };
+
+/// How long an identity key replaced by `identity reset` is kept to open
+/// messages sealed to it: longer than the relay keeps an envelope (30 days
+/// by default), so anything sent to the old key before the peer learned the
+/// new one can still be read, and no longer, so a retired key does not stay
+/// on the disk for good.
+pub const RETIRED_IDENTITY_KEEP_MS: u64 = 45 * 24 * 60 * 60 * 1000;
 
 /// One-time keys of each kind uploaded at registration and at each top-up.
 pub const ONE_TIME_KEYS: u32 = 100;
@@ -143,6 +152,86 @@ pub struct ShownMessage {
     pub group: Option<(String, String)>,
 }
 
+/// How long a send waits to reach the relay (connecting and proving who we
+/// are) before it reports the message as queued.
+pub const SEND_CONNECT_WAIT: Duration = Duration::from_secs(4);
+
+/// How long a send waits, once connected, for the relay to take everything
+/// in the outbox before it reports the message as queued (each request has
+/// its own 20 s bound besides).
+pub const SEND_WAIT: Duration = Duration::from_secs(30);
+
+/// Where a message handed to [`Engine::send_text_outcome`] or
+/// [`Engine::group_send_outcome`] is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// The relay holds it durably (a group message: for every member it went to).
+    Relayed,
+    /// Kept in the outbox; the next command that reaches the relay (`send`,
+    /// `sync`, `listen`...) sends it, with no second send by the user. The
+    /// text says why it has not gone yet.
+    Queued(String),
+}
+
+/// The outcome of a send that was not refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The message id (hex), as in `message.id`.
+    pub id: String,
+    /// The message as stored.
+    pub message: ShownMessage,
+    /// Whether the relay has it or it waits in the outbox.
+    pub delivery: Delivery,
+}
+
+impl Sent {
+    /// The message if the relay has it; a queued one as an error saying so
+    /// (for callers that only report success once the relay holds it).
+    pub fn relayed(self) -> Result<ShownMessage> {
+        match self.delivery {
+            Delivery::Relayed => Ok(self.message),
+            Delivery::Queued(reason) => Err(EngineError::Invalid(format!(
+                "{reason}. It is saved and will be sent by the next `sotto send`, `sync` or \
+                 `listen`"
+            ))),
+        }
+    }
+}
+
+/// A safety number, from [`Engine::safety_number`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetyNumber {
+    /// 60 digits in groups of five.
+    pub digits: String,
+    /// The contact's key is not the one trusted (they reset their identity).
+    pub changed: bool,
+    /// Set when the relay could not be asked for the contact's current key:
+    /// the number is for the key last seen, and this says why.
+    pub offline: Option<String>,
+}
+
+/// What [`Engine::trust`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trusted {
+    /// A changed key was accepted (sending to them works again).
+    pub key_changed: bool,
+    /// Whether the contact is now marked verified, and why.
+    pub verified: Verification,
+}
+
+/// Whether (and why) `contact trust` marked a contact verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Not marked: the key's safety number was never shown here.
+    No,
+    /// Marked: `contact verify` showed this key's safety number.
+    Shown,
+    /// Marked: the user said they compared it (`--i-compared`).
+    SaidCompared,
+    /// It was marked verified before, for this same key.
+    Already,
+}
+
 /// Relay-side one-time prekey counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyCounts {
@@ -227,6 +316,9 @@ pub struct Engine {
     /// Skip the checks on what this user types: only a test's modified
     /// client sets it (see [`Engine::danger_skip_checks`]).
     unchecked: bool,
+    /// Set by `unseal` when it knew the sender but could not decrypt: who,
+    /// and the SHA-256 of the ciphertext, for a retry request.
+    retry_for: Option<(Uuid, [u8; 32])>,
 }
 
 /// What `sotto panic` did.
@@ -366,6 +458,8 @@ impl Engine {
             keys_rotated_at_ms: now_ms(),
             duress_erases_real: false,
             duress_decoy_set: false,
+            retired_identities: Vec::new(),
+            pending_identity: None,
         };
         store.set_account(&account)?;
         let trust_root = PublicKey::deserialize(&link.trust_root)
@@ -380,6 +474,7 @@ impl Engine {
             notices: Vec::new(),
             decoy: false,
             unchecked: false,
+            retry_for: None,
         };
         let keys = engine.generate_keys(ONE_TIME_KEYS, true).await?;
         let conn = engine.connect().await?;
@@ -633,6 +728,7 @@ impl Engine {
             notices: Vec::new(),
             decoy: false,
             unchecked: false,
+            retry_for: None,
         })
     }
 
@@ -674,31 +770,34 @@ impl Engine {
         Ok(group_digits(&full[..30]))
     }
 
-    /// The safety number between me and a contact, fetching their key if I have never seen it.
-    pub async fn safety_number(&mut self, name: &str) -> Result<(String, bool)> {
+    /// The safety number between me and a contact, for the key the relay
+    /// holds for them now (a key they reset since shows at once), and
+    /// records that its number was shown (so [`Engine::trust`] may mark it
+    /// verified). Offline, it is the number of the key last seen, and says so.
+    pub async fn safety_number(&mut self, name: &str) -> Result<SafetyNumber> {
         let contact = self.contact(name)?;
-        let status = match self.store.identity_status(contact.account_id)? {
-            Some(status) => status,
-            None => {
-                let conn = self.connection().await?;
-                let Resp::Identity(identity) = conn
-                    .request(Req::FetchIdentity(relay::FetchIdentity {
-                        account_id: contact.account_id.as_bytes().to_vec(),
-                    }))
-                    .await
-                    .map_err(|e| unknown_recipient(e, name))?
-                else {
-                    return Err(TransportError::Unexpected.into());
-                };
-                let key = IdentityKey::try_from(identity.identity_key.as_slice())
-                    .map_err(|_| TransportError::Unexpected)?;
-                self.store.note_identity(contact.account_id, &key)?;
-                self.store.flush().await?;
-                self.store
-                    .identity_status(contact.account_id)?
-                    .ok_or_else(|| StoreError::Corrupt("identity just noted".into()))?
+        let offline = match self
+            .refresh_identity(contact.account_id, &contact.name)
+            .await
+        {
+            Ok(_) => None,
+            Err(e) if is_offline(&e) => {
+                self.forget_connections();
+                Some(e.to_string())
             }
+            Err(e) => return Err(e),
         };
+        let status = self
+            .store
+            .identity_status(contact.account_id)?
+            .ok_or_else(|| {
+                EngineError::Invalid(format!(
+                    "no identity key is known for {} yet and the relay cannot be reached ({}); \
+                     try again when online",
+                    contact.name,
+                    offline.clone().unwrap_or_default()
+                ))
+            })?;
         let number = Fingerprint::new(
             2,
             5200,
@@ -710,7 +809,58 @@ impl Engine {
         .map_err(crypto)?
         .display_string()
         .map_err(|e| EngineError::Invalid(e.to_string()))?;
-        Ok((group_digits(&number), status.changed()))
+        self.store.mark_shown(contact.account_id, &status.current)?;
+        self.store.flush().await?;
+        Ok(SafetyNumber {
+            digits: group_digits(&number),
+            changed: status.changed(),
+            offline,
+        })
+    }
+
+    /// Asks the relay for `peer`'s identity key and records it as the key
+    /// last seen. True when it differs from a key seen before (the contact
+    /// reset their identity); the first key seen is trusted on first use.
+    async fn refresh_identity(&mut self, peer: Uuid, name: &str) -> Result<bool> {
+        let conn = self.connection().await?;
+        let Resp::Identity(identity) = conn
+            .request(Req::FetchIdentity(relay::FetchIdentity {
+                account_id: peer.as_bytes().to_vec(),
+            }))
+            .await
+            .map_err(|e| unknown_recipient(e, name))?
+        else {
+            return Err(TransportError::Unexpected.into());
+        };
+        let key = IdentityKey::try_from(identity.identity_key.as_slice())
+            .map_err(|_| TransportError::Unexpected)?;
+        let before = self.store.identity_status(peer)?.map(|s| s.current);
+        if before.as_ref() == Some(&key) {
+            return Ok(false);
+        }
+        self.store.note_identity(peer, &key)?;
+        self.store.flush().await?;
+        Ok(before.is_some())
+    }
+
+    /// Asks the relay for every contact's identity key (one small request
+    /// each) and says which changed since last seen, so that a contact's
+    /// `identity reset` shows on the next `sync` even before they write.
+    async fn check_contact_keys(&mut self) -> Result<()> {
+        for contact in self.store.contacts()? {
+            match self
+                .refresh_identity(contact.account_id, &contact.name)
+                .await
+            {
+                Ok(true) => self
+                    .notices
+                    .push(Notice::IdentityChanged(contact.name.clone())),
+                Ok(false) | Err(EngineError::UnknownRecipient(_)) => {}
+                Err(e) if is_offline(&e) => return Err(e),
+                Err(e) => tracing::debug!("could not check a contact's key: {e}"),
+            }
+        }
+        Ok(())
     }
 
     /// Adds a contact under a local name.
@@ -781,18 +931,60 @@ impl Engine {
             .collect()
     }
 
-    /// Accepts a contact's current identity key (after checking the safety number) and marks them verified.
-    pub async fn trust(&mut self, name: &str) -> Result<bool> {
+    /// Accepts a contact's current identity key (the one the relay holds, if
+    /// it can be reached), which unblocks sending to them. Marks them
+    /// verified only when `contact verify` showed this key's safety number,
+    /// or when `i_compared` says the user compared it another way: accepting
+    /// a key is not the same as having checked it.
+    pub async fn trust(&mut self, name: &str, i_compared: bool) -> Result<Trusted> {
         let mut contact = self.contact(name)?;
-        let had_record = self.store.trust_identity(contact.account_id)?;
-        contact.verified = true;
+        match self
+            .refresh_identity(contact.account_id, &contact.name)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_offline(&e) => self.forget_connections(),
+            Err(e) => return Err(e),
+        }
+        let Some(status) = self.store.identity_status(contact.account_id)? else {
+            return Err(EngineError::Invalid(format!(
+                "no identity key is known for {} yet and the relay cannot be reached; nothing \
+                 changed. Try again when online",
+                contact.name
+            )));
+        };
+        let key_changed = status.changed();
+        let shown = status.shown.as_ref() == Some(&status.current);
+        let already = contact.verified && !key_changed;
+        self.store.trust_identity(contact.account_id)?;
+        contact.verified = already || shown || i_compared;
         self.store.put_contact(&contact)?;
         self.store.flush().await?;
-        Ok(had_record)
+        Ok(Trusted {
+            key_changed,
+            verified: if already {
+                Verification::Already
+            } else if shown {
+                Verification::Shown
+            } else if i_compared {
+                Verification::SaidCompared
+            } else {
+                Verification::No
+            },
+        })
     }
 
-    /// Stores `text` for `name`, then sends it. Returns once the relay has it durably.
+    /// Stores `text` for `name`, then sends it; `Ok` only once the relay has
+    /// it durably (a queued message is an error that says it is saved). See
+    /// [`Engine::send_text_outcome`] for the typed outcome.
     pub async fn send_text(&mut self, name: &str, text: &str) -> Result<ShownMessage> {
+        self.send_text_outcome(name, text).await?.relayed()
+    }
+
+    /// Stores `text` for `name`, then sends it. Returns once the relay has it
+    /// durably, or once it is clear that it cannot get there now (it is then
+    /// [`Delivery::Queued`]); an error means nothing will be sent.
+    pub async fn send_text_outcome(&mut self, name: &str, text: &str) -> Result<Sent> {
         let contact = self.contact(name)?;
         self.check_text("a message", text)?;
         if self
@@ -839,50 +1031,58 @@ impl Engine {
         .await
     }
 
-    /// Stores a new outgoing message and its outbox entry, flushes, sends the
-    /// outbox, and returns the message once the relay holds it durably.
-    async fn send_stored(
-        &mut self,
-        record: &MessageRecord,
-        entry: &OutboxEntry,
-    ) -> Result<ShownMessage> {
+    /// Stores a new outgoing message and its outbox entry, flushes, and sends
+    /// the outbox: waits at most [`SEND_CONNECT_WAIT`] to reach the relay and
+    /// [`SEND_WAIT`] for it to take the outbox, and says whether the message
+    /// is with the relay or queued. An error means it failed for good (it is
+    /// marked failed and out of the outbox).
+    async fn send_stored(&mut self, record: &MessageRecord, entry: &OutboxEntry) -> Result<Sent> {
         self.store.insert_message(record)?;
         self.store.outbox_push(entry)?;
         // Durable before anything leaves: a crash from here on resends it.
         self.store.flush().await?;
-        match self.drain_outbox().await {
-            Ok(_) => {}
-            Err(e) if is_offline(&e) || is_rate_limited(&e) => {
-                return Err(EngineError::Invalid(format!(
-                    "{e}. The message is saved and will be sent by the next \
-                     `sotto send`, `sync` or `listen`"
-                )));
-            }
-            Err(e) => {
-                // Whatever the refusal, say so if the message is still queued
-                // (a ban, say): otherwise the user sends it again and it
-                // arrives twice once the cause is gone.
-                if self.store.outbox()?.iter().any(|o| o.id == entry.id) {
-                    return Err(EngineError::Invalid(format!(
-                        "{e}. The message is saved and will be sent by a later \
-                         `sotto send`, `sync` or `listen` once this is resolved"
-                    )));
-                }
-                return Err(e);
-            }
+        let reached = tokio::time::timeout(SEND_CONNECT_WAIT, self.connection())
+            .await
+            .map(|connected| connected.map(|_| ()));
+        let drained = match reached {
+            Ok(Ok(())) => match tokio::time::timeout(SEND_WAIT, self.drain_outbox()).await {
+                Ok(drained) => drained.map(|_| ()),
+                Err(_) => Err(EngineError::Invalid(format!(
+                    "the relay did not take the message within {} s",
+                    SEND_WAIT.as_secs()
+                ))),
+            },
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(EngineError::Invalid(format!(
+                "the relay did not answer within {} s",
+                SEND_CONNECT_WAIT.as_secs()
+            ))),
+        };
+        if drained.as_ref().is_err_and(|e| !is_refusal(e)) {
+            // Cut short or cut off: the next call connects afresh.
+            self.forget_connections();
         }
-        let record = self
+        let stored = self
             .store
             .message(record.peer, record.id)?
             .ok_or_else(|| StoreError::Corrupt("message just stored".into()))?;
-        if record.status != MessageStatus::Sent {
-            return Err(EngineError::Invalid(
-                "the message is saved but the relay has not accepted it yet; \
-                 it will be resent by the next `sotto send`, `sync` or `listen`"
-                    .into(),
-            ));
-        }
-        Ok(self.show(&record))
+        let delivery = match (stored.status, drained) {
+            (MessageStatus::Sent, _) => Delivery::Relayed,
+            (MessageStatus::Failed, Err(e)) => return Err(e),
+            (MessageStatus::Failed, Ok(())) => {
+                return Err(EngineError::Invalid("the message could not be sent".into()));
+            }
+            // Still in the outbox, whatever the cause (offline, rate limit,
+            // a ban...): saying so stops the user sending it twice.
+            (_, Err(e)) => Delivery::Queued(e.to_string()),
+            (_, Ok(())) => Delivery::Queued("the relay has not accepted it yet".into()),
+        };
+        let message = self.show(&stored);
+        Ok(Sent {
+            id: message.id.clone(),
+            message,
+            delivery,
+        })
     }
 
     /// Sends everything waiting in the outbox, oldest first. Returns how many the relay accepted.
@@ -927,15 +1127,17 @@ impl Engine {
         // Two tries: the second after the relay says our session is for an old registration.
         for _ in 0..2 {
             let session = self.store.load_session(&address).await?;
-            let registration_id = match session {
-                Some(session)
-                    if session.has_usable_sender_chain(
-                        SystemTime::now(),
-                        SessionUsabilityRequirements::empty(),
-                    )? =>
-                {
-                    session.remote_registration_id()?
+            let usable = match &session {
+                // A session with a key the user has since replaced by trusting
+                // a new one (after a reset) is not used: libsignal would refuse it.
+                Some(session) => {
+                    self.session_usable(session)?
+                        && self.session_trusted(entry.recipient, session)?
                 }
+                None => false,
+            };
+            let registration_id = match session {
+                Some(session) if usable => session.remote_registration_id()?,
                 _ => match self.start_session(entry.recipient, &peer_name).await {
                     Ok(registration_id) => registration_id,
                     Err(
@@ -952,16 +1154,28 @@ impl Engine {
             let certificate = self.sender_certificate().await?;
             let mut sessions = self.store.clone();
             let mut identities = self.store.clone();
-            let envelope = sealed_sender_encrypt(
-                &address,
-                &certificate,
+            // sealed_sender_encrypt in two steps, to log the inner ciphertext
+            // that a retry request would name.
+            let inner = message_encrypt(
                 &entry.content,
+                &address,
                 &mut sessions,
                 &mut identities,
                 SystemTime::now(),
                 &mut rand::rng(),
             )
             .await?;
+            let usmc = UnidentifiedSenderMessageContent::new(
+                inner.message_type(),
+                certificate,
+                inner.serialize().to_vec(),
+                ContentHint::Default,
+                None,
+            )?;
+            self.log_sent(inner.serialize(), entry, None)?;
+            let envelope =
+                sealed_sender_encrypt_from_usmc(&address, &usmc, &identities, &mut rand::rng())
+                    .await?;
             let conn = self.connection().await?;
             let answer = conn
                 .request(Req::Send(relay::Send {
@@ -998,6 +1212,134 @@ impl Engine {
         Err(EngineError::Invalid(format!(
             "the relay keeps refusing our session with {peer_name}; try again later"
         )))
+    }
+
+    /// Remembers what the ciphertext `inner` held, so that its recipient can
+    /// ask for it again (see [`Engine::on_retry_request`]).
+    pub(crate) fn log_sent(
+        &self,
+        inner: &[u8],
+        entry: &OutboxEntry,
+        group: Option<[u8; 16]>,
+    ) -> Result<()> {
+        let message_id = Content::decode(entry.content.as_slice())
+            .ok()
+            .and_then(|c| <[u8; 16]>::try_from(c.id.as_slice()).ok())
+            .unwrap_or(entry.id);
+        self.store.log_sent(
+            &Sha256::digest(inner).into(),
+            &SentLogEntry {
+                message_id,
+                recipient: entry.recipient,
+                group,
+                content: entry.content.clone(),
+                at_ms: now_ms(),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Asks `sender` to send again a message we could unseal but not
+    /// decrypt. Our session with them may be what broke, so it is archived:
+    /// the request (and their copy) start a new one. Queued in the outbox,
+    /// in the receive's staged writes, so it is sent by the next drain.
+    async fn ask_again(&mut self, sender: Uuid, hash: [u8; 32]) -> Result<()> {
+        let address = address_of(sender)?;
+        if let Some(mut session) = self.store.load_session(&address).await? {
+            session.archive_current_state()?;
+            let mut sessions = self.store.clone();
+            sessions.store_session(&address, &session).await?;
+        }
+        let (id, body) = groups::content(
+            &self.account.name,
+            content::content::Body::RetryRequest(content::RetryRequest {
+                ciphertext_hash: hash.to_vec(),
+            }),
+        );
+        self.store.outbox_push(&OutboxEntry {
+            id,
+            recipient: sender,
+            content: body.encode_to_vec(),
+            created_at_ms: now_ms(),
+            group: None,
+            anonymous: false,
+        })?;
+        Ok(())
+    }
+
+    /// A recipient could not open something we sent: send it again, once,
+    /// under a new session (and, for a group, with our sender key again).
+    async fn on_retry_request(
+        &mut self,
+        sender: Uuid,
+        r: &content::RetryRequest,
+    ) -> Result<Option<MessageRecord>> {
+        let name = self.peer_name(sender, "")?;
+        let logged = match <[u8; 32]>::try_from(r.ciphertext_hash.as_slice()) {
+            Ok(hash) => self.store.sent_logged(&hash)?,
+            Err(_) => None,
+        };
+        let Some(logged) = logged else {
+            self.notices.push(Notice::Group(format!(
+                "{name} could not open a message from you that is no longer kept here"
+            )));
+            return Ok(None);
+        };
+        // Only to whom it was for: a request cannot fetch someone else's message.
+        let group = match logged.group {
+            None if logged.recipient == sender => None,
+            None => return Ok(None),
+            Some(gid) => match self.store.group(gid)? {
+                Some(g) if g.state.members.iter().any(|m| m.account == sender) => Some(g),
+                _ => return Ok(None),
+            },
+        };
+        if !self.store.mark_retried(logged.message_id, sender)? {
+            self.notices.push(Notice::Group(format!(
+                "{name} still cannot open a message you sent them (it was sent again once); \
+                 it is marked not sent"
+            )));
+            if let Some(mut record) = self.store.message(sender, logged.message_id)? {
+                record.status = MessageStatus::Failed;
+                self.store.update_message(&record)?;
+            }
+            return Ok(None);
+        }
+        let address = address_of(sender)?;
+        if let Some(mut session) = self.store.load_session(&address).await? {
+            session.archive_current_state()?;
+            let mut sessions = self.store.clone();
+            sessions.store_session(&address, &session).await?;
+        }
+        let outbox_id = match group {
+            Some(mut g) => {
+                // Their copy of our sender key is gone or bad: send it again
+                // with our next group message.
+                g.sender_key_sent_to.retain(|a| *a != sender);
+                self.store.put_group(&g)?;
+                rand::rng().random()
+            }
+            None => {
+                // The message shows as waiting until the relay has the new copy.
+                if let Some(mut record) = self.store.message(sender, logged.message_id)? {
+                    record.status = MessageStatus::Pending;
+                    self.store.update_message(&record)?;
+                }
+                logged.message_id
+            }
+        };
+        self.store.outbox_push(&OutboxEntry {
+            id: outbox_id,
+            recipient: sender,
+            content: logged.content,
+            created_at_ms: now_ms(),
+            group: None,
+            anonymous: false,
+        })?;
+        self.notices.push(Notice::Group(format!(
+            "{name} could not open a message you sent; sending it again"
+        )));
+        Ok(None)
     }
 
     /// Takes a message that can never be delivered out of the outbox and marks it failed.
@@ -1116,23 +1458,8 @@ impl Engine {
         on_message: &mut dyn FnMut(&ShownMessage),
         on_notice: &mut dyn FnMut(&Notice),
     ) -> Result<usize> {
-        let mut total = 0;
-        loop {
-            let conn = self.connection().await?;
-            let Resp::Envelopes(batch) = conn
-                .request(Req::Fetch(relay::Fetch { limit: FETCH_BATCH }))
-                .await?
-            else {
-                return Err(TransportError::Unexpected.into());
-            };
-            if batch.envelopes.is_empty() {
-                break;
-            }
-            total += self.receive(batch.envelopes, on_message, on_notice).await?;
-            if !batch.more {
-                break;
-            }
-        }
+        let total = self.fetch_mailbox(on_message, on_notice).await?;
+        self.check_contact_keys().await?;
         if let Err(e) = self.drain_outbox().await {
             on_notice(&Notice::Undecryptable {
                 seq: 0,
@@ -1152,6 +1479,32 @@ impl Engine {
         let counts = self.top_up().await?;
         if counts.topped_up {
             on_notice(&Notice::ToppedUp(ONE_TIME_KEYS));
+        }
+        Ok(total)
+    }
+
+    /// Fetches, stores and acknowledges everything in the mailbox.
+    async fn fetch_mailbox(
+        &mut self,
+        on_message: &mut dyn FnMut(&ShownMessage),
+        on_notice: &mut dyn FnMut(&Notice),
+    ) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let conn = self.connection().await?;
+            let Resp::Envelopes(batch) = conn
+                .request(Req::Fetch(relay::Fetch { limit: FETCH_BATCH }))
+                .await?
+            else {
+                return Err(TransportError::Unexpected.into());
+            };
+            if batch.envelopes.is_empty() {
+                break;
+            }
+            total += self.receive(batch.envelopes, on_message, on_notice).await?;
+            if !batch.more {
+                break;
+            }
         }
         Ok(total)
     }
@@ -1305,27 +1658,32 @@ impl Engine {
         };
         let attempt = async {
             if group {
-                self.group_send(name, text).await.map(|m| m.id)
+                self.group_send_outcome(name, text).await
             } else {
-                self.send_text(name, text).await.map(|m| m.id)
+                self.send_text_outcome(name, text).await
             }
         };
-        let outcome = tokio::time::timeout(COMMAND_SEND_WAIT, attempt).await;
-        if let Ok(Ok(id)) = outcome {
-            return Ok(CommandSent { id, queued: false });
+        match tokio::time::timeout(COMMAND_SEND_WAIT, attempt).await {
+            Ok(Ok(sent)) => {
+                return Ok(CommandSent {
+                    queued: matches!(sent.delivery, Delivery::Queued(_)),
+                    id: sent.id,
+                });
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {}
         }
-        // Not confirmed in time, or refused: is our message waiting in the outbox?
+        // Not settled in time: is our message waiting in the outbox?
         let waiting = self.store.outbox().ok().and_then(|o| {
             o.into_iter()
                 .find(|e| !before.contains(&e.id) && e.group.is_some() == group)
         });
-        match (waiting, outcome) {
-            (Some(entry), _) => Ok(CommandSent {
+        match waiting {
+            Some(entry) => Ok(CommandSent {
                 id: hex(&entry.id),
                 queued: true,
             }),
-            (None, Ok(Err(e))) => Err(e.to_string()),
-            (None, _) => Err(
+            None => Err(
                 "the relay did not answer in time and the message was not saved; \
                  send it again"
                     .into(),
@@ -1384,6 +1742,7 @@ impl Engine {
         envelope: &relay::Envelope,
         on_notice: &mut dyn FnMut(&Notice),
     ) -> Result<Option<MessageRecord>> {
+        self.retry_for = None;
         let (sender, plain) = match self.unseal(envelope).await {
             Ok(d) => d,
             Err(SignalProtocolError::DuplicatedMessage(..)) => return Ok(None),
@@ -1399,6 +1758,10 @@ impl Engine {
                     seq: envelope.seq,
                     reason: e.to_string(),
                 });
+                if let Some((sender, hash)) = self.retry_for.take() {
+                    // Its sender is known: ask them to send it again.
+                    self.ask_again(sender, hash).await?;
+                }
                 return Ok(None);
             }
         };
@@ -1426,6 +1789,9 @@ impl Engine {
         };
         let text = match &content.body {
             Some(content::content::Body::Text(t)) => t.body.clone(),
+            Some(content::content::Body::RetryRequest(r)) => {
+                return self.on_retry_request(sender, r).await;
+            }
             Some(other) => return self.receive_group_content(sender, &content, other).await,
             // A newer client's message kind we cannot show: drop it rather than fail the batch.
             None => return Ok(None),
@@ -1528,7 +1894,29 @@ impl Engine {
 
     /// Replaces this profile's identity key (a re-keyed device). Contacts will
     /// see a changed safety number and must re-trust it.
-    pub async fn reset_identity(&mut self) -> Result<()> {
+    ///
+    /// Nothing sent to the old key is lost: the mailbox is fetched, stored
+    /// and acknowledged first (`on_message` and `on_notice` see what arrives,
+    /// as in [`Engine::sync`]); the old key pair is kept for
+    /// [`RETIRED_IDENTITY_KEEP_MS`] to open what peers sealed to it before they
+    /// learned the new one (sessions and prekeys of the old key stay too);
+    /// and the new key is saved as pending before the relay hears of it, so
+    /// a crash between the relay switching keys and this profile saving the
+    /// switch is finished (or undone) by the next connection.
+    pub async fn reset_identity(
+        &mut self,
+        on_message: &mut dyn FnMut(&ShownMessage),
+        on_notice: &mut dyn FnMut(&Notice),
+    ) -> Result<()> {
+        // What the relay already holds was sealed to the old key: read it now.
+        let fetched = self.fetch_mailbox(on_message, on_notice).await;
+        if fetched.as_ref().is_err_and(is_offline) {
+            self.forget_connections();
+        }
+        fetched?;
+        if let Some(hook) = std::env::var_os("SOTTO_DANGER_RESET_PAUSE") {
+            danger_pause(std::path::Path::new(&hook)).await;
+        }
         let mut rng = rand::rng();
         let new_identity = IdentityKeyPair::generate(&mut rng);
         let registration_id = rng.random_range(1..16380);
@@ -1536,16 +1924,11 @@ impl Engine {
         let conn = self.connection().await?;
         let nonce = challenge(conn).await?;
         let exporter = conn.exporter()?;
-        // Keys for the new identity are signed by it, so switch before generating them.
+        // Keys for the new identity are signed by it.
         self.identity = new_identity;
         let keys = self.generate_keys(ONE_TIME_KEYS, true).await;
-        let keys = match keys {
-            Ok(k) => k,
-            Err(e) => {
-                self.identity = old_identity;
-                return Err(e);
-            }
-        };
+        self.identity = old_identity;
+        let keys = keys?;
         let signature = new_identity
             .private_key()
             .calculate_signature(
@@ -1553,34 +1936,142 @@ impl Engine {
                 &mut rng,
             )
             .map_err(crypto)?;
-        let conn = self.connection().await?;
-        let answer = conn
-            .request(Req::ResetIdentity(relay::ResetIdentity {
-                identity_key: new_identity.identity_key().serialize().to_vec(),
-                registration_id,
-                new_key_signature: signature.to_vec(),
-                signed_pre_key: keys.signed_pre_key,
-                kyber_last_resort: keys.kyber_last_resort,
-                pre_keys: keys.pre_keys,
-                kyber_pre_keys: keys.kyber_pre_keys,
-            }))
-            .await;
-        if let Err(e) = answer {
-            self.identity = old_identity;
-            return Err(e.into());
-        }
-        self.account.identity_key_pair = new_identity.serialize().to_vec();
-        self.account.registration_id = registration_id;
-        self.account.sender_certificate = None;
-        self.account.keys_rotated_at_ms = now_ms();
+        self.account.pending_identity = Some(IdentityRecord {
+            identity_key_pair: new_identity.serialize().to_vec(),
+            registration_id,
+            at_ms: now_ms(),
+        });
         self.store.set_account(&self.account)?;
-        // Sessions were built with the old key; peers rebuild theirs when the relay says STALE_DEVICE.
-        for contact in self.store.contacts()? {
-            self.store
-                .delete_session(&address_of(contact.account_id)?)?;
-        }
         self.store.flush().await?;
+        let answer = match self.conn.as_ref() {
+            Some(conn) => {
+                conn.request(Req::ResetIdentity(relay::ResetIdentity {
+                    identity_key: new_identity.identity_key().serialize().to_vec(),
+                    registration_id,
+                    new_key_signature: signature.to_vec(),
+                    signed_pre_key: keys.signed_pre_key,
+                    kyber_last_resort: keys.kyber_last_resort,
+                    pre_keys: keys.pre_keys,
+                    kyber_pre_keys: keys.kyber_pre_keys,
+                }))
+                .await
+            }
+            None => Err(TransportError::Connection("not connected".into())),
+        };
+        match answer {
+            Ok(Resp::Done(_)) => {
+                if std::env::var_os("SOTTO_DANGER_CRASH_AFTER_RESET").is_some() {
+                    // Test hook: the relay switched keys, this profile has not yet.
+                    std::process::abort();
+                }
+                self.adopt_pending()?;
+                self.store.flush().await?;
+                Ok(())
+            }
+            Err(e @ TransportError::Refused { .. }) => {
+                // The relay kept the old key.
+                self.drop_pending()?;
+                self.store.flush().await?;
+                Err(e.into())
+            }
+            Ok(_) | Err(_) => {
+                // The relay may or may not have switched: ask it afresh.
+                self.forget_connections();
+                let asked = self.connection().await.map(|_| ());
+                match asked {
+                    Ok(()) if self.identity.identity_key() == new_identity.identity_key() => Ok(()),
+                    Ok(()) => Err(EngineError::Invalid(
+                        "the relay did not take the new identity key; nothing changed. \
+                         Run `sotto identity reset` again"
+                            .into(),
+                    )),
+                    Err(e) => Err(EngineError::Invalid(format!(
+                        "{e}. The relay may or may not have taken the new identity key; the \
+                         next `sotto` command that reaches it finds out and finishes or undoes \
+                         the reset (nothing is lost either way)"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// The relay holds the pending identity key: it becomes ours, and the
+    /// one it replaces is kept to open late messages. The caller flushes.
+    fn adopt_pending(&mut self) -> Result<()> {
+        let Some(pending) = self.account.pending_identity.take() else {
+            return Ok(());
+        };
+        let new = IdentityKeyPair::try_from(pending.identity_key_pair.as_slice())
+            .map_err(|_| StoreError::Corrupt("pending identity key".into()))?;
+        let now = now_ms();
+        self.account
+            .retired_identities
+            .retain(|r| now.saturating_sub(r.at_ms) < RETIRED_IDENTITY_KEEP_MS);
+        self.account.retired_identities.push(IdentityRecord {
+            identity_key_pair: std::mem::take(&mut self.account.identity_key_pair),
+            registration_id: self.account.registration_id,
+            at_ms: now,
+        });
+        self.account.identity_key_pair = pending.identity_key_pair;
+        self.account.registration_id = pending.registration_id;
+        // The relay certifies the new key from now on.
+        self.account.sender_certificate = None;
+        self.account.keys_rotated_at_ms = now;
+        self.identity = new;
+        // Sessions built on the old key stay, so late messages on them still
+        // open; `session_usable` stops us sending on them, so peers get a
+        // new session from the new key and see the changed safety number.
+        self.store.set_account(&self.account)?;
+        tracing::info!("identity key replaced");
         Ok(())
+    }
+
+    /// The relay kept our key: forget the pending one. The caller flushes.
+    fn drop_pending(&mut self) -> Result<()> {
+        if self.account.pending_identity.take().is_some() {
+            self.store.set_account(&self.account)?;
+        }
+        Ok(())
+    }
+
+    /// Our earlier identity keys still kept (and a pending one), as stores
+    /// that open what was sealed to them.
+    pub(crate) fn earlier_identities(&self) -> Vec<AsIdentity> {
+        let now = now_ms();
+        self.account
+            .retired_identities
+            .iter()
+            .rev()
+            .filter(|r| now.saturating_sub(r.at_ms) < RETIRED_IDENTITY_KEEP_MS)
+            .chain(self.account.pending_identity.iter())
+            .filter_map(|r| {
+                let pair = IdentityKeyPair::try_from(r.identity_key_pair.as_slice()).ok()?;
+                Some(AsIdentity::new(self.store.clone(), pair, r.registration_id))
+            })
+            .collect()
+    }
+
+    /// Whether `session` is with the key we trust for `peer` (any key if we
+    /// have recorded none).
+    fn session_trusted(&self, peer: Uuid, session: &SessionRecord) -> Result<bool> {
+        Ok(
+            match self.store.identity_status(peer)?.and_then(|s| s.trusted) {
+                Some(trusted) => {
+                    session.remote_identity_key_bytes()?.as_deref()
+                        == Some(&trusted.serialize()[..])
+                }
+                None => true,
+            },
+        )
+    }
+
+    /// Whether we may send on `session`: it has a sending chain and was
+    /// built on our current identity key (not one replaced by `identity reset`).
+    pub(crate) fn session_usable(&self, session: &SessionRecord) -> Result<bool> {
+        Ok(session
+            .has_usable_sender_chain(SystemTime::now(), SessionUsabilityRequirements::empty())?
+            && session.local_identity_key_bytes()?.as_slice()
+                == &self.identity.identity_key().serialize()[..])
     }
 
     /// Closes the relay connection, if any.
@@ -1773,21 +2264,35 @@ impl Engine {
     async fn connection(&mut self) -> Result<&Connection> {
         if self.conn.is_none() {
             let conn = self.connect().await?;
-            let nonce = challenge(&conn).await?;
-            let signature = self
-                .identity
-                .private_key()
-                .calculate_signature(
-                    &transcript(Purpose::Authenticate, &conn.exporter()?, &nonce),
-                    &mut rand::rng(),
-                )
-                .map_err(crypto)?;
-            conn.request(Req::Authenticate(relay::Authenticate {
-                account_id: self.account.account_id.as_bytes().to_vec(),
-                device_id: self.account.device_id,
-                auth_signature: signature.to_vec(),
-            }))
-            .await?;
+            match authenticate(&conn, &self.account, &self.identity).await {
+                Ok(()) => {
+                    if self.account.pending_identity.is_some() {
+                        // An `identity reset` cut short: the relay still
+                        // holds our old key, so the reset never happened.
+                        self.drop_pending()?;
+                        self.store.flush().await?;
+                    }
+                }
+                Err(EngineError::Transport(TransportError::Refused {
+                    code: ErrorCode::BadSignature,
+                    ..
+                })) if self.account.pending_identity.is_some() => {
+                    // An `identity reset` cut short after the relay took the
+                    // new key: prove it, then finish the reset here.
+                    let pending = self
+                        .account
+                        .pending_identity
+                        .as_ref()
+                        .map(|p| IdentityKeyPair::try_from(p.identity_key_pair.as_slice()))
+                        .transpose()
+                        .map_err(|_| StoreError::Corrupt("pending identity key".into()))?
+                        .ok_or_else(|| StoreError::Corrupt("pending identity key".into()))?;
+                    authenticate(&conn, &self.account, &pending).await?;
+                    self.adopt_pending()?;
+                    self.store.flush().await?;
+                }
+                Err(e) => return Err(e),
+            }
             self.conn = Some(conn);
         }
         self.conn
@@ -1904,6 +2409,42 @@ fn signed_wire<K: GenericSignedPreKey>(
     })
 }
 
+/// Proves to the relay, on `conn`, that we hold `identity`'s key for our account.
+async fn authenticate(
+    conn: &Connection,
+    account: &AccountRecord,
+    identity: &IdentityKeyPair,
+) -> Result<()> {
+    let nonce = challenge(conn).await?;
+    let signature = identity
+        .private_key()
+        .calculate_signature(
+            &transcript(Purpose::Authenticate, &conn.exporter()?, &nonce),
+            &mut rand::rng(),
+        )
+        .map_err(crypto)?;
+    conn.request(Req::Authenticate(relay::Authenticate {
+        account_id: account.account_id.as_bytes().to_vec(),
+        device_id: account.device_id,
+        auth_signature: signature.to_vec(),
+    }))
+    .await?;
+    Ok(())
+}
+
+/// Test hook (`SOTTO_DANGER_RESET_PAUSE=FILE`): says "FILE.waiting" and
+/// waits (at most a minute) until FILE exists, so a test can have a peer
+/// send in the window between draining the mailbox and switching keys.
+async fn danger_pause(file: &Path) {
+    let mut waiting = file.as_os_str().to_owned();
+    waiting.push(".waiting");
+    let _ = std::fs::write(&waiting, b"");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !file.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn challenge(conn: &Connection) -> Result<Vec<u8>> {
     match conn
         .request(Req::Challenge(relay::ChallengeRequest {}))
@@ -1925,6 +2466,25 @@ fn is_offline(e: &EngineError) -> bool {
                 | TransportError::Frame(_)
         )
     )
+}
+
+/// The relay answered with a refusal (the connection itself is fine).
+fn is_refusal(e: &EngineError) -> bool {
+    matches!(e, EngineError::Transport(TransportError::Refused { .. }))
+        || matches!(
+            e,
+            EngineError::IdentityChanged(_) | EngineError::UnknownRecipient(_)
+        )
+}
+
+/// Refuses empty (or whitespace-only) message text: it would show as a blank message.
+pub(crate) fn check_text(text: &str) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(EngineError::Invalid(
+            "the message is empty: nothing was sent. Put the text in quotes after the name".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The relay asked us to slow down or wait (rate limit, full disk); what

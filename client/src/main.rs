@@ -1,7 +1,7 @@
 //! `sotto`: the command-line client. Every command can print JSON (`--json`,
 //! one object per line) so scripts and tests can drive it.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 #[macro_use]
 mod cli;
@@ -11,7 +11,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use sotto_client::control;
-use sotto_client::engine::{Engine, EngineError, Notice, ShownMessage, store_dir};
+use sotto_client::engine::{
+    Delivery, Engine, EngineError, Notice, Sent, ShownMessage, Verification, store_dir,
+};
+use sotto_client::safe;
 use sotto_client::store::StoreError;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -58,7 +61,12 @@ enum Command {
     /// Manage contacts: add, list, verify, trust
     #[command(subcommand)]
     Contact(ContactCommand),
-    /// Send a text message; exits 0 only once the relay has durably accepted it
+    /// Send a text message; exits 0 only once the relay has durably accepted it.
+    ///
+    /// Exit status: 0 the relay has it; 75 queued (the relay cannot be
+    /// reached now: the message is kept and goes out with the next `sotto
+    /// send`, `sync` or `listen`, so do not send it again); 1 refused
+    /// (nothing will be sent).
     Send {
         /// Contact name (see `sotto contact list`)
         name: String,
@@ -504,7 +512,10 @@ enum GroupCommand {
         /// Group title or id prefix
         group: String,
     },
-    /// Post a message to a group; exits 0 once the relay holds it for every member
+    /// Post a message to a group; exits 0 once the relay holds it for every member.
+    ///
+    /// Exit status: 0 the relay has it; 75 queued (kept, goes out with the
+    /// next `sotto send`, `sync` or `listen`; do not send it again); 1 refused.
     Send {
         /// Group title or id prefix
         group: String,
@@ -814,10 +825,17 @@ enum ContactCommand {
         /// Contact name
         name: String,
     },
-    /// Accept the contact's current identity key (after comparing safety numbers)
+    /// Accept the contact's current identity key, so sending to them works
+    /// (again). It marks them verified only if `sotto contact verify` showed
+    /// you this key's safety number, or with --i-compared.
     Trust {
         /// Contact name
         name: String,
+        /// Mark them verified although `contact verify` has not shown this
+        /// key's number here: only if you compared the safety number with
+        /// them another way (for example on another device of yours)
+        #[arg(long)]
+        i_compared: bool,
     },
     /// Remove a contact; your messages with them stay (see `sotto history CODE`)
     Remove {
@@ -870,6 +888,9 @@ fn main() {
         });
         if broken_pipe {
             std::process::exit(0);
+        }
+        if e.downcast_ref::<Queued>().is_some() {
+            std::process::exit(EXIT_QUEUED);
         }
         cli::error(&format!("{e:#}"));
         std::process::exit(1);
@@ -1042,7 +1063,15 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             }
         }
         Command::Contact(ContactCommand::Verify { name }) => {
-            let (number, changed) = engine.safety_number(&name).await?;
+            let shown = engine.safety_number(&name).await?;
+            let (number, changed) = (shown.digits, shown.changed);
+            if let Some(reason) = shown.offline {
+                say!(
+                    out,
+                    "The relay cannot be reached ({reason}): this is the number for the key \
+                     last seen for {name}, which may be out of date."
+                )?;
+            }
             if changed {
                 say!(
                     out,
@@ -1076,19 +1105,22 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                 c.name
             )?;
         }
-        Command::Contact(ContactCommand::Trust { name }) => {
-            engine.trust(&name).await?;
-            say!(out, "{name} is trusted and marked verified.")?;
+        Command::Contact(ContactCommand::Trust { name, i_compared }) => {
+            let trusted = engine.trust(&name, i_compared).await?;
+            say!(out, "{}", trust_report(&name, trusted))?;
         }
         Command::Send { name, text } => {
-            let message = engine.send_text(&name, &text).await?;
-            say!(out, "sent {}", message.id)?;
+            let sent = engine.send_text_outcome(&name, &text).await?;
+            report_sent(&mut out, sent)?;
         }
         Command::Sync { json } => {
             let mut printer = Printer::new(json, true);
-            engine
+            let shown = engine
                 .sync(&mut |m| printer.message(m), &mut |n| notice(n))
                 .await?;
+            if say_no_new_messages(shown, json, std::io::stdout().is_terminal()) {
+                say!(out, "no new messages")?;
+            }
         }
         Command::Listen { json } => {
             let mut printer = Printer::new(json, true);
@@ -1301,20 +1333,23 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
                 }
                 None => None,
             };
-            match engine.note_add(text.as_deref().unwrap_or(""), file).await {
-                Ok(n) => match n.countersigned_at_ms {
-                    Some(at) => say!(
-                        out,
-                        "kept note {} (countersigned by the relay at {})",
-                        n.id,
-                        sotto_client::engine::day_time(at)
-                    )?,
-                    None => say!(out, "kept note {} (not countersigned yet)", n.id)?,
-                },
-                Err(e) => bail!(
-                    "{e}. The note is kept; it will be countersigned by a later \
-                                 `sotto note list` or `note export`"
+            // An error from the engine means nothing was kept; a note kept
+            // but not countersigned fails too, and says it is kept.
+            let n = engine.note_add(text.as_deref().unwrap_or(""), file).await?;
+            match (n.countersigned_at_ms, n.countersign_error) {
+                (Some(at), _) => say!(
+                    out,
+                    "kept note {} (countersigned by the relay at {})",
+                    n.id,
+                    sotto_client::engine::day_time(at)
+                )?,
+                (None, Some(reason)) => bail!(
+                    "{}. The note is kept (note {}); it will be countersigned by a later \
+                     `sotto note list` or `note export`",
+                    safe::line(&reason),
+                    n.id
                 ),
+                (None, None) => say!(out, "kept note {} (not countersigned yet)", n.id)?,
             }
         }
         Command::Note(NoteCommand::List { json }) => {
@@ -1440,7 +1475,11 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             }
         }
         Command::Identity(IdentityCommand::Reset) => {
-            engine.reset_identity().await?;
+            // Messages already waiting are fetched first, and shown as `sync` would.
+            let mut printer = Printer::new(false, true);
+            engine
+                .reset_identity(&mut |m| printer.message(m), &mut |n| notice(n))
+                .await?;
             say!(
                 out,
                 "Your identity key is new. Contacts will see a changed safety number; \
@@ -1533,6 +1572,71 @@ fn connected_line(again: bool, json: bool, terminal: bool) -> Option<&'static st
         (false, false) => Some("connected, listening (Ctrl-C to stop)"),
         (false, true) => Some("connected again, listening"),
     }
+}
+
+/// Returned by a command whose message is queued: `main` exits with
+/// [`EXIT_QUEUED`] (what happened is already printed).
+#[derive(Debug)]
+struct Queued;
+
+impl std::fmt::Display for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("queued")
+    }
+}
+
+impl std::error::Error for Queued {}
+
+/// Prints "sent ID", or "queued ID: why" and ends the command with [`EXIT_QUEUED`].
+fn report_sent(out: &mut impl Write, sent: Sent) -> Result<()> {
+    match sent.delivery {
+        Delivery::Relayed => {
+            say!(out, "sent {}", sent.id)?;
+            Ok(())
+        }
+        Delivery::Queued(reason) => {
+            say!(
+                out,
+                "queued {}: {}. It is kept and goes out with the next `sotto send`, `sync` or \
+                 `listen`; do not send it again.",
+                sent.id,
+                safe::line(&reason)
+            )?;
+            Err(Queued.into())
+        }
+    }
+}
+
+/// What `contact trust` says it did (only what is true).
+fn trust_report(name: &str, trusted: sotto_client::engine::Trusted) -> String {
+    let shown = safe::line(name);
+    let arg = safe::shell_arg(name);
+    let first = if trusted.key_changed {
+        format!("Accepted {shown}'s new identity key: sending to them works again.")
+    } else {
+        format!("{shown}'s identity key has not changed; it was already trusted.")
+    };
+    let second = match trusted.verified {
+        Verification::Shown => format!(
+            "Marked {shown} verified: `sotto contact verify` showed you this key's safety number."
+        ),
+        Verification::SaidCompared => format!(
+            "Marked {shown} verified: you said you compared this key's safety number (--i-compared)."
+        ),
+        Verification::Already => format!("{shown} was already marked verified for this key."),
+        Verification::No => format!(
+            "{shown} is NOT marked verified: you have not been shown this key's safety number. \
+             Run `sotto contact verify {arg}`, compare the number with them, then `sotto contact \
+             trust {arg}` again."
+        ),
+    };
+    format!("{first} {second}")
+}
+
+/// Whether `sync` says "no new messages": only to a person at a terminal,
+/// never in `--json` or to a pipe, where scripts read the output.
+fn say_no_new_messages(shown: usize, json: bool, terminal: bool) -> bool {
+    shown == 0 && !json && terminal
 }
 
 fn notice(n: &Notice) {
@@ -1636,8 +1740,8 @@ async fn group_command_inner(
             anonymous: false,
             ..
         } => {
-            let message = engine.group_send(&group, &text).await?;
-            say!(out, "sent {}", message.id)?;
+            let sent = engine.group_send_outcome(&group, &text).await?;
+            report_sent(out, sent)?;
         }
         GroupCommand::Send {
             group,
@@ -1994,6 +2098,49 @@ fn passphrase(confirm: bool) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_new_messages_only_for_a_person_at_a_terminal() {
+        assert!(say_no_new_messages(0, false, true));
+        assert!(!say_no_new_messages(0, false, false), "not to a pipe");
+        assert!(!say_no_new_messages(0, true, true), "not in --json");
+        assert!(
+            !say_no_new_messages(2, false, true),
+            "not when there were some"
+        );
+    }
+
+    #[test]
+    fn trust_claims_verification_only_when_it_was_earned() {
+        use sotto_client::engine::Trusted;
+        let report = |key_changed, verified| {
+            trust_report(
+                "bob",
+                Trusted {
+                    key_changed,
+                    verified,
+                },
+            )
+        };
+        let unseen = report(true, Verification::No);
+        assert!(unseen.contains("NOT marked verified"), "{unseen}");
+        assert!(unseen.contains("sotto contact verify bob"), "{unseen}");
+        let unchanged = report(false, Verification::No);
+        assert!(unchanged.contains("has not changed"), "{unchanged}");
+        assert!(!unchanged.contains("Marked"), "{unchanged}");
+        assert!(report(true, Verification::Shown).contains("Marked bob verified"));
+        assert!(report(false, Verification::SaidCompared).contains("--i-compared"));
+        // A name from a person is shown safely and pasted back quoted.
+        let odd = trust_report(
+            "a\x1b[2Jb c",
+            Trusted {
+                key_changed: true,
+                verified: Verification::No,
+            },
+        );
+        assert!(!odd.contains('\x1b'), "{odd:?}");
+        assert!(odd.contains("'a"), "{odd:?}");
+    }
 
     #[test]
     fn clock_formats_utc() {

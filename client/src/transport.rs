@@ -193,12 +193,20 @@ impl Connection {
 
     /// Connects trying `prefer` first; after [`FALLBACK_DELAY`] without a
     /// connection, or as soon as it fails, the other route races it.
+    ///
+    /// A refused TCP connection means nothing listens on the relay's port
+    /// (the relay serves TCP and QUIC on the same port): unless QUIC has
+    /// connected within [`FALLBACK_DELAY`] of starting, that is reported at
+    /// once as the relay being down, instead of waiting [`CONNECT_TIMEOUT`]
+    /// for a QUIC answer that will not come. Black holes (nothing answers at
+    /// all) still get the whole race.
     pub async fn connect_preferring(
         relay: &str,
         pin: [u8; 32],
         prefer: Route,
     ) -> Result<Connection> {
         let addr = resolve(relay).await?;
+        let started = tokio::time::Instant::now();
         let first_failed = tokio::sync::Notify::new();
         let first = async {
             let r = Self::connect_route(prefer, relay, addr, pin).await;
@@ -216,8 +224,17 @@ impl Connection {
         };
         tokio::pin!(first, second);
         let (mut first_err, mut second_err) = (None, None);
+        // Set once TCP is refused: when QUIC's grace runs out.
+        let mut down_at: Option<tokio::time::Instant> = None;
         let race = async {
             loop {
+                let deadline = down_at;
+                let down = async move {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     r = &mut first, if first_err.is_none() => match r {
                         Ok(c) => return Ok(c),
@@ -227,14 +244,24 @@ impl Connection {
                         Ok(c) => return Ok(c),
                         Err(e) => second_err = Some(e),
                     },
+                    () = down => {
+                        return Err(format!(
+                            "the relay is not running there (TLS over TCP: connection refused; \
+                             QUIC: no answer within {} ms)",
+                            FALLBACK_DELAY.as_millis()
+                        ));
+                    }
+                }
+                if first_err.iter().chain(&second_err).any(|e| e.refused) {
+                    down_at.get_or_insert(started + FALLBACK_DELAY);
                 }
                 if let (Some(a), Some(b)) = (&first_err, &second_err) {
                     return Err(format!(
                         "{}: {}; {}: {}",
                         describe(prefer),
-                        reason(a),
+                        reason(&a.error),
                         describe(prefer.other()),
-                        reason(b)
+                        reason(&b.error)
                     ));
                 }
             }
@@ -260,15 +287,18 @@ impl Connection {
         relay: &str,
         addr: SocketAddr,
         pin: [u8; 32],
-    ) -> Result<Connection> {
+    ) -> std::result::Result<Connection, RouteFailed> {
         match route {
             Route::Quic => {
-                let endpoint =
-                    client_endpoint(addr.is_ipv6()).map_err(|e| TransportError::Connect {
+                let endpoint = client_endpoint(addr.is_ipv6()).map_err(|e| {
+                    RouteFailed::other(TransportError::Connect {
                         addr: relay.to_string(),
                         reason: e.to_string(),
-                    })?;
-                Self::connect_via(&endpoint, relay, pin).await
+                    })
+                })?;
+                Self::connect_via(&endpoint, relay, pin)
+                    .await
+                    .map_err(RouteFailed::other)
             }
             Route::Tcp => Self::connect_tcp(relay, addr, pin).await,
         }
@@ -329,25 +359,42 @@ impl Connection {
     }
 
     /// TLS over TCP to the relay's port.
-    async fn connect_tcp(relay: &str, addr: SocketAddr, pin: [u8; 32]) -> Result<Connection> {
-        let connect_err = |reason: String| TransportError::Connect {
-            addr: relay.to_string(),
-            reason,
+    async fn connect_tcp(
+        relay: &str,
+        addr: SocketAddr,
+        pin: [u8; 32],
+    ) -> std::result::Result<Connection, RouteFailed> {
+        let connect_err = |reason: String| {
+            RouteFailed::other(TransportError::Connect {
+                addr: relay.to_string(),
+                reason,
+            })
         };
         let tls = client_tls(pin).map_err(|e| connect_err(e.to_string()))?;
         let name = rustls::pki_types::ServerName::try_from(server_name(relay))
             .map_err(|e| connect_err(e.to_string()))?;
         let handshake = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            tcp.set_nodelay(true)?;
+            let tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| RouteFailed {
+                    refused: e.kind() == std::io::ErrorKind::ConnectionRefused,
+                    error: TransportError::Connect {
+                        addr: relay.to_string(),
+                        reason: e.to_string(),
+                    },
+                })?;
+            tcp.set_nodelay(true)
+                .map_err(|e| connect_err(e.to_string()))?;
             tokio_rustls::TlsConnector::from(Arc::new(tls))
                 .connect(name, tcp)
                 .await
+                .map_err(|e| connect_err(e.to_string()))
         };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
-            .map_err(|_| connect_err(format!("timed out after {} s", CONNECT_TIMEOUT.as_secs())))?
-            .map_err(|e| connect_err(e.to_string()))?;
+            .map_err(|_| {
+                connect_err(format!("timed out after {} s", CONNECT_TIMEOUT.as_secs()))
+            })??;
         let mut exporter = [0u8; sotto_wire::auth::EXPORTER_LEN];
         stream
             .get_ref()
@@ -566,6 +613,22 @@ async fn tcp_writer<W: tokio::io::AsyncWrite + Unpin>(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// Why one route failed, and whether it was a refused TCP connection
+/// (nothing listens on the relay's port).
+struct RouteFailed {
+    error: TransportError,
+    refused: bool,
+}
+
+impl RouteFailed {
+    fn other(error: TransportError) -> RouteFailed {
+        RouteFailed {
+            error,
+            refused: false,
+        }
+    }
 }
 
 fn describe(route: Route) -> &'static str {

@@ -10,6 +10,7 @@ mod abuse;
 mod anonymous;
 mod certificate;
 mod cli_errors;
+mod delivery;
 mod disk_full;
 mod durability;
 mod duress;

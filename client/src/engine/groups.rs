@@ -17,10 +17,11 @@
 //!   sender key the removed member never sees.
 
 use libsignal_protocol::{
-    CiphertextMessageType, ContentHint, PreKeySignalMessage, SenderKeyDistributionMessage,
-    ServiceId, SessionRecord, SignalMessage, UnidentifiedSenderMessageContent,
-    create_sender_key_distribution_message, group_decrypt, group_encrypt, message_decrypt_prekey,
-    message_decrypt_signal, process_sender_key_distribution_message, sealed_sender_decrypt_to_usmc,
+    CiphertextMessageType, ContentHint, IdentityKeyStore, PreKeySignalMessage,
+    SenderKeyDistributionMessage, ServiceId, SessionRecord, SignalMessage,
+    UnidentifiedSenderMessageContent, create_sender_key_distribution_message, group_decrypt,
+    group_encrypt, message_decrypt_prekey, message_decrypt_signal,
+    process_sender_key_distribution_message, sealed_sender_decrypt_to_usmc,
     sealed_sender_multi_recipient_encrypt,
 };
 use serde::{Deserialize, Serialize};
@@ -1569,9 +1570,18 @@ impl Engine {
         Ok(done)
     }
 
-    /// Posts a text to a group. Returns once the relay has it for every member.
+    /// Posts a text to a group; `Ok` only once the relay has it for every
+    /// member (a queued message is an error that says it is saved). See
+    /// [`Engine::group_send_outcome`] for the typed outcome.
     pub async fn group_send(&mut self, query: &str, text: &str) -> Result<ShownMessage> {
+        self.group_send_outcome(query, text).await?.relayed()
+    }
+
+    /// Posts a text to a group. Returns once the relay has it for every
+    /// member, or once it is clear it cannot get there now ([`super::Delivery::Queued`]).
+    pub async fn group_send_outcome(&mut self, query: &str, text: &str) -> Result<Sent> {
         let g = self.find_group(query)?;
+        check_text(text)?;
         let role = self.my_role(&g).ok_or_else(|| {
             EngineError::Invalid(format!(
                 "you are no longer a member of \"{}\"",
@@ -1628,9 +1638,7 @@ impl Engine {
         let address = address_of(m.account)?;
         let mut session = self.store.load_session(&address).await?;
         let usable = match &session {
-            Some(s) => {
-                s.has_usable_sender_chain(SystemTime::now(), SessionUsabilityRequirements::empty())?
-            }
+            Some(s) => self.session_usable(s)?,
             None => false,
         };
         if !usable {
@@ -1745,6 +1753,7 @@ impl Engine {
             &mut rand::rng(),
         )
         .await?;
+        self.log_sent(message.serialized(), entry, Some(g.id))?;
         let certificate = self.sender_certificate().await?;
         let usmc = UnidentifiedSenderMessageContent::new(
             CiphertextMessageType::SenderKey,
@@ -1799,6 +1808,21 @@ impl Engine {
                             g.sender_key_sent_to.retain(|a| *a != account);
                             self.store.put_group(&g)?;
                         }
+                        // Said, not silent: this message goes out without them.
+                        let name = match g.state.members.iter().find(|m| m.account == account) {
+                            Some(m) => self.peer_name(account, &m.name)?,
+                            None => self.peer_name(account, "")?,
+                        };
+                        self.notices.push(Notice::Group(format!(
+                            "not sent to {name} in {:?}: {}",
+                            g.state.title,
+                            if code == ErrorCode::StaleDevice {
+                                "their identity key changed (they reset it); compare the new \
+                                 safety number with them"
+                            } else {
+                                "the relay no longer has their account"
+                            }
+                        )));
                         recipients.retain(|(a, _)| *a != account);
                     }
                 }
@@ -1823,7 +1847,24 @@ impl Engine {
         &mut self,
         envelope: &relay::Envelope,
     ) -> std::result::Result<(Uuid, Vec<u8>), SignalProtocolError> {
-        let usmc = sealed_sender_decrypt_to_usmc(&envelope.envelope, &self.store).await?;
+        // Sealed to our current key, or else to a key we had before
+        // `identity reset` (sent before the peer learned the new one).
+        let (usmc, earlier) = match sealed_sender_decrypt_to_usmc(&envelope.envelope, &self.store)
+            .await
+        {
+            Ok(usmc) => (usmc, None),
+            Err(first) => {
+                let mut opened = None;
+                for view in self.earlier_identities() {
+                    if let Ok(usmc) = sealed_sender_decrypt_to_usmc(&envelope.envelope, &view).await
+                    {
+                        opened = Some((usmc, Some(view)));
+                        break;
+                    }
+                }
+                opened.ok_or(first)?
+            }
+        };
         let sender = usmc.sender()?;
         // Checked at the time the relay received it, so a message that waited
         // in the mailbox still opens after the certificate expired.
@@ -1845,46 +1886,68 @@ impl Engine {
         }
         let address = ProtocolAddress::new(sender_uuid, device);
         let mut sessions = self.store.clone();
-        let mut identities = self.store.clone();
-        let plain = match usmc.msg_type()? {
-            CiphertextMessageType::Whisper => {
-                message_decrypt_signal(
-                    &SignalMessage::try_from(usmc.contents()?)?,
-                    &address,
-                    &mut sessions,
-                    &mut identities,
-                    &mut rand::rng(),
-                )
-                .await?
-            }
-            CiphertextMessageType::PreKey => {
-                let mut pre_keys = self.store.clone();
-                let signed = self.store.clone();
-                let mut kyber = self.store.clone();
-                message_decrypt_prekey(
-                    &PreKeySignalMessage::try_from(usmc.contents()?)?,
-                    &address,
-                    &mut sessions,
-                    &mut identities,
-                    &mut pre_keys,
-                    &signed,
-                    &mut kyber,
-                    &mut rand::rng(),
-                )
-                .await?
-            }
-            CiphertextMessageType::SenderKey => {
-                let mut sender_keys = self.store.clone();
-                group_decrypt(usmc.contents()?, &mut sender_keys, &address).await?
-            }
-            other => {
-                return Err(SignalProtocolError::InvalidMessage(
-                    other,
-                    "unexpected message type",
-                ));
-            }
+        let mut current = self.store.clone();
+        let mut earlier = earlier;
+        // A PreKey message sealed to an earlier key was built on it too.
+        let identities: &mut dyn IdentityKeyStore = match earlier.as_mut() {
+            Some(view) => view,
+            None => &mut current,
         };
-        Ok((account, plain))
+        // What a retry request names if this does not decrypt.
+        let hash: [u8; 32] = Sha256::digest(usmc.contents()?).into();
+        let decrypted = async {
+            Ok(match usmc.msg_type()? {
+                CiphertextMessageType::Whisper => {
+                    message_decrypt_signal(
+                        &SignalMessage::try_from(usmc.contents()?)?,
+                        &address,
+                        &mut sessions,
+                        identities,
+                        &mut rand::rng(),
+                    )
+                    .await?
+                }
+                CiphertextMessageType::PreKey => {
+                    let mut pre_keys = self.store.clone();
+                    let signed = self.store.clone();
+                    let mut kyber = self.store.clone();
+                    message_decrypt_prekey(
+                        &PreKeySignalMessage::try_from(usmc.contents()?)?,
+                        &address,
+                        &mut sessions,
+                        identities,
+                        &mut pre_keys,
+                        &signed,
+                        &mut kyber,
+                        &mut rand::rng(),
+                    )
+                    .await?
+                }
+                CiphertextMessageType::SenderKey => {
+                    let mut sender_keys = self.store.clone();
+                    group_decrypt(usmc.contents()?, &mut sender_keys, &address).await?
+                }
+                other => {
+                    return Err(SignalProtocolError::InvalidMessage(
+                        other,
+                        "unexpected message type",
+                    ));
+                }
+            })
+        }
+        .await;
+        match decrypted {
+            Ok(plain) => Ok((account, plain)),
+            // A replay, or our own store failing: nothing to ask the sender.
+            Err(
+                e @ (SignalProtocolError::DuplicatedMessage(..)
+                | SignalProtocolError::ApplicationCallbackError(..)),
+            ) => Err(e),
+            Err(e) => {
+                self.retry_for = Some((account, hash));
+                Err(e)
+            }
+        }
     }
 
     /// Handles the group kinds of content. Returns a record to show for group texts.
@@ -1896,6 +1959,8 @@ impl Engine {
     ) -> Result<Option<MessageRecord>> {
         use content::content::Body;
         match body {
+            // Handled before group content (`open_envelope`).
+            Body::RetryRequest(_) => Ok(None),
             Body::GroupText(t) => self.on_group_text(sender, content, t).await,
             Body::Warning(w) => self.on_warning(sender, content, w).await,
             Body::Anonymous(a) => self.on_anonymous(Some(sender), content, a).await,

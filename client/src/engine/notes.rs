@@ -41,6 +41,10 @@ pub struct NoteView {
     pub created_at_ms: u64,
     /// The relay's time on it, once countersigned.
     pub countersigned_at_ms: Option<u64>,
+    /// From `note_add`: why the relay has not countersigned it yet (the
+    /// note is kept all the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub countersign_error: Option<String>,
 }
 
 /// The exported file: the note, its proof, and the trust root to check it by.
@@ -180,7 +184,9 @@ impl Engine {
         file: Option<(String, Vec<u8>)>,
     ) -> Result<NoteView> {
         if text.trim().is_empty() && file.is_none() {
-            return Err(EngineError::Invalid("a note needs text or --file".into()));
+            return Err(EngineError::Invalid(
+                "the note is empty: nothing was kept. Give its text (or --file FILE)".into(),
+            ));
         }
         if !text.trim().is_empty() {
             self.check_text("a note", text)?;
@@ -211,14 +217,21 @@ impl Engine {
         // Kept before anything leaves: a failure below loses no note.
         self.store.put_note(&note)?;
         self.store.flush().await?;
-        self.countersign_pending().await?;
+        // The note is kept whatever happens here; a later call countersigns it.
+        let countersigned = self.countersign_pending().await;
         let note = self
             .store
             .notes()?
             .into_iter()
             .find(|n| n.id == id)
             .unwrap_or(note);
-        Ok(view(&note))
+        let mut shown = view(&note);
+        if let Err(e) = countersigned
+            && shown.countersigned_at_ms.is_none()
+        {
+            shown.countersign_error = Some(e.to_string());
+        }
+        Ok(shown)
     }
 
     /// Every note, oldest first (countersigning any still waiting, if the
@@ -325,5 +338,6 @@ fn view(n: &NoteRecord) -> NoteView {
         file_bytes: n.file.len(),
         created_at_ms: n.created_at_ms,
         countersigned_at_ms: n.proof.as_ref().map(|p| p.time_ms),
+        countersign_error: None,
     }
 }

@@ -684,7 +684,7 @@ impl Engine {
         // Stored with the message, so a crash cannot leave one without the other.
         self.store.insert_warning(&warning)?;
         let entry = self.group_entry(&g, id, &body);
-        self.send_stored(&record, &entry).await?;
+        self.send_stored(&record, &entry).await?.relayed()?;
         let card = Routes::from_env()
             .ok()
             .and_then(|r| route_card(&r, &warning.kind, &warning.when, today()));

@@ -24,6 +24,8 @@
 mod crypto;
 mod signal;
 
+pub use signal::AsIdentity;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -95,6 +97,8 @@ pub struct IdentityStatus {
     pub trusted: Option<IdentityKey>,
     /// The key most recently seen from this account.
     pub current: IdentityKey,
+    /// The key whose safety number `contact verify` last showed, if any.
+    pub shown: Option<IdentityKey>,
 }
 
 impl IdentityStatus {
@@ -141,6 +145,36 @@ pub struct AccountRecord {
     /// disk outside this encrypted record says which.
     #[serde(default)]
     pub duress_decoy_set: bool,
+    /// Identity keys replaced by `identity reset`, newest last, kept for a
+    /// while so that messages sealed to them before peers learned the new
+    /// key still open (see `Engine::reset_identity`).
+    #[serde(default)]
+    pub retired_identities: Vec<IdentityRecord>,
+    /// A new identity key sent to the relay by `identity reset` whose answer
+    /// was not seen: the next connection finds out which key the relay holds
+    /// and finishes or undoes the reset.
+    #[serde(default)]
+    pub pending_identity: Option<IdentityRecord>,
+}
+
+/// One identity key of ours with its registration id.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentityRecord {
+    /// `IdentityKeyPair::serialize` (secret).
+    pub identity_key_pair: Vec<u8>,
+    /// The registration id that went with it.
+    pub registration_id: u32,
+    /// When it was retired (or, for a pending one, made), ms since the epoch.
+    pub at_ms: u64,
+}
+
+impl fmt::Debug for IdentityRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityRecord")
+            .field("identity_key_pair", &"<redacted>")
+            .field("at_ms", &self.at_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for AccountRecord {
@@ -488,6 +522,10 @@ const TREE_SUBJECT_MERGES: &str = "subject_merges";
 const TREE_CORROBORATIONS: &str = "corroborations";
 /// Anonymous posts waiting for a moderator, by post id.
 const TREE_SUBMISSIONS: &str = "submissions";
+/// What we sent, by the SHA-256 of its inner ciphertext (see [`SentLogEntry`]).
+const TREE_SENT_LOG: &str = "sent_log";
+/// Message id || requester: a message already sent again once to them.
+const TREE_RETRIED: &str = "retried";
 pub(crate) const TREE_IDENTITIES: &str = "identities";
 pub(crate) const TREE_SESSIONS: &str = "sessions";
 pub(crate) const TREE_PREKEYS: &str = "prekeys";
@@ -503,6 +541,23 @@ const ID_LIMIT: u32 = 0xFF_FFFF;
 /// A decrypted `(logical key, value)` pair, wiped when dropped.
 type Entry = (Zeroizing<Vec<u8>>, Zeroizing<Vec<u8>>);
 
+/// A message we sent, found by the SHA-256 of its inner ciphertext, so a
+/// recipient who could unseal but not decrypt it can ask for it again.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SentLogEntry {
+    /// The message id inside the content (what receivers deduplicate by).
+    pub message_id: [u8; 16],
+    /// Who it went to (1:1), or ourselves for a group message.
+    #[serde(with = "uuid_bytes")]
+    pub recipient: Uuid,
+    /// The group, for a group message.
+    pub group: Option<[u8; 16]>,
+    /// The encoded `Content`, to send again.
+    pub content: Vec<u8>,
+    /// When it was sent (ms since the epoch).
+    pub at_ms: u64,
+}
+
 /// The plaintext header in the `meta` tree.
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -516,6 +571,8 @@ struct Header {
 struct StoredIdentity {
     trusted: Option<Vec<u8>>,
     current: Vec<u8>,
+    #[serde(default)]
+    shown: Option<Vec<u8>>,
 }
 
 /// Stored form of an outbox entry: the sequence number gives enqueue order.
@@ -1151,6 +1208,7 @@ impl Store {
         Ok(Some(IdentityStatus {
             trusted: stored.trusted.as_deref().map(decode).transpose()?,
             current: decode(&stored.current)?,
+            shown: stored.shown.as_deref().map(decode).transpose()?,
         }))
     }
 
@@ -1170,6 +1228,44 @@ impl Store {
         };
         stored.trusted = Some(stored.current.clone());
         self.put_json(TREE_IDENTITIES, peer.as_bytes(), &stored)?;
+        Ok(true)
+    }
+
+    /// Records that the safety number of `key` was shown for `peer`, so
+    /// that `contact trust` may mark it verified. False if no key was ever
+    /// seen from `peer`.
+    pub fn mark_shown(&self, peer: Uuid, key: &IdentityKey) -> Result<bool> {
+        let _guard = self.lock();
+        let Some(mut stored) = self.get_json::<StoredIdentity>(TREE_IDENTITIES, peer.as_bytes())?
+        else {
+            return Ok(false);
+        };
+        stored.shown = Some(key.serialize().to_vec());
+        self.put_json(TREE_IDENTITIES, peer.as_bytes(), &stored)?;
+        Ok(true)
+    }
+
+    /// Remembers what a sent ciphertext held (see [`SentLogEntry`]).
+    pub fn log_sent(&self, hash: &[u8; 32], e: &SentLogEntry) -> Result<()> {
+        self.put_json(TREE_SENT_LOG, hash, e)
+    }
+
+    /// What we sent as the ciphertext with this SHA-256, if we did.
+    pub fn sent_logged(&self, hash: &[u8; 32]) -> Result<Option<SentLogEntry>> {
+        self.get_json(TREE_SENT_LOG, hash)
+    }
+
+    /// Records that message `id` was sent again to `requester`; false if it
+    /// already was (a message is sent again once per recipient, so two apps
+    /// that cannot open each other's messages do not loop).
+    pub fn mark_retried(&self, id: [u8; 16], requester: Uuid) -> Result<bool> {
+        let _guard = self.lock();
+        let mut key = id.to_vec();
+        key.extend_from_slice(requester.as_bytes());
+        if self.get_raw(TREE_RETRIED, &key)?.is_some() {
+            return Ok(false);
+        }
+        self.put_raw(TREE_RETRIED, &key, &[])?;
         Ok(true)
     }
 
@@ -1215,6 +1311,7 @@ impl Store {
                     StoredIdentity {
                         trusted: Some(key_bytes.clone()),
                         current: key_bytes,
+                        shown: None,
                     },
                     false,
                 ),
@@ -1490,6 +1587,8 @@ mod tests {
             keys_rotated_at_ms: 0,
             duress_erases_real: false,
             duress_decoy_set: false,
+            retired_identities: Vec::new(),
+            pending_identity: None,
         }
     }
 
@@ -2039,6 +2138,44 @@ mod tests {
         // Addresses that are not account ids are refused, not panicked on.
         let bad = ProtocolAddress::new("not-a-uuid".into(), device);
         assert!(store.get_identity(&bad).await.is_err());
+
+        // Which key's safety number was shown is remembered per key: a
+        // later key is not "shown" until verify shows it.
+        assert!(store.mark_shown(peer, &k3).expect("shown"));
+        let status = store.identity_status(peer).expect("status").expect("some");
+        assert_eq!(status.shown, Some(k3));
+        let k4 = identity();
+        store.note_identity(peer, &k4).expect("note");
+        let status = store.identity_status(peer).expect("status").expect("some");
+        assert_ne!(status.shown, Some(status.current));
+        assert!(!store.mark_shown(Uuid::new_v4(), &k4).expect("no record"));
+    }
+
+    #[test]
+    fn a_message_is_sent_again_once_per_requester() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::create(dir.path(), PASS).expect("create");
+        let (id, bob, cat) = ([7u8; 16], Uuid::new_v4(), Uuid::new_v4());
+        assert!(store.mark_retried(id, bob).expect("first"));
+        assert!(!store.mark_retried(id, bob).expect("second"));
+        assert!(store.mark_retried(id, cat).expect("another requester"));
+        assert!(store.mark_retried([8u8; 16], bob).expect("another message"));
+
+        let hash = [1u8; 32];
+        assert!(store.sent_logged(&hash).expect("lookup").is_none());
+        let entry = SentLogEntry {
+            message_id: id,
+            recipient: bob,
+            group: None,
+            content: b"content".to_vec(),
+            at_ms: 5,
+        };
+        store.log_sent(&hash, &entry).expect("log");
+        drop(store);
+        let store = Store::open(dir.path(), PASS).expect("reopen");
+        let found = store.sent_logged(&hash).expect("lookup").expect("logged");
+        assert_eq!((found.message_id, found.recipient), (id, bob));
+        assert_eq!(found.content, b"content");
     }
 
     #[test]

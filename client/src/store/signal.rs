@@ -127,6 +127,61 @@ impl IdentityKeyStore for Store {
     }
 }
 
+/// The store seen through one of our earlier identity keys (see
+/// `AccountRecord::retired_identities`): libsignal reads our identity key
+/// and registration id from it, everything else from the store. A message
+/// sealed to a key we had before `identity reset` opens through it.
+pub struct AsIdentity {
+    store: Store,
+    pair: IdentityKeyPair,
+    registration_id: u32,
+}
+
+impl AsIdentity {
+    /// `store`, answering with `pair` and `registration_id` as ours.
+    pub fn new(store: Store, pair: IdentityKeyPair, registration_id: u32) -> AsIdentity {
+        AsIdentity {
+            store,
+            pair,
+            registration_id,
+        }
+    }
+}
+
+#[async_trait(?Send)]
+impl IdentityKeyStore for AsIdentity {
+    async fn get_identity_key_pair(&self) -> SignalResult<IdentityKeyPair> {
+        Ok(self.pair)
+    }
+
+    async fn get_local_registration_id(&self) -> SignalResult<u32> {
+        Ok(self.registration_id)
+    }
+
+    async fn save_identity(
+        &mut self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+    ) -> SignalResult<IdentityChange> {
+        self.store.save_identity(address, identity).await
+    }
+
+    async fn is_trusted_identity(
+        &self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+        direction: Direction,
+    ) -> SignalResult<bool> {
+        self.store
+            .is_trusted_identity(address, identity, direction)
+            .await
+    }
+
+    async fn get_identity(&self, address: &ProtocolAddress) -> SignalResult<Option<IdentityKey>> {
+        self.store.get_identity(address).await
+    }
+}
+
 #[async_trait(?Send)]
 impl PreKeyStore for Store {
     async fn get_pre_key(&self, prekey_id: PreKeyId) -> SignalResult<PreKeyRecord> {
@@ -419,6 +474,8 @@ mod tests {
                 keys_rotated_at_ms: 0,
                 duress_erases_real: false,
                 duress_decoy_set: false,
+                retired_identities: Vec::new(),
+                pending_identity: None,
             })
             .expect("set_account");
         ProtocolAddress::new(account_id.to_string(), device())
