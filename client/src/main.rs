@@ -1,7 +1,7 @@
 //! `sotto`: the command-line client. Every command can print JSON (`--json`,
 //! one object per line) so scripts and tests can drive it.
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 
 #[macro_use]
 mod cli;
@@ -1118,7 +1118,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             let shown = engine
                 .sync(&mut |m| printer.message(m), &mut |n| notice(n))
                 .await?;
-            if say_no_new_messages(shown, json, std::io::stdout().is_terminal()) {
+            if say_no_new_messages(shown, json, cli::stdout_is_terminal()) {
                 say!(out, "no new messages")?;
             }
         }
@@ -1137,7 +1137,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
             let control = control::serve(home, tx)
                 .with_context(|| format!("cannot open {}", control::socket_path(home).display()))?;
-            let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let terminal = cli::stdout_is_terminal();
             let result = engine
                 .listen(
                     &mut |m| printer.message(m),

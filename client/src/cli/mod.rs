@@ -37,6 +37,11 @@ macro_rules! tell {
     };
 }
 
+/// Whether standard output is a terminal (a person reads it, not a script).
+pub(crate) fn stdout_is_terminal() -> bool {
+    io::IsTerminal::is_terminal(&io::stdout())
+}
+
 /// Standard output, for the functions here.
 pub(crate) fn stdout() -> io::StdoutLock<'static> {
     io::stdout().lock()
