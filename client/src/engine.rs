@@ -255,6 +255,9 @@ pub enum Notice {
         /// libsignal's reason (contains no content).
         reason: String,
     },
+    /// Something in the outbox could not be sent now; it is kept and tried
+    /// again (the reason, for the user).
+    OutboxPending(String),
     /// One-time prekeys were replenished on the relay.
     ToppedUp(u32),
     /// `listen` cannot reach the relay and keeps retrying.
@@ -1461,10 +1464,7 @@ impl Engine {
         let total = self.fetch_mailbox(on_message, on_notice).await?;
         self.check_contact_keys().await?;
         if let Err(e) = self.drain_outbox().await {
-            on_notice(&Notice::Undecryptable {
-                seq: 0,
-                reason: format!("outbox not fully sent: {e}"),
-            });
+            on_notice(&Notice::OutboxPending(e.to_string()));
         }
         if let Err(e) = self.group_housekeeping().await {
             if is_offline(&e) {
@@ -2106,6 +2106,12 @@ impl Engine {
         if self.unchecked {
             return Ok(());
         }
+        // A blank message would show as a blank line from us.
+        if text.trim().is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "{what} is empty: nothing was sent or kept. Put the text in quotes"
+            )));
+        }
         if text.len() > MAX_TEXT_BYTES {
             return Err(EngineError::Invalid(format!(
                 "{what} is too long: {} bytes, the limit is {MAX_TEXT_BYTES}",
@@ -2475,16 +2481,6 @@ fn is_refusal(e: &EngineError) -> bool {
             e,
             EngineError::IdentityChanged(_) | EngineError::UnknownRecipient(_)
         )
-}
-
-/// Refuses empty (or whitespace-only) message text: it would show as a blank message.
-pub(crate) fn check_text(text: &str) -> Result<()> {
-    if text.trim().is_empty() {
-        return Err(EngineError::Invalid(
-            "the message is empty: nothing was sent. Put the text in quotes after the name".into(),
-        ));
-    }
-    Ok(())
 }
 
 /// The relay asked us to slow down or wait (rate limit, full disk); what

@@ -914,12 +914,12 @@ async fn run(cli: Cli) -> Result<()> {
             "Valid: this note existed by {} (the relay's clock), unchanged since.",
             sotto_client::engine::day_time(v.existed_by_ms)
         );
+        show!("It rests on the relay whose trust-root fingerprint is");
+        show!("  {}", v.trust_root_fingerprint);
         show!(
-            "It rests on the relay whose trust-root fingerprint is\n  {}\nCheck that it is the \
-             relay's: its operator sees it with `sotto-relay stats`, and any member of that \
-             relay with `sotto whoami` (\"relay's trust-root fingerprint\"). \
-             See docs/evidence.md.",
-            v.trust_root_fingerprint
+            "Check that it is the relay's: its operator sees it with `sotto-relay stats`, and \
+             any member of that relay with `sotto whoami` (\"relay's trust-root fingerprint\"). \
+             See docs/evidence.md."
         );
         if let Some(name) = &v.file_name {
             show!("Attached file: {name}");
@@ -1642,6 +1642,10 @@ fn say_no_new_messages(shown: usize, json: bool, terminal: bool) -> bool {
 fn notice(n: &Notice) {
     match n {
         Notice::Connected { .. } => {}
+        Notice::OutboxPending(reason) => tell!(
+            "not sent yet: {reason}. It is kept and goes out with the next `sotto send`, \
+             `sync` or `listen`"
+        ),
         Notice::IdentityChanged(name) => tell!(
             "warning: {name}'s safety number has changed. Sending to them is blocked until you \
              run `sotto contact verify {arg}` and `sotto contact trust {arg}`.",

@@ -97,7 +97,7 @@ fn a_full_disk_refuses_new_messages_loses_nothing_and_recovers() {
     relay.wait_for_log("disk space is below min_free_disk_bytes", 1);
     let err = alice.fails(&["send", "bob", "while the disk is full"]);
     assert!(
-        err.contains("disk is full") && err.contains("saved"),
+        err.contains("disk is full") && err.contains("kept"),
         "a clear error that says the message is kept: {err}"
     );
     // Deliveries go on: everything acknowledged arrives, once.

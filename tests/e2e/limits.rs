@@ -20,7 +20,7 @@ fn sends_per_minute_refuse_one_account_and_keep_the_message() {
         err.contains("too many messages sent") && err.contains("try again in"),
         "{err}"
     );
-    assert!(err.contains("saved"), "the user is told it is kept: {err}");
+    assert!(err.contains("kept"), "the user is told it is kept: {err}");
     // Carol's sends are counted separately.
     carol.ok(&["send", "bob", "from carol"]);
     let got = texts(&bob.sync_json());

@@ -116,7 +116,16 @@ fn a_send_through_the_listener_while_the_relay_is_down_is_queued_and_goes_out_al
     alice.ok(&["send", "bob", "before the outage"]);
 
     let (mut alice_listen, _lines) = alice.listen();
-    std::thread::sleep(Duration::from_millis(500));
+    // The listener holds the profile once its control socket exists; a
+    // send before that would take the direct path.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !alice.home().join("control.sock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener never opened its control socket"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     relay.kill9();
 
     let started = std::time::Instant::now();
@@ -131,6 +140,7 @@ fn a_send_through_the_listener_while_the_relay_is_down_is_queued_and_goes_out_al
     );
     assert!(stdout.starts_with("queued "), "{stdout}");
     assert!(stdout.contains("do not send it again"), "{stdout}");
+    assert!(stdout.contains("running `sotto listen`"), "{stdout}");
     // Generous bound: the listener answers after at most 4 s of trying.
     assert!(
         took < Duration::from_secs(15),

@@ -108,7 +108,11 @@ fn a_proof_names_the_relay_fingerprint_that_whoami_shows() {
     let path = proof.to_str().expect("utf-8");
     alice.ok(&["note", "export", &id[..8], "--to", path]);
     let out = User::uninitialised("a solicitor").ok(&["note", "verify", path]);
-    assert!(out.contains(&expected), "{out}");
+    // On a line of its own, so a solicitor can compare it by eye.
+    assert!(
+        out.lines().any(|l| l.trim() == expected),
+        "the fingerprint is not on a line of its own:\n{out}"
+    );
     for needle in ["sotto-relay stats", "sotto whoami", "docs/evidence.md"] {
         assert!(out.contains(needle), "missing {needle:?} in\n{out}");
     }

@@ -623,7 +623,7 @@ fn ban_unban_and_remove_an_account() {
     );
     let err = bob.fails(&["send", "alice", "am I banned?"]);
     assert!(
-        err.contains("the relay operator has banned this account") && err.contains("saved"),
+        err.contains("the relay operator has banned this account") && err.contains("kept"),
         "send of a banned account says why and that the message is kept: {err}"
     );
     // The refused message stays in Bob's outbox and goes after the unban.

@@ -135,7 +135,7 @@ fn strangers_cannot_fill_the_relay() {
 /// one that keeps making requests and signed-in members stay.
 #[test]
 fn idle_unauthenticated_connections_are_closed_with_a_reason() {
-    let relay = Relay::start_with_env(&[("SOTTO_RELAY_UNAUTHENTICATED_IDLE", "1s")]);
+    let relay = Relay::start_with_env(&[("SOTTO_RELAY_UNAUTHENTICATED_IDLE", "3s")]);
     let alice = User::new(&relay, "Alice");
     let bob = User::new(&relay, "Bob");
     bob.add_contact("alice", &alice);

@@ -1581,7 +1581,6 @@ impl Engine {
     /// member, or once it is clear it cannot get there now ([`super::Delivery::Queued`]).
     pub async fn group_send_outcome(&mut self, query: &str, text: &str) -> Result<Sent> {
         let g = self.find_group(query)?;
-        check_text(text)?;
         let role = self.my_role(&g).ok_or_else(|| {
             EngineError::Invalid(format!(
                 "you are no longer a member of \"{}\"",
@@ -1814,7 +1813,7 @@ impl Engine {
                             None => self.peer_name(account, "")?,
                         };
                         self.notices.push(Notice::Group(format!(
-                            "not sent to {name} in {:?}: {}",
+                            "not sent to {name} in \"{}\": {}",
                             g.state.title,
                             if code == ErrorCode::StaleDevice {
                                 "their identity key changed (they reset it); compare the new \
