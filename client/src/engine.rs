@@ -825,8 +825,20 @@ impl Engine {
     /// last seen. True when it differs from a key seen before (the contact
     /// reset their identity); the first key seen is trusted on first use.
     async fn refresh_identity(&mut self, peer: Uuid, name: &str) -> Result<bool> {
+        let key = self.fetch_identity(peer, name).await?;
+        let before = self.store.identity_status(peer)?.map(|s| s.current);
+        if before.as_ref() == Some(&key) {
+            return Ok(false);
+        }
+        self.store.note_identity(peer, &key)?;
+        self.store.flush().await?;
+        Ok(before.is_some())
+    }
+
+    /// The identity key the relay holds for `peer` (`name` for errors).
+    pub(crate) async fn fetch_identity(&mut self, peer: Uuid, name: &str) -> Result<IdentityKey> {
         let conn = self.connection().await?;
-        let Resp::Identity(identity) = conn
+        let Resp::Identity(found) = conn
             .request(Req::FetchIdentity(relay::FetchIdentity {
                 account_id: peer.as_bytes().to_vec(),
             }))
@@ -835,15 +847,8 @@ impl Engine {
         else {
             return Err(TransportError::Unexpected.into());
         };
-        let key = IdentityKey::try_from(identity.identity_key.as_slice())
-            .map_err(|_| TransportError::Unexpected)?;
-        let before = self.store.identity_status(peer)?.map(|s| s.current);
-        if before.as_ref() == Some(&key) {
-            return Ok(false);
-        }
-        self.store.note_identity(peer, &key)?;
-        self.store.flush().await?;
-        Ok(before.is_some())
+        Ok(IdentityKey::try_from(found.identity_key.as_slice())
+            .map_err(|_| TransportError::Unexpected)?)
     }
 
     /// Asks the relay for every contact's identity key (one small request

@@ -877,18 +877,7 @@ impl Engine {
 
     /// The identity key the relay holds for `peer`, refused if it differs from the one we trust.
     async fn current_identity(&mut self, peer: Uuid, name: &str) -> Result<IdentityKey> {
-        let conn = self.connection().await?;
-        let Resp::Identity(found) = conn
-            .request(Req::FetchIdentity(relay::FetchIdentity {
-                account_id: peer.as_bytes().to_vec(),
-            }))
-            .await
-            .map_err(|e| unknown_recipient(e, name))?
-        else {
-            return Err(TransportError::Unexpected.into());
-        };
-        let identity =
-            IdentityKey::try_from(found.identity_key.as_slice()).map_err(damaged_bundle)?;
+        let identity = self.fetch_identity(peer, name).await?;
         match self.store.identity_status(peer)? {
             Some(status) if status.trusted.as_ref() != Some(&identity) => {
                 self.store.note_identity(peer, &identity)?;
