@@ -1535,14 +1535,31 @@ fn open_sled(dir: &Path) -> Result<sled::Db> {
     Ok(db)
 }
 
+/// How long opening waits for sled's lock before saying the store is held.
+///
+/// sled releases its exclusive flock when the last clone of its internal
+/// config drops, and its I/O threadpool jobs (log writes started by
+/// `maybe_seal`, segment truncations) hold clones: a store dropped in this
+/// process can keep its lock for a moment after `Drop`, longer on a loaded
+/// machine. Without the wait, reopening it at once failed as "locked" (seen
+/// in CI as `store::tests` flakes). Another process that really holds the
+/// store is reported after this wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn open_sled_inner(dir: &Path) -> Result<sled::Db> {
-    match sled::open(dir) {
-        Ok(db) => Ok(db),
-        // sled reports a held flock only through this message.
-        Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-            Err(StoreError::Locked)
+    let started = std::time::Instant::now();
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return Ok(db),
+            // sled reports a held flock only through this message.
+            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                if started.elapsed() >= LOCK_WAIT {
+                    return Err(StoreError::Locked);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
 }
 
