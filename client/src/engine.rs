@@ -1264,15 +1264,7 @@ impl Engine {
                 ciphertext_hash: hash.to_vec(),
             }),
         );
-        self.store.outbox_push(&OutboxEntry {
-            id,
-            recipient: sender,
-            content: body.encode_to_vec(),
-            created_at_ms: now_ms(),
-            group: None,
-            anonymous: false,
-        })?;
-        Ok(())
+        self.queue_control(id, sender, &body)
     }
 
     /// A recipient could not open something we sent: send it again, once,

@@ -767,7 +767,12 @@ impl Engine {
         Ok(())
     }
 
-    fn queue_control(&self, id: [u8; 16], recipient: Uuid, body: &Content) -> Result<()> {
+    pub(super) fn queue_control(
+        &self,
+        id: [u8; 16],
+        recipient: Uuid,
+        body: &Content,
+    ) -> Result<()> {
         self.store.outbox_push(&OutboxEntry {
             id,
             recipient,
