@@ -145,7 +145,6 @@ async fn read_unit<R: tokio::io::AsyncRead + Unpin>(
     shared: &Shared,
     ctx: &net::ConnCtx,
 ) -> Result<(u32, Vec<u8>, Option<net::FrameBudget>), UnitError> {
-    use tokio::io::AsyncReadExt;
     let id = u32::from_be_bytes(frame::read_header::<{ mux::ID_LEN }, _>(reader).await?);
     let request = id != mux::PUSH && id != mux::CLOSING;
     let _busy = request.then(|| ctx.in_progress());
@@ -166,14 +165,7 @@ async fn read_unit<R: tokio::io::AsyncRead + Unpin>(
     } else {
         None
     };
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Truncated
-        } else {
-            FrameError::Io(e)
-        }
-    })?;
+    let body = frame::read_body(reader, len).await?;
     Ok((id, body, budget))
 }
 

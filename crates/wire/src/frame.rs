@@ -92,6 +92,15 @@ pub async fn read_raw<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
+    read_body(reader, len).await
+}
+
+/// Reads a body of `len` bytes whose length the caller has already checked
+/// against its cap; a stream that ends first is [`FrameError::Truncated`].
+pub async fn read_body<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    len: usize,
+) -> Result<Vec<u8>, FrameError> {
     let mut body = vec![0u8; len];
     reader.read_exact(&mut body).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
