@@ -680,30 +680,6 @@ impl UdpBlocked {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_lines_skip_blanks_and_keep_order() {
-        let parsed = parse_json_lines("{\"text\":\"a\"}\n\n{\"text\":\"b\"}\n", "t");
-        assert_eq!(texts(&parsed), vec!["a".to_string(), "b".to_string()]);
-    }
-
-    #[test]
-    fn describe_shows_both_streams() {
-        let out = run_with_timeout(
-            Command::new("sh")
-                .arg("-c")
-                .arg("echo out; echo err >&2; exit 3"),
-            "sh",
-        );
-        let text = describe(&out);
-        assert!(text.contains("out") && text.contains("err"), "{text}");
-        assert!(!out.status.success());
-    }
-}
-
 /// A running `sotto app` (see [`User::app`]); stopped with SIGTERM on drop.
 pub struct App {
     child: Option<Child>,
@@ -759,5 +735,29 @@ impl Drop for App {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_lines_skip_blanks_and_keep_order() {
+        let parsed = parse_json_lines("{\"text\":\"a\"}\n\n{\"text\":\"b\"}\n", "t");
+        assert_eq!(texts(&parsed), vec!["a".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn describe_shows_both_streams() {
+        let out = run_with_timeout(
+            Command::new("sh")
+                .arg("-c")
+                .arg("echo out; echo err >&2; exit 3"),
+            "sh",
+        );
+        let text = describe(&out);
+        assert!(text.contains("out") && text.contains("err"), "{text}");
+        assert!(!out.status.success());
     }
 }
