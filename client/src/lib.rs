@@ -18,5 +18,7 @@ pub mod engine;
 pub mod group;
 pub mod routes;
 pub mod safe;
+pub mod service;
 pub mod store;
 pub mod transport;
+pub mod web;
