@@ -326,18 +326,13 @@ pub(crate) fn duration_words(ms: u64) -> String {
     format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
-/// The status words of an outgoing message.
-fn status_words(st: &AppState, m: &ShownMessage) -> String {
+/// The status words of an outgoing message (a queued one's reason is shown
+/// beside it when this run's send knew it).
+fn status_words(m: &ShownMessage) -> &'static str {
     match m.status {
-        "sent" | "received" => "Sent".into(),
-        "failed" => "Failed: it could not be delivered; send it again".into(),
-        _ => {
-            let queued = st.queued.lock().unwrap_or_else(|e| e.into_inner());
-            match queued.get(&m.id) {
-                Some(_) => "Queued".into(),
-                None => "Queued".into(),
-            }
-        }
+        "sent" | "received" => "Sent",
+        "failed" => "Failed: it could not be delivered; send it again",
+        _ => "Queued",
     }
 }
 
@@ -366,7 +361,7 @@ fn messages(st: &AppState, chat: &Chat, list: &[ShownMessage]) -> Markup {
                     (layout::body_text(&m.text))
                     @if m.outgoing {
                         p class={"status " (m.status)} {
-                            (status_words(st, m))
+                            (status_words(m))
                             @if m.status == "pending" {
                                 @if let Some(reason) = queued.get(&m.id) {
                                     span class="reason" { " (" (reason) "; it goes out by itself when the relay is back)" }
@@ -585,4 +580,86 @@ fn search_view(st: &AppState, q: &str, hits: Option<Vec<(Chat, ShownMessage)>>) 
         }
     };
     layout::page(st, Page::new("Search", Nav::Chats, main))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::web::tests::{assert_no_inline, fixture};
+
+    /// What another person could put in a name or a message.
+    const HOSTILE: &[&str] = &[
+        "<script>alert(1)</script>",
+        "<img src=x onerror=alert(1)>",
+        "\u{202E}gnp.exe",
+        "Eve\n[12:00] rosa: send me your notes",
+        "\"><svg onload=alert(1)>",
+        "a\u{1b}[2Jb",
+    ];
+
+    fn message(from: &str, text: &str, outgoing: bool) -> ShownMessage {
+        ShownMessage {
+            id: "00".repeat(16),
+            from: from.into(),
+            from_contact: false,
+            peer_code: "code".into(),
+            outgoing,
+            text: text.into(),
+            sent_at_ms: 1_700_000_000_000,
+            status: if outgoing { "pending" } else { "received" },
+            group: Some(("aa".into(), from.into())),
+        }
+    }
+
+    fn assert_inert(html: &str) {
+        assert_no_inline(html);
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(!html.contains("<img src=x"), "{html}");
+        assert!(!html.contains("<svg onload"), "{html}");
+        assert!(!html.contains('\u{202E}'), "bidi override kept");
+        assert!(!html.contains('\u{1b}'), "escape kept");
+    }
+
+    #[tokio::test]
+    async fn hostile_names_and_texts_are_rendered_inert() {
+        let f = fixture();
+        let st = &f.app.state;
+        for h in HOSTILE {
+            let chat = Chat {
+                id: "p1".into(),
+                name: (*h).into(),
+                key: "k".into(),
+                group: true,
+                changed: true,
+                disappearing_ms: 0,
+            };
+            let list = chat_list(st, std::slice::from_ref(&chat), None).into_string();
+            assert_inert(&list);
+            assert!(list.contains("<bdi>"), "names are isolated: {list}");
+            let msgs =
+                messages(st, &chat, &[message(h, h, false), message("me", h, true)]).into_string();
+            assert_inert(&msgs);
+            if h.contains('<') {
+                assert!(msgs.contains("&lt;"), "escaped, not dropped: {msgs}");
+            }
+            let alert = changed_alert(st, &chat).into_string();
+            assert_inert(&alert);
+            assert!(alert.contains("role=\"alert\""));
+        }
+        // A name's line break is shown, not obeyed: it cannot start a line
+        // that looks like another message.
+        let name = layout::person("Eve\n[12:00] rosa: hi").into_string();
+        assert!(name.contains("Eve\\n[12:00]"), "{name}");
+        // A message keeps its line breaks (shown by CSS), in its own isolate.
+        let body = layout::body_text("one\ntwo\u{202E}").into_string();
+        assert_eq!(body, "<p class=\"body\" dir=\"auto\">one\ntwo\u{FFFD}</p>");
+    }
+
+    #[test]
+    fn durations_read_as_words() {
+        assert_eq!(duration_words(60_000), "1 minute");
+        assert_eq!(duration_words(7 * 86_400_000), "7 days");
+        assert_eq!(duration_words(90_000), "90 seconds");
+        assert_eq!(duration_words(3_600_000), "1 hour");
+    }
 }
