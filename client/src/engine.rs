@@ -1753,6 +1753,21 @@ impl Engine {
             .collect())
     }
 
+    /// Deletes one message from this computer only (the other people in the
+    /// chat keep theirs): `peer` and `id` as in [`ShownMessage`]. False when
+    /// there was no such message.
+    pub async fn delete_message_here(&mut self, peer: &str, id: &str) -> Result<bool> {
+        let peer: ContactCode = peer
+            .parse()
+            .map_err(|e: sotto_wire::code::BadCode| EngineError::Invalid(e.to_string()))?;
+        let id: [u8; 16] = crate::group::hex_decode(id)
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| EngineError::Invalid("that is not a message id".into()))?;
+        let gone = self.store.delete_message(peer.account_id(), id)?;
+        self.store.flush().await?;
+        Ok(gone)
+    }
+
     /// Relay-side prekey counts, uploading more first if they run low, and
     /// replacing the signed prekey and Kyber last-resort key once they are
     /// [`ROTATE_SIGNED_KEYS_MS`] old.
