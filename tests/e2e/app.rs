@@ -396,3 +396,48 @@ fn contacts_search_and_deleting_in_the_app() {
     assert_eq!((r.status, r.location()), (303, "/contacts"));
     assert!(!web.get("/contacts").body.contains("Robert"));
 }
+
+/// Someone who is not a contact writes: their chat is listed as not a
+/// contact with the name they chose, there is no Send until the user adds
+/// them, and adding them keeps the same chat.
+#[test]
+fn a_message_from_a_stranger_shows_and_adding_them_allows_replies() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    bob.add_contact("Ana", &ana);
+    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let mut web = app.browser();
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    bob.ok(&["send", "Ana", "hi, we met at the union meeting"]);
+    let data = wait_event(&events, "message", r#""chat":"p"#, WAIT);
+    let at = data.find(r#""chat":""#).expect("a chat") + r#""chat":""#.len();
+    let chat = data[at..at + data[at..].find('"').expect("end")].to_string();
+
+    let list = web.get("/");
+    assert!(list.body.contains("Not a contact"), "{}", list.body);
+    let r = web.get(&format!("/chats/{chat}"));
+    assert!(
+        r.body.contains("hi, we met at the union meeting"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("Not in your contacts"));
+    assert!(!r.body.contains(">Send<"), "no Send before adding them");
+
+    let r = web.post("/contacts", &[("name", "Bob"), ("code", &bob.code())]);
+    assert_eq!(
+        (r.status, r.location()),
+        (303, format!("/contacts/{chat}").as_str())
+    );
+    let r = web.get(&format!("/chats/{chat}"));
+    assert!(r.body.contains(">Send<"), "{}", r.body);
+    assert!(
+        r.body.contains("hi, we met at the union meeting"),
+        "history kept"
+    );
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "yes, hello")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(texts(&bob.sync_json()), ["yes, hello"]);
+}

@@ -84,6 +84,9 @@ pub(crate) struct Chat {
     pub changed: bool,
     /// A group's disappearing-message timer (0: off).
     pub disappearing_ms: u64,
+    /// Someone who wrote to me and is not a contact (`name` is the name
+    /// they chose; `key` their contact code).
+    pub stranger: bool,
 }
 
 /// Every chat: my contacts and the groups I am in, by name.
@@ -98,6 +101,18 @@ pub(crate) fn all_chats(e: &Engine, ids: &super::ids::IdKey) -> Result<Vec<Chat>
             group: false,
             changed,
             disappearing_ms: 0,
+            stranger: false,
+        });
+    }
+    for (code, name) in e.strangers().map_err(|e| e.to_string())? {
+        chats.push(Chat {
+            id: ids.person(&code),
+            name,
+            key: code,
+            group: false,
+            changed: false,
+            disappearing_ms: 0,
+            stranger: true,
         });
     }
     for g in e.groups().map_err(|e| e.to_string())? {
@@ -111,6 +126,7 @@ pub(crate) fn all_chats(e: &Engine, ids: &super::ids::IdKey) -> Result<Vec<Chat>
             group: true,
             changed: false,
             disappearing_ms: g.settings.disappearing_ms,
+            stranger: false,
         });
     }
     chats.sort_by_key(|c| c.name.to_lowercase());
@@ -179,8 +195,9 @@ pub(crate) fn chat_list(st: &AppState, chats: &[Chat], current: Option<&str>) ->
                         a href={"/chats/" (c.id)}
                             aria-current=[(current == Some(c.id.as_str())).then_some("page")] {
                             span class="avatar" aria-hidden="true" { (initial(&c.name)) }
-                            span class="name" { (person(&c.name)) }
+                            span class="name" { @if c.stranger { "~" } (person(&c.name)) }
                             @if c.group { span class="tag" { "Group" } }
+                            @if c.stranger { span class="tag" { "Not a contact" } }
                             @if c.changed { span class="tag warn" { "Safety number changed" } }
                             @if n > 0 {
                                 span class="unread" { (n) span class="visually-hidden" { " unread" } }
@@ -259,19 +276,23 @@ fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Respo
         @if let Some(e) = &draft.error {
             @if !chat.changed { (error_box(e)) }
         }
-        form method="post" action={"/chats/" (chat.id)} class="composer" {
-            (csrf_field(st))
-            label for="text" { "Message" }
-            textarea id="text" name="text" rows="3" required
-                maxlength=(crate::safe::MAX_TEXT_BYTES) { (draft.text) }
-            button type="submit" class="primary" { "Send" }
+        @if chat.stranger {
+            (stranger_box(st, chat))
+        } @else {
+            form method="post" action={"/chats/" (chat.id)} class="composer" {
+                (csrf_field(st))
+                label for="text" { "Message" }
+                textarea id="text" name="text" rows="3" required
+                    maxlength=(crate::safe::MAX_TEXT_BYTES) { (draft.text) }
+                button type="submit" class="primary" { "Send" }
+            }
         }
     };
     let details = html! {
         h2 { "Details" }
         @if chat.group {
             p { "A group. " a href={"/groups/" (chat.id)} { "Members and settings" } }
-        } @else {
+        } @else if !chat.stranger {
             p { a href={"/contacts/" (chat.id)} { "Contact and safety number" } }
         }
         p { a href={"/chats/" (chat.id) "/clear"} { "Delete this chat from this computer" } }
@@ -292,6 +313,27 @@ fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Respo
     let mut resp = layout::page(st, page);
     *resp.status_mut() = status;
     resp
+}
+
+/// Under a chat with someone who is not a contact: who they say they are is
+/// only their word; adding them (under a name I choose) lets me reply.
+fn stranger_box(st: &AppState, chat: &Chat) -> Markup {
+    html! {
+        section class="alert" aria-labelledby="stranger" {
+            h2 id="stranger" { "Not in your contacts" }
+            p { "This person wrote to you but is not one of your contacts. The name "
+                (person(&chat.name)) " is the one they chose: anyone can choose any name. \
+                Check with them another way before you trust it. To reply, add them:" }
+            form method="post" action="/contacts" class="stack" {
+                (csrf_field(st))
+                label for="name" { "Name" }
+                input id="name" name="name" type="text" required
+                    maxlength=(crate::safe::MAX_NAME_CHARS) value=(crate::safe::line(&chat.name));
+                input type="hidden" name="code" value=(chat.key);
+                button type="submit" { "Add contact" }
+            }
+        }
+    }
 }
 
 /// The banner on a conversation whose safety number changed; sending stays
@@ -676,6 +718,7 @@ mod tests {
                 group: true,
                 changed: true,
                 disappearing_ms: 0,
+                stranger: true,
             };
             let list = chat_list(st, std::slice::from_ref(&chat), None).into_string();
             assert_inert(&list);
