@@ -73,8 +73,9 @@
       refresh();
       notify(data.notify);
     });
+    // Group news (membership, refused changes): reload what is shown.
     events.addEventListener("notice", function () {
-      notify("New warning in a group");
+      refresh();
     });
   }
 

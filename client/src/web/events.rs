@@ -68,8 +68,13 @@ pub(crate) fn count_unread(st: AppState) {
 pub(crate) fn to_sse(st: &AppState, event: &Event) -> Option<Sse> {
     match event {
         Event::Message(m) => {
+            // A warning reaches the group's history as a message whose
+            // text starts so (engine/warnings.rs, `history_text`).
+            let warning = m.group.is_some() && m.text.starts_with("[warning] ");
             let notify = if m.outgoing {
                 String::new()
+            } else if warning {
+                "New warning in a group".to_string()
             } else if st.settings().notify_names {
                 format!("New message from {}", safe::line(&m.from))
             } else {
@@ -179,5 +184,16 @@ mod tests {
             "bidi override passed on: {named}"
         );
         assert!(!named.contains("secret"), "message text: {named}");
+        let Event::Message(mut m) = incoming("Zed") else {
+            unreachable!("a message")
+        };
+        m.group = Some(("aa".into(), "Title".into()));
+        m.text = "[warning] about Someone: harassment, first-hand".into();
+        let warned = format!("{:?}", to_sse(st, &Event::Message(m)).expect("an event"));
+        assert!(warned.contains("New warning in a group"), "{warned}");
+        assert!(
+            !warned.contains("Someone") && !warned.contains("Zed"),
+            "{warned}"
+        );
     }
 }
