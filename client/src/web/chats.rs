@@ -289,7 +289,7 @@ fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Respo
         }
     };
     let details = html! {
-        h2 { "Details" }
+        h2 { "About this chat" }
         @if chat.group {
             p { "A group. " a href={"/groups/" (chat.id)} { "Members and settings" } }
         } @else if !chat.stranger {
