@@ -209,7 +209,7 @@ fn a_changed_safety_number_blocks_sending_until_trusted() {
 fn the_idle_lock_sends_the_page_to_unlock() {
     let relay = Relay::start();
     let ana = User::new(&relay, "Ana");
-    let app = App::start(
+    let mut app = App::start(
         ana.home(),
         &[("SOTTO_PASSPHRASE", PASSPHRASE), ("SOTTO_LOCK_AFTER", "2s")],
     );
@@ -221,6 +221,21 @@ fn the_idle_lock_sends_the_page_to_unlock() {
     assert_eq!((r.status, r.location()), (303, "/unlock"));
     let r = web.get("/unlock");
     assert!(r.body.contains(">Unlock<"), "{}", r.body);
+
+    // Quit from the app: the page says so and the process ends cleanly.
+    let r = web.post("/unlock", &[("passphrase", PASSPHRASE)]);
+    assert_eq!((r.status, r.location()), (303, "/"));
+    wait_event(&events, "state", "unlocked", WAIT);
+    let r = web.post("/quit", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Sotto has stopped"), "{}", r.body);
+    // (The process may end before the event stream says "stopped": the
+    // page that asked already shows it.)
+    let status = app
+        .wait_exit(WAIT)
+        .expect("`sotto app` still runs after Quit");
+    assert!(status.success(), "{status}");
+    assert!(!ana.home().join("app-url").exists(), "app-url left behind");
 }
 
 /// The app refuses a browser that did not open the printed address, and

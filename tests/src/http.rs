@@ -255,7 +255,14 @@ pub fn wait_event(
         match rx.recv_timeout(left) {
             Ok((k, d)) if k == kind && d.contains(needle) => return d,
             Ok(other) => seen.push(other),
-            Err(_) => panic!("no `{kind}` event with {needle:?} within {within:?}; saw {seen:?}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no `{kind}` event with {needle:?} within {within:?}; saw {seen:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!(
+                    "the event stream ended before a `{kind}` event with {needle:?}; saw {seen:?}"
+                )
+            }
         }
     }
 }

@@ -102,7 +102,10 @@ async fn events(State(st): State<AppState>) -> Response {
         .event("state")
         .data(state_word(&st.handle.state()));
     let start = stream::iter([Ok::<_, Infallible>(first)]);
-    let live = stream::unfold((st, rx, watch), |(st, mut rx, mut watch)| async move {
+    let live = stream::unfold(Some((st, rx, watch)), |open| async move {
+        // After "stopped" or "erased" the stream ends: nothing more will
+        // come, and a finished stream lets the server shut down.
+        let (st, mut rx, mut watch) = open?;
         loop {
             tokio::select! {
                 changed = watch.changed() => {
@@ -111,18 +114,19 @@ async fn events(State(st): State<AppState>) -> Response {
                     }
                     let s = *watch.borrow_and_update();
                     let ev = Sse::default().event("state").data(state_word(&s));
-                    return Some((Ok(ev), (st, rx, watch)));
+                    let next = (!matches!(s, Svc::Stopped | Svc::Erased)).then_some((st, rx, watch));
+                    return Some((Ok(ev), next));
                 }
                 got = rx.recv() => match got {
                     Ok(ev) => {
                         if let Some(out) = to_sse(&st, &ev) {
-                            return Some((Ok(out), (st, rx, watch)));
+                            return Some((Ok(out), Some((st, rx, watch))));
                         }
                     }
                     // Missed some: tell the page to reload what it shows.
                     Err(RecvError::Lagged(_)) => {
                         let ev = Sse::default().event("message").data(r#"{"chat":"","notify":""}"#);
-                        return Some((Ok(ev), (st, rx, watch)));
+                        return Some((Ok(ev), Some((st, rx, watch))));
                     }
                     Err(RecvError::Closed) => return None,
                 },
