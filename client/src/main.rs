@@ -22,7 +22,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Sotto: end-to-end encrypted messaging for whisper networks.
 ///
-/// Start with an invite link from whoever runs your relay:
+/// Most people use the app, which opens in your web browser:
+///
+///   sotto app                         # set up with your invite link, then chat
+///
+/// Or from the command line, starting with an invite link from whoever runs your relay:
 ///
 ///   sotto init --invite 'sotto://join?...' --name "Your name"
 ///   sotto whoami                      # give your contact code to people you trust
@@ -32,6 +36,8 @@ use tokio::signal::unix::{SignalKind, signal};
 ///
 /// The passphrase comes from a prompt or the SOTTO_PASSPHRASE environment variable.
 /// It encrypts everything Sotto keeps on this computer; there is no way to recover it.
+/// While `sotto app` or `sotto listen` runs, other commands work through it
+/// (no passphrase needed while it is unlocked).
 #[derive(Parser)]
 #[command(name = "sotto", version, verbatim_doc_comment)]
 struct Cli {
