@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sotto_tests::http::{App, Browser, wait_event};
+use sotto_tests::http::{Browser, wait_event};
 use sotto_tests::{PASSPHRASE, Relay, User, texts};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -41,7 +41,7 @@ fn title_of(page: &str) -> &str {
 fn a_new_user_joins_in_the_app_and_talks_live() {
     let relay = Relay::start();
     let ana = User::uninitialised("Ana");
-    let app = App::start(ana.home(), &[]);
+    let app = ana.app(&[("SOTTO_PASSPHRASE", "")]);
     let mut web = app.browser();
 
     // No profile: every screen leads to set-up.
@@ -162,7 +162,7 @@ fn a_changed_safety_number_blocks_sending_until_trusted() {
     assert_eq!(texts(&bob.sync_json()), ["before"]);
     bob.ok(&["identity", "reset"]);
 
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     let r = web.get("/contacts");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -209,10 +209,7 @@ fn a_changed_safety_number_blocks_sending_until_trusted() {
 fn the_idle_lock_sends_the_page_to_unlock() {
     let relay = Relay::start();
     let ana = User::new(&relay, "Ana");
-    let mut app = App::start(
-        ana.home(),
-        &[("SOTTO_PASSPHRASE", PASSPHRASE), ("SOTTO_LOCK_AFTER", "2s")],
-    );
+    let mut app = ana.app(&[("SOTTO_LOCK_AFTER", "2s")]);
     let mut web = app.browser();
     let events = web.events();
     wait_event(&events, "state", "unlocked", WAIT);
@@ -244,7 +241,7 @@ fn the_idle_lock_sends_the_page_to_unlock() {
 fn only_the_browser_that_opened_the_printed_address_gets_in() {
     let relay = Relay::start();
     let ana = User::new(&relay, "Ana");
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     assert_eq!(web.get("/contacts").status, 200);
     let mut stranger = Browser::new(web.addr());
@@ -279,7 +276,7 @@ fn a_group_conversation_in_the_app() {
     bob.ok(&["group", "add", title, "ana"]);
     bob.ok(&["group", "settings", title, "--disappearing", "1h"]);
 
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     let events = web.events();
     wait_event(&events, "state", "unlocked", WAIT);
@@ -333,7 +330,7 @@ fn contacts_search_and_deleting_in_the_app() {
     bob.ok(&["send", "Ana", "first note about the manager"]);
     bob.ok(&["send", "Ana", "second: <script>x</script>"]);
 
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     let r = web.get("/contacts");
     let at =
@@ -421,7 +418,7 @@ fn a_message_from_a_stranger_shows_and_adding_them_allows_replies() {
     let ana = User::new(&relay, "Ana");
     let bob = User::new(&relay, "Bob");
     bob.add_contact("Ana", &ana);
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     let events = web.events();
     wait_event(&events, "state", "unlocked", WAIT);
