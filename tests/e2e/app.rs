@@ -453,3 +453,44 @@ fn a_message_from_a_stranger_shows_and_adding_them_allows_replies() {
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(texts(&bob.sync_json()), ["yes, hello"]);
 }
+
+/// `sotto app LINK` with a group's join link: the chats screen offers it,
+/// "Ask to join" sends the request (the admin sees it), and after approval
+/// the group's messages reach the app.
+#[test]
+fn opening_the_app_with_a_group_link_offers_to_join() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann");
+    ann.ok(&["group", "create", "Staff"]);
+    ann.ok(&["group", "settings", "Staff", "--approval", "on"]);
+    let link = ann.ok(&["group", "link", "Staff"]).trim().to_string();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app_with(&[&link], &[]);
+    let mut web = app.browser();
+    assert!(
+        !app.url.contains("group"),
+        "the link stays out of the address"
+    );
+    let r = web.get("/");
+    assert!(r.body.contains("A link to join a group"), "{}", r.body);
+    assert!(
+        !r.body.contains(&link),
+        "the link's secret is not in the page"
+    );
+    let r = web.post("/join-link", &[("ask", "yes")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Your request was sent"), "{}", r.body);
+    assert!(
+        !web.get("/").body.contains("A link to join a group"),
+        "offered once"
+    );
+    let requests = ann.ok(&["group", "requests", "Staff", "--json"]);
+    assert!(requests.contains("Ana"), "{requests}");
+
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    ann.ok(&["group", "approve", "Staff", "Ana"]);
+    ann.ok(&["group", "send", "Staff", "welcome Ana"]);
+    wait_event(&events, "message", r#""chat":"g"#, WAIT);
+    assert!(web.get("/").body.contains("Staff"));
+}

@@ -325,4 +325,3 @@ fn unchunk(mut raw: &[u8]) -> Option<Vec<u8>> {
         raw = raw.get(n + 2..)?;
     }
 }
-

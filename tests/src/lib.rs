@@ -397,8 +397,16 @@ impl User {
     /// `HOME/app-url` exist). Unlocked at start unless `env` clears
     /// SOTTO_PASSPHRASE (`("SOTTO_PASSPHRASE", "")`).
     pub fn app(&self, env: &[(&str, &str)]) -> App {
+        self.app_with(&[], env)
+    }
+
+    /// [`User::app`] with more arguments (`sotto app ARGS --no-browser`),
+    /// for example the `sotto://` link it is opened with.
+    pub fn app_with(&self, args: &[&str], env: &[(&str, &str)]) -> App {
         let mut cmd = self.command();
-        cmd.args(["app", "--no-browser"])
+        cmd.arg("app")
+            .args(args)
+            .arg("--no-browser")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -29,6 +29,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/chats/{id}/delete", post(delete))
         .route("/chats/{id}/clear", get(clear_page).post(clear))
         .route("/search", get(search_page).post(search))
+        .route("/join-link", post(join_link))
 }
 
 /// Why an engine call gave nothing to show.
@@ -224,10 +225,29 @@ async fn home(State(st): State<AppState>, req: Request) -> Response {
         Ok(c) => c,
         Err(p) => return p.respond(&st, is_htmx(&req)),
     };
+    let link = st
+        .handle
+        .peek_link()
+        .filter(|l| l.starts_with("sotto://group?"));
     let mut page = Page::new(
         "Chats",
         Nav::Chats,
-        html! { p { "Choose a chat on the left, or " a href="/contacts" { "add a contact" } "." } },
+        html! {
+            @if link.is_some() {
+                section class="alert" aria-labelledby="join" {
+                    h2 id="join" { "A link to join a group" }
+                    p { "Sotto was opened with a link to join a group. Asking sends your name \
+                         to the group's admins; they decide whether to let you in." }
+                    form method="post" action="/join-link" class="inline" {
+                        (csrf_field(&st))
+                        button type="submit" class="primary" name="ask" value="yes" { "Ask to join" }
+                        " "
+                        button type="submit" name="ask" value="no" { "Not now" }
+                    }
+                }
+            }
+            p { "Choose a chat on the left, or " a href="/contacts" { "add a contact" } "." }
+        },
     );
     page.list = Some(chat_list(&st, &chats, None));
     layout::page(&st, page)
@@ -598,6 +618,52 @@ async fn clear(State(st): State<AppState>, Path(id): Path<String>) -> Response {
     match done {
         Ok(Some(_)) => see_other(&format!("/chats/{id}")),
         Ok(None) => no_chat(&st),
+        Err(p) => p.respond(&st, false),
+    }
+}
+
+#[derive(Deserialize)]
+struct JoinForm {
+    #[serde(default)]
+    ask: String,
+}
+
+/// Asks to join the group whose link the app was opened with (or drops
+/// the link). The link itself never reaches a URL.
+async fn join_link(State(st): State<AppState>, Form(form): Form<JoinForm>) -> Response {
+    let Some(link) = st
+        .handle
+        .take_link()
+        .filter(|l| l.starts_with("sotto://group?"))
+    else {
+        return see_other("/");
+    };
+    if form.ask != "yes" {
+        return see_other("/");
+    }
+    let asked = engine(&st, move |e| {
+        Box::pin(async move { Ok(e.group_join(&link).await.map_err(|e| e.to_string())) })
+    })
+    .await;
+    match asked {
+        Ok(Ok(())) => layout::page(
+            &st,
+            Page::new(
+                "Asked to join",
+                Nav::Chats,
+                html! {
+                    p { "Your request was sent. An admin of the group has to let you in; the \
+                         group appears in your chats when they do." }
+                    p { a href="/" { "Back to your chats" } }
+                },
+            ),
+        ),
+        Ok(Err(error)) => layout::message_page(
+            &st,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Not sent",
+            html! { (error_box(&error)) p { a href="/" { "Back to your chats" } } },
+        ),
         Err(p) => p.respond(&st, false),
     }
 }
