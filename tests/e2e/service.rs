@@ -213,3 +213,44 @@ fn the_app_locks_when_idle_and_panic_through_it_erases_the_profile() {
     assert!(!after.status.success());
     app.stop();
 }
+
+/// `sotto listen` while the app runs follows the app's service instead of
+/// failing on the store lock, and prints what arrives as it would alone.
+#[test]
+fn listen_follows_a_running_app() {
+    let relay = Relay::start();
+    let alice = User::new(&relay, "Alice");
+    let bob = User::new(&relay, "Bob");
+    alice.add_contact("bob", &bob);
+    bob.add_contact("alice", &alice);
+    bob.ok(&["send", "alice", "makes the session"]);
+    alice.ok(&["sync"]);
+    let app = alice.app(&[]);
+    let (mut listen, lines) = alice.listen();
+    // The follower is subscribed once its request reached the service; a
+    // first message may race that, so send until one is printed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 0;
+    let line = loop {
+        n += 1;
+        bob.ok(&["send", "alice", &format!("pushed {n}")]);
+        if let Ok(line) = lines.recv_timeout(Duration::from_secs(2)) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "listen printed nothing");
+    };
+    let value: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert!(
+        value["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("pushed ")),
+        "{value}"
+    );
+    assert_eq!(value["from"], "bob");
+    let _ = listen.kill();
+    let _ = listen.wait();
+    // The app is unaffected by its follower leaving.
+    let out = alice.ok(&["whoami"]);
+    assert!(out.contains("name: Alice"), "{out}");
+    app.stop();
+}

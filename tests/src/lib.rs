@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod http;
 pub mod raw;
 
 /// The longest any single step (process start, command, answer) may take.
@@ -396,8 +397,16 @@ impl User {
     /// `HOME/app-url` exist). Unlocked at start unless `env` clears
     /// SOTTO_PASSPHRASE (`("SOTTO_PASSPHRASE", "")`).
     pub fn app(&self, env: &[(&str, &str)]) -> App {
+        self.app_with(&[], env)
+    }
+
+    /// [`User::app`] with more arguments (`sotto app ARGS --no-browser`),
+    /// for example the `sotto://` link it is opened with.
+    pub fn app_with(&self, args: &[&str], env: &[(&str, &str)]) -> App {
         let mut cmd = self.command();
-        cmd.args(["app", "--no-browser"])
+        cmd.arg("app")
+            .args(args)
+            .arg("--no-browser")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -692,6 +701,25 @@ impl App {
     /// What it printed to stderr so far.
     pub fn stderr(&self) -> String {
         self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// A browser session that opened the launch address (see [`http`]).
+    pub fn browser(&self) -> http::Browser {
+        http::Browser::launch(&self.url)
+    }
+
+    /// Waits up to `within` for it to end by itself (Quit in the app); its
+    /// exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Stops it with SIGTERM and waits; panics unless it exits 0 in time.

@@ -263,7 +263,22 @@ fn launch(st: &AppState, req: &Request) -> Response {
             },
         );
     }
-    let mut resp = see_other("/");
+    // Opened from another site or a local file (the page `sotto app` hands
+    // to xdg-open so the token stays out of the browser's command line),
+    // browsers withhold a SameSite=Strict cookie from the whole redirect
+    // chain, so a 303 would land on the refusal page. A page of ours that
+    // moves on by itself (meta refresh, no script) starts a same-site
+    // navigation that carries the cookie. Typed or pasted addresses get
+    // the plain 303.
+    let direct = req
+        .headers()
+        .get("sec-fetch-site")
+        .is_none_or(|v| v.as_bytes() == b"none" || v.as_bytes() == b"same-origin");
+    let mut resp = if direct {
+        see_other("/")
+    } else {
+        layout::continue_page()
+    };
     let cookie = format!(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
         st.security.session
@@ -314,13 +329,17 @@ pub(crate) async fn check_csrf(State(st): State<AppState>, req: Request, next: N
         )
     };
     let headers = req.headers();
-    let site_ok = headers
-        .get("sec-fetch-site")
-        .is_none_or(|v| v.as_bytes() == b"same-origin");
+    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
+    let site_ok = fetch_site.is_none_or(|v| v == b"same-origin");
+    // Our own `Referrer-Policy: no-referrer` makes Chromium send
+    // `Origin: null` on our own form posts; that is accepted only when the
+    // browser also says `Sec-Fetch-Site: same-origin` (a header no page can
+    // set), never on its own (a sandboxed frame elsewhere also says null).
     let origin_ok = headers.get(header::ORIGIN).is_none_or(|o| {
         allowed_hosts(&st)
             .iter()
             .any(|h| o.as_bytes() == format!("http://{h}").as_bytes())
+            || (o.as_bytes() == b"null" && fetch_site == Some(b"same-origin"))
     });
     if !site_ok || !origin_ok {
         return refuse(&st);
