@@ -155,7 +155,15 @@ async fn one_run() -> anyhow::Result<Measured> {
     let address = ProtocolAddress::new(recipient.to_string(), DeviceId::new(1)?);
     session_from_relay(&conn, &mut store, recipient, &address).await?;
     let start = Instant::now();
-    fill_mailbox(&conn, &mut store, recipient, &address, &certificate).await?;
+    fill_mailbox(
+        &conn,
+        &mut store,
+        recipient,
+        &address,
+        &certificate,
+        MESSAGES,
+    )
+    .await?;
     let fill = start.elapsed();
     let queued = queued_envelopes(&bench.relay.data_dir()).await?;
     anyhow::ensure!(
@@ -209,22 +217,24 @@ async fn one_run() -> anyhow::Result<Measured> {
     })
 }
 
-/// Encrypts and sends `MESSAGES` texts to `recipient`, keeping up to
-/// [`IN_FLIGHT`] `Send` requests outstanding while the next ones are encrypted.
+/// Encrypts and sends `count` texts to `recipient`, keeping up to
+/// [`IN_FLIGHT`] `Send` requests outstanding while the next ones are encrypted
+/// (the app scenario fills a running app's history with it too).
 ///
 /// Encryption stays on this task (libsignal futures are `!Send` and the
 /// ratchet must advance in order); only the requests run as tasks. With
 /// several in flight the relay may assign sequence numbers slightly out of
 /// encryption order, which the recipient's ratchet absorbs with skipped keys.
-async fn fill_mailbox(
+pub(crate) async fn fill_mailbox(
     conn: &Arc<Connection>,
     store: &mut InMemSignalProtocolStore,
     recipient: Uuid,
     address: &ProtocolAddress,
     certificate: &SenderCertificate,
+    count: usize,
 ) -> anyhow::Result<()> {
     let mut in_flight: JoinSet<Result<Resp, TransportError>> = JoinSet::new();
-    for i in 0..MESSAGES {
+    for i in 0..count {
         let envelope = seal(store, address, certificate, i).await?;
         while in_flight.len() >= IN_FLIGHT {
             check_sent(in_flight.join_next().await)?;
@@ -347,7 +357,7 @@ async fn local_recipient() -> anyhow::Result<(InMemSignalProtocolStore, PreKeyBu
 }
 
 /// Envelopes queued on the relay, from its admin socket's `stats`.
-async fn queued_envelopes(data_dir: &Path) -> anyhow::Result<u64> {
+pub(crate) async fn queued_envelopes(data_dir: &Path) -> anyhow::Result<u64> {
     let socket = sotto_relay::DataDir::new(data_dir).admin_socket();
     let stream = tokio::net::UnixStream::connect(&socket)
         .await
