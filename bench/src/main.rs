@@ -10,6 +10,7 @@
 //! Run it with `scripts/bench.sh` (a release build), e.g.
 //! `scripts/bench.sh --runs 5 --scenario fanout`.
 
+mod app;
 mod cold_sync;
 mod common;
 mod connections;
@@ -34,7 +35,8 @@ struct Cli {
     /// Runs per scenario (the table shows the median and the min–max spread)
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// Scenarios to run (default: all): throughput (with latency), fanout, connections (with relay idle), cold_sync
+    /// Scenarios to run (default: all): throughput (with latency), fanout, connections (with relay idle), cold_sync,
+    /// e2e, hostile, hostile_memory, panic, ring, app
     #[arg(long = "scenario", value_name = "NAME")]
     scenarios: Vec<String>,
     /// Where to write the JSON results
@@ -45,6 +47,10 @@ struct Cli {
     /// with file storage; needs `apt-get install nats-server`)
     #[arg(long, value_enum, value_name = "BROKER")]
     baseline: Option<Baseline>,
+    /// Messages delivered into a running `sotto app` for the app scenario's
+    /// "RSS with a long history" figure
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    app_history: usize,
 }
 
 /// Brokers `--baseline` can measure.
@@ -64,6 +70,7 @@ const ALL: &[&str] = &[
     "hostile_memory",
     "panic",
     "ring",
+    "app",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +125,7 @@ fn main() -> anyhow::Result<()> {
                 "hostile_memory" => hostile::memory_before_login(runs).await,
                 "panic" => panic::run(runs).await,
                 "ring" => ring::run(runs).await,
+                "app" => app::run(runs, cli.app_history).await,
                 _ => unreachable!("checked above"),
             }
         })?;
