@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::LocalBoxFuture;
 use libsignal_protocol::{
     ContentHint, DeviceId, Fingerprint, GenericSignedPreKey, IdentityKey, IdentityKeyPair, KeyPair,
     KyberPreKeyRecord, KyberPreKeyStore, PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress,
@@ -271,36 +272,21 @@ pub enum Notice {
     Group(String),
 }
 
-/// A request handed to a running [`Engine::listen`] by another process
-/// (see `control`).
-pub enum EngineCommand {
-    /// Send a text, after checking the passphrase against the store.
-    Send {
-        /// The passphrase the requester knows.
-        passphrase: String,
-        /// Contact name.
-        name: String,
-        /// Message text.
-        text: String,
-        /// True when `name` is a group (title or id prefix).
-        group: bool,
-        /// Gets the message id (and whether it is only queued), or a user-facing error.
-        reply: tokio::sync::oneshot::Sender<std::result::Result<CommandSent, String>>,
-    },
+/// Work for the engine from the service (see `service`), run between the
+/// background work of [`Engine::listen`]: a face's request, with its own
+/// way to answer.
+pub trait JobFn: Send {
+    /// Runs the job with the open engine.
+    fn call<'a>(self: Box<Self>, engine: &'a mut Engine) -> LocalBoxFuture<'a, ()>;
 }
 
-/// How long a send handed to a running listener waits for the relay before
-/// it answers that the message is queued.
-pub const COMMAND_SEND_WAIT: Duration = Duration::from_secs(4);
+/// A boxed [`JobFn`].
+pub type Job = Box<dyn JobFn>;
 
-/// The answer to a send handed to a running listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandSent {
-    /// Hex id of the message.
-    pub id: String,
-    /// True when the relay does not have it yet: it waits in the outbox and
-    /// goes out by itself when the relay is back.
-    pub queued: bool,
+/// A request handed to a running [`Engine::listen`].
+pub enum EngineCommand {
+    /// Run this with the engine.
+    Run(Job),
 }
 
 /// The engine for one profile.
@@ -733,6 +719,12 @@ impl Engine {
             unchecked: false,
             retry_for: None,
         })
+    }
+
+    /// Whether `passphrase` is the one this open profile was opened with
+    /// (the decoy's, when the duress passphrase opened it).
+    pub fn check_passphrase(&self, passphrase: &str) -> Result<bool> {
+        Ok(self.store.check_passphrase(passphrase)?)
     }
 
     /// Notices gathered by the last calls (group membership changes, refused changes).
@@ -1508,10 +1500,10 @@ impl Engine {
 
     /// Stays connected and hands over messages as the relay pushes them, until `stop` resolves.
     ///
-    /// Meanwhile it carries out `commands` from other processes (`control`),
-    /// also while the relay cannot be reached: a send then answers within
-    /// [`COMMAND_SEND_WAIT`] that its message is queued, and the queue goes
-    /// out by itself once the relay is back.
+    /// Meanwhile it carries out `commands` from the service's faces, also
+    /// while the relay cannot be reached (a send then reports its message
+    /// queued within [`SEND_CONNECT_WAIT`], and the queue goes out by itself
+    /// once the relay is back).
     pub async fn listen(
         &mut self,
         on_message: &mut dyn FnMut(&ShownMessage),
@@ -1622,69 +1614,7 @@ impl Engine {
 
     async fn run_command(&mut self, command: EngineCommand) {
         match command {
-            EngineCommand::Send {
-                passphrase,
-                name,
-                text,
-                group,
-                reply,
-            } => {
-                let result = match self.store.check_passphrase(&passphrase) {
-                    Ok(true) => self.send_for_command(&name, &text, group).await,
-                    Ok(false) => Err(StoreError::WrongPassphrase.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                let _ = reply.send(result);
-            }
-        }
-    }
-
-    /// A send for another process: stored first, then tried for at most
-    /// [`COMMAND_SEND_WAIT`]. A message that is in the outbox when that ends
-    /// (the relay is down, slow, or asked us to wait) is reported queued:
-    /// it goes out by itself, so the user must not send it again.
-    async fn send_for_command(
-        &mut self,
-        name: &str,
-        text: &str,
-        group: bool,
-    ) -> std::result::Result<CommandSent, String> {
-        let before: std::collections::HashSet<[u8; 16]> = match self.store.outbox() {
-            Ok(o) => o.iter().map(|e| e.id).collect(),
-            Err(e) => return Err(e.to_string()),
-        };
-        let attempt = async {
-            if group {
-                self.group_send_outcome(name, text).await
-            } else {
-                self.send_text_outcome(name, text).await
-            }
-        };
-        match tokio::time::timeout(COMMAND_SEND_WAIT, attempt).await {
-            Ok(Ok(sent)) => {
-                return Ok(CommandSent {
-                    queued: matches!(sent.delivery, Delivery::Queued(_)),
-                    id: sent.id,
-                });
-            }
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => {}
-        }
-        // Not settled in time: is our message waiting in the outbox?
-        let waiting = self.store.outbox().ok().and_then(|o| {
-            o.into_iter()
-                .find(|e| !before.contains(&e.id) && e.group.is_some() == group)
-        });
-        match waiting {
-            Some(entry) => Ok(CommandSent {
-                id: hex(&entry.id),
-                queued: true,
-            }),
-            None => Err(
-                "the relay did not answer in time and the message was not saved; \
-                 send it again"
-                    .into(),
-            ),
+            EngineCommand::Run(job) => job.call(self).await,
         }
     }
 
@@ -1821,6 +1751,21 @@ impl Engine {
             .iter()
             .map(|m| self.show(m))
             .collect())
+    }
+
+    /// Deletes one message from this computer only (the other people in the
+    /// chat keep theirs): `peer` and `id` as in [`ShownMessage`]. False when
+    /// there was no such message.
+    pub async fn delete_message_here(&mut self, peer: &str, id: &str) -> Result<bool> {
+        let peer: ContactCode = peer
+            .parse()
+            .map_err(|e: sotto_wire::code::BadCode| EngineError::Invalid(e.to_string()))?;
+        let id: [u8; 16] = crate::group::hex_decode(id)
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| EngineError::Invalid("that is not a message id".into()))?;
+        let gone = self.store.delete_message(peer.account_id(), id)?;
+        self.store.flush().await?;
+        Ok(gone)
     }
 
     /// Relay-side prekey counts, uploading more first if they run low, and

@@ -7,8 +7,10 @@
 //! - [`engine`]: outbox-first sending, store-then-acknowledge receiving, trust
 //!   on first use.
 //! - [`safe`]: person-supplied text made safe to show, and field limits.
-//! - [`control`]: the socket through which `sotto send` reaches a running
-//!   `sotto listen` that holds the store.
+//! - [`service`]: the engine as one long-running local service (`sotto app`,
+//!   `sotto listen`) that owns the store; every face is a client of it.
+//! - [`control`]: the socket through which other `sotto` commands reach a
+//!   running service that holds the store.
 //!
 //! It is **not** a relay, and it never logs message text, names or keys.
 #![warn(missing_docs)]
@@ -18,5 +20,7 @@ pub mod engine;
 pub mod group;
 pub mod routes;
 pub mod safe;
+pub mod service;
 pub mod store;
 pub mod transport;
+pub mod web;

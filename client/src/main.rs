@@ -6,6 +6,7 @@ use std::io::Write;
 #[macro_use]
 mod cli;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -15,6 +16,7 @@ use sotto_client::engine::{
     Delivery, Engine, EngineError, Notice, Sent, ShownMessage, Verification, store_dir,
 };
 use sotto_client::safe;
+use sotto_client::service::{self, Event, State};
 use sotto_client::store::StoreError;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -79,8 +81,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Open the Sotto app in your web browser (runs until you quit it or press Ctrl-C).
+    ///
+    /// Starts Sotto for this profile in the background (staying connected and
+    /// up to date) and serves the app on this computer only. It prints the
+    /// address to open as its last line and opens your browser. While it
+    /// runs, every other `sotto` command for the profile works through it.
+    App {
+        /// Address to serve the app on (this computer only: 127.0.0.1)
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Do not open a browser; just print the address
+        #[arg(long)]
+        no_browser: bool,
+        /// Lock after this long without use (e.g. 30s, 15m, 2h, off) [env: SOTTO_LOCK_AFTER]
+        #[arg(long, env = "SOTTO_LOCK_AFTER", hide_env = true, default_value = "15m",
+              value_parser = sotto_client::service::parse_duration)]
+        lock_after: std::time::Duration,
+    },
     /// Stay connected and print messages as they arrive (Ctrl-C to stop).
-    /// While it runs, `sotto send` from another terminal goes through it.
+    /// While it runs, every other `sotto` command for the profile works through it.
     Listen {
         /// One JSON object per message
         #[arg(long)]
@@ -333,7 +353,6 @@ async fn panic_command(home: &Path, offline: bool) -> Result<()> {
     if !store_dir(home).exists() {
         bail!("there is no Sotto profile in {}", home.display());
     }
-    let listening = home.join("control.sock").exists();
     // The passphrase only lets us tell the relay; without it, erase anyway.
     let engine = match (offline, std::env::var("SOTTO_PASSPHRASE")) {
         (false, Ok(p)) if !p.is_empty() => match Engine::open(home, &p) {
@@ -349,6 +368,11 @@ async fn panic_command(home: &Path, offline: bool) -> Result<()> {
         Some(engine) => engine.panic(home, true).await,
         None => sotto_client::engine::panic_offline(home),
     };
+    print_panic_report(&report)
+}
+
+/// What `sotto panic` did, in words (also for a panic a running service did).
+fn print_panic_report(report: &sotto_client::engine::PanicReport) -> Result<()> {
     match &report.erased {
         Ok(true) => show!(
             "Erased: the key to this profile was destroyed in {:.0} ms; nothing in it can be read again.",
@@ -372,9 +396,6 @@ async fn panic_command(home: &Path, offline: bool) -> Result<()> {
     }
     if let Err(e) = &report.files_removed {
         tell!("some files could not be deleted: {e}");
-    }
-    if listening {
-        show!("A running `sotto listen` still holds the keys in memory: stop it now.");
     }
     if report.erased.is_err() {
         bail!("the profile may still be readable");
@@ -880,21 +901,27 @@ fn main() {
         }
     };
     // libsignal's futures are !Send, so everything runs on this one thread.
-    if let Err(e) = runtime.block_on(run(cli)) {
-        // `sotto whoami | head -1`: the reader left; that is not an error.
-        let broken_pipe = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-        });
-        if broken_pipe {
-            std::process::exit(0);
-        }
-        if e.downcast_ref::<Queued>().is_some() {
-            std::process::exit(EXIT_QUEUED);
-        }
-        cli::error(&format!("{e:#}"));
-        std::process::exit(1);
+    let status = exit_status(runtime.block_on(run(cli)));
+    std::process::exit(status);
+}
+
+/// The exit status for a command's result, printing its error if any: the
+/// same whether the command ran here or in the service it was forwarded to.
+fn exit_status(result: Result<()>) -> i32 {
+    let Err(e) = result else { return 0 };
+    // `sotto whoami | head -1`: the reader left; that is not an error.
+    let broken_pipe = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    });
+    if broken_pipe {
+        return 0;
     }
+    if e.downcast_ref::<Queued>().is_some() {
+        return EXIT_QUEUED;
+    }
+    cli::error(&format!("{e:#}"));
+    1
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -928,6 +955,20 @@ async fn run(cli: Cli) -> Result<()> {
         cli::entry(&mut cli::stdout(), "", &v.text, "")?;
         return Ok(());
     }
+    if let Command::App {
+        listen,
+        no_browser,
+        lock_after,
+    } = cli.command
+    {
+        return app_command(&home, listen, no_browser, lock_after).await;
+    }
+    if !matches!(cli.command, Command::Init { .. })
+        && let Some(stream) = control::connect(&home).await
+    {
+        // A service (`sotto app` or `sotto listen`) holds the profile.
+        return forward(&home, stream, &cli.command).await;
+    }
     if let Command::Panic { offline } = cli.command {
         return panic_command(&home, offline).await;
     }
@@ -955,55 +996,451 @@ async fn run(cli: Cli) -> Result<()> {
             home.display()
         );
     }
+    if let Command::Listen { json } = cli.command {
+        return listen_command(&home, json).await;
+    }
     let passphrase = passphrase(false)?;
-    let mut engine = match Engine::open(&home, &passphrase) {
-        Ok(engine) => engine,
-        Err(EngineError::Store(StoreError::Locked)) => {
-            return via_listener(&home, passphrase, cli.command).await;
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let mut engine = Engine::open(&home, &passphrase)?;
     let result = command(&mut engine, &home, cli.command).await;
     engine.close().await;
     result
 }
 
-/// The store is held by another process: if it is `sotto listen` and this is
-/// a send, hand the send to it; otherwise say what holds the profile.
-async fn via_listener(home: &Path, passphrase: String, command: Command) -> Result<()> {
-    let (name, text, group) = match command {
-        Command::Send { name, text } => (name, text, false),
-        Command::Group(GroupCommand::Send {
-            group,
-            text,
-            anonymous: false,
-            ..
-        }) => (group, text, true),
-        _ => return Err(StoreError::Locked.into()),
+/// Runs `command` in the service that holds the profile, printing what it
+/// prints and exiting with its status. A locked service is unlocked with the
+/// passphrase (asked for, or SOTTO_PASSPHRASE); one that is open needs none.
+async fn forward(home: &Path, first: tokio::net::UnixStream, command: &Command) -> Result<()> {
+    // Read here, where the person's terminal is, not in the service.
+    let duress_passphrase = match command {
+        Command::Duress(DuressCommand::Set { .. }) => Some(duress_passphrase()?),
+        _ => None,
     };
-    let request = control::Request {
-        passphrase,
-        name,
-        text,
-        group,
+    let mut passphrase = match std::env::var("SOTTO_PASSPHRASE") {
+        Ok(p) if !p.is_empty() => Some(p),
+        _ => None,
     };
-    let reply = control::forward(home, &request)
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let mut stream = Some(first);
+    loop {
+        let connection = match stream.take() {
+            Some(s) => s,
+            None => control::connect(home)
+                .await
+                .context("the Sotto service for this profile stopped; run the command again")?,
+        };
+        let request = control::Forward {
+            argv: argv.clone(),
+            cwd: cwd.clone(),
+            terminal: cli::stdout_is_terminal(),
+            passphrase: passphrase.clone(),
+            duress_passphrase: duress_passphrase.clone(),
+        };
+        let status = control::forward(connection, &request, &mut cli::relay_output)
+            .await
+            .context("lost the Sotto service for this profile while it ran the command")?;
+        match status {
+            Some(0) => return Ok(()),
+            Some(code) => std::process::exit(code),
+            None if passphrase.is_none() => passphrase = Some(self::passphrase(false)?),
+            None => bail!("the Sotto service for this profile stayed locked"),
+        }
+    }
+}
+
+/// The service's side of [`forward`]: what it does with a command another
+/// `sotto` process sends.
+fn forwarded_handler(handle: service::Handle) -> control::Handler {
+    // Messages the service received in the background since the last
+    // forwarded `sync`, so that `sync` still prints what is new.
+    let unsynced = Arc::new(Mutex::new(handle.subscribe()));
+    Arc::new(move |request, sink| {
+        let handle = handle.clone();
+        let unsynced = unsynced.clone();
+        Box::pin(async move {
+            let status = match run_forwarded(&handle, unsynced, request, &sink).await {
+                Ok(status) => status,
+                Err(e) => {
+                    let _ = sink
+                        .send(control::Output::Err(format!(
+                            "error: {}\n",
+                            safe::block(&format!("{e:#}"), 2)
+                        )))
+                        .await;
+                    Some(1)
+                }
+            };
+            let last = match status {
+                Some(code) => control::Output::Exit(code),
+                None => control::Output::Locked,
+            };
+            let _ = sink.send(last).await;
+        })
+    })
+}
+
+async fn send_chunks(sink: &control::Sink, chunks: Vec<(bool, String)>) {
+    for (to_stderr, text) in chunks {
+        let output = if to_stderr {
+            control::Output::Err(text)
+        } else {
+            control::Output::Out(text)
+        };
+        let _ = sink.send(output).await;
+    }
+}
+
+/// Carries out one forwarded command; `None`: locked, and no passphrase came.
+async fn run_forwarded(
+    handle: &service::Handle,
+    unsynced: Arc<Mutex<tokio::sync::broadcast::Receiver<Event>>>,
+    request: control::Forward,
+    sink: &control::Sink,
+) -> Result<Option<i32>> {
+    let mut cli = Cli::try_parse_from(&request.argv).map_err(|e| anyhow::anyhow!("{e}"))?;
+    files_from(&mut cli.command, &request.cwd);
+    match (handle.state(), request.passphrase) {
+        (State::Locked, None) => return Ok(None),
+        (State::Locked, Some(p)) => handle.unlock(p).await?,
+        (State::Unlocked, Some(p)) => {
+            // A wrong passphrase fails as it would without the service.
+            if !handle
+                .with(move |e| Box::pin(async move { e.check_passphrase(&p) }))
+                .await??
+            {
+                return Err(StoreError::WrongPassphrase.into());
+            }
+        }
+        (State::Unlocked, None) => {}
+        (State::NoProfile | State::Erased, _) => bail!("there is no Sotto profile here any more"),
+        (State::Stopped, _) => bail!("Sotto is stopping for this profile; run the command again"),
+    }
+    let terminal = request.terminal;
+    match cli.command {
+        Command::Listen { json } => {
+            follow_events(handle, json, terminal, sink).await;
+            Ok(Some(0))
+        }
+        Command::Panic { .. } => {
+            let report = handle.panic().await?;
+            let (result, chunks) =
+                cli::captured(terminal, None, async { print_panic_report(&report) }).await;
+            send_chunks(sink, chunks).await;
+            Ok(Some(exit_status_captured(result, terminal).await))
+        }
+        command => {
+            let home = handle.home().to_path_buf();
+            let duress = request.duress_passphrase;
+            let (status, chunks) = handle
+                .with(move |engine| {
+                    Box::pin(async move {
+                        cli::captured(terminal, duress, async move {
+                            let result = match command {
+                                Command::Sync { json } => {
+                                    let earlier = received_since_sync(&unsynced);
+                                    sync_command(engine, json, earlier).await
+                                }
+                                other => self::command(engine, &home, other).await,
+                            };
+                            exit_status(result)
+                        })
+                        .await
+                    })
+                })
+                .await?;
+            send_chunks(sink, chunks).await;
+            Ok(Some(status))
+        }
+    }
+}
+
+async fn exit_status_captured(result: Result<()>, terminal: bool) -> i32 {
+    // Only an error prints here, and it must reach the client too.
+    let (status, _) = cli::captured(terminal, None, async { exit_status(result) }).await;
+    status
+}
+
+/// Messages the service received by itself since the last forwarded `sync`.
+fn received_since_sync(
+    unsynced: &Mutex<tokio::sync::broadcast::Receiver<Event>>,
+) -> Vec<ShownMessage> {
+    let Ok(mut events) = unsynced.lock() else {
+        return Vec::new();
+    };
+    let mut messages = Vec::new();
+    loop {
+        match events.try_recv() {
+            Ok(Event::Message(m)) => messages.push(m),
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(missed)) => {
+                tracing::info!("{missed} events passed unseen by sync; `history` has them");
+            }
+            Err(_) => break,
+        }
+    }
+    messages
+}
+
+/// Relative file names in a forwarded command are the client's.
+fn files_from(command: &mut Command, cwd: &Path) {
+    match command {
+        Command::Note(NoteCommand::Add {
+            file: Some(file), ..
+        }) => *file = cwd.join(&*file),
+        Command::Note(NoteCommand::Export { to, .. }) => *to = cwd.join(&*to),
+        Command::Note(NoteCommand::Verify { file }) => *file = cwd.join(&*file),
+        _ => {}
+    }
+}
+
+/// A forwarded `listen`: the service's events, printed as `listen` prints
+/// them, until the client leaves or the service stops.
+async fn follow_events(handle: &service::Handle, json: bool, terminal: bool, sink: &control::Sink) {
+    let mut events = handle.subscribe();
+    let mut printer = Printer::new(json, true);
+    if let Some(line) = connected_line(false, json, terminal) {
+        let _ = sink.send(control::Output::Out(format!("{line}\n"))).await;
+    }
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(_) => return,
+        };
+        let done = matches!(
+            event,
+            Event::State(State::Locked | State::Erased | State::Stopped)
+        );
+        let ((), chunks) = cli::captured(terminal, None, async {
+            print_event(&mut printer, &event, json, terminal)
+        })
+        .await;
+        send_chunks(sink, chunks).await;
+        if done || sink.is_closed() {
+            return;
+        }
+    }
+}
+
+/// Prints one service event as `listen` does.
+fn print_event(printer: &mut Printer, event: &Event, json: bool, terminal: bool) {
+    match event {
+        Event::Message(m) => printer.message(m),
+        Event::Notice(Notice::Connected { again }) => {
+            if let Some(line) = connected_line(*again, json, terminal) {
+                show!("{line}");
+            }
+        }
+        Event::Notice(other) => notice(other),
+        Event::State(State::Locked) => tell!("Sotto locked this profile; listening stopped"),
+        Event::State(State::Erased) => tell!("this profile was erased; listening stopped"),
+        Event::State(_) => {}
+    }
+}
+
+/// `sotto sync`: prints `earlier` (messages a running service already
+/// received) and whatever the relay has now.
+async fn sync_command(engine: &mut Engine, json: bool, earlier: Vec<ShownMessage>) -> Result<()> {
+    let mut printer = Printer::new(json, true);
+    for m in &earlier {
+        printer.message(m);
+    }
+    let shown = engine
+        .sync(&mut |m| printer.message(m), &mut |n| notice(n))
+        .await?;
+    if say_no_new_messages(shown + earlier.len(), json, cli::stdout_is_terminal()) {
+        show!("no new messages");
+    }
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Runs the service until it quits (Quit in the app, Ctrl-C, SIGTERM),
+/// serving forwarded commands on the control socket meanwhile; `opened`
+/// runs once it is started (unlocking, printing the address).
+async fn host(
+    home: &Path,
+    handle: service::Handle,
+    runner: service::Runner,
+    opened: impl std::future::Future<Output = Result<()>>,
+) -> Result<()> {
+    let socket = control::serve(home, forwarded_handler(handle.clone()))
+        .with_context(|| format!("cannot open {}", control::socket_path(home).display()))?;
+    let mut failed = None;
+    let outcome = {
+        // Signals are caught from the start: `opened` may never end.
+        let quit_on_signal = async {
+            stop_signal().await;
+            handle.quit();
+            std::future::pending::<()>().await;
+        };
+        let opened = async {
+            if let Err(e) = opened.await {
+                failed = Some(e);
+                handle.quit();
+            }
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            outcome = runner.run() => outcome,
+            _ = quit_on_signal => unreachable!("pending never ends"),
+            _ = opened => unreachable!("pending never ends"),
+        }
+    };
+    socket.abort();
+    let _ = std::fs::remove_file(control::socket_path(home));
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    outcome
+}
+
+/// `sotto listen` with no service running: the service, headless, printing
+/// events; it never locks by itself.
+async fn listen_command(home: &Path, json: bool) -> Result<()> {
+    let passphrase = passphrase(false)?;
+    let settings = service::Settings {
+        lock_after: std::time::Duration::ZERO,
+    };
+    let (handle, runner) = service::start(home.to_path_buf(), settings);
+    let printing = {
+        let handle = handle.clone();
+        async move {
+            let terminal = cli::stdout_is_terminal();
+            let mut events = handle.subscribe();
+            handle.unlock(passphrase).await?;
+            let mut printer = Printer::new(json, true);
+            loop {
+                match events.recv().await {
+                    Ok(Event::State(State::Stopped | State::Erased)) => return Ok(()),
+                    Ok(event) => print_event(&mut printer, &event, json, terminal),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tell!("{n} events were not shown (`sotto history` has every message)")
+                    }
+                    Err(_) => return Ok(()),
+                }
+            }
+        }
+    };
+    host(home, handle, runner, printing).await
+}
+
+/// `sotto app`: the service and the web app on 127.0.0.1.
+async fn app_command(
+    home: &Path,
+    listen: std::net::SocketAddr,
+    no_browser: bool,
+    lock_after: std::time::Duration,
+) -> Result<()> {
+    // The app holds the keys to a whole profile: this computer only.
+    if listen.ip() != std::net::IpAddr::from([127, 0, 0, 1]) {
+        bail!("the app is served to this computer only: use --listen 127.0.0.1:PORT");
+    }
+    let url_file = home.join("app-url");
+    if control::connect(home).await.is_some() {
+        match std::fs::read_to_string(&url_file) {
+            Ok(url) => {
+                show!("Sotto is already running for this profile. Open:");
+                show!("{}", url.trim());
+                return Ok(());
+            }
+            Err(_) => bail!(
+                "`sotto listen` is running for this profile: stop it (Ctrl-C), then start the app"
+            ),
+        }
+    }
+    sotto_client::store::private_dir(home)
+        .with_context(|| format!("cannot create {} (0700)", home.display()))?;
+    let (handle, runner) = service::start(home.to_path_buf(), service::Settings { lock_after });
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|_| StoreError::Locked)?;
-    match (reply.id, reply.error) {
-        (Some(id), _) if reply.queued => {
-            show!(
-                "queued {id}: the relay cannot be reached now; the running `sotto listen` \
-                 sends it by itself when the relay is back (do not send it again)"
-            );
-            // 75 (EX_TEMPFAIL): saved and will go out, but the relay does not have it yet.
-            std::process::exit(EXIT_QUEUED);
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app = sotto_client::web::WebApp::new(handle.clone(), addr)?;
+    let url = app.launch_url();
+    let router = app.router();
+    let mut state = handle.watch_state();
+    let server = tokio::spawn(async move {
+        let stopped = async move {
+            let _ = state.wait_for(|s| *s == State::Stopped).await;
+        };
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(stopped)
+            .await;
+    });
+    let opened = {
+        let handle = handle.clone();
+        let home = home.to_path_buf();
+        async move {
+            write_private(&url_file, &format!("{url}\n"))?;
+            if let Ok(p) = std::env::var("SOTTO_PASSPHRASE")
+                && !p.is_empty()
+                && store_dir(&home).exists()
+            {
+                handle.unlock(p).await?;
+            }
+            if !no_browser {
+                open_browser(&home, &url);
+            }
+            show!("Sotto is running. Open this address in your browser (Ctrl-C to stop):");
+            show!("{url}");
+            std::future::pending::<Result<()>>().await
         }
-        (Some(id), _) => {
-            show!("sent {id} (through the running `sotto listen`)");
-            Ok(())
-        }
-        (None, error) => bail!(error.unwrap_or_else(|| "the listener refused".into())),
+    };
+    let result = host(home, handle, runner, opened).await;
+    let _ = std::fs::remove_file(home.join("app-url"));
+    let _ = std::fs::remove_file(home.join("app-open.html"));
+    server.abort();
+    result
+}
+
+/// Writes a file only this user can read (the launch address is a key).
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Opens the default browser on the app. The launch token would be visible
+/// to other local users in the browser's command line (/proc), so, as
+/// Jupyter does, the browser is pointed at a private file that redirects.
+fn open_browser(home: &Path, url: &str) {
+    let page = home.join("app-open.html");
+    let html = format!(
+        "<!doctype html><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"0;url={url}\">\
+         <title>Opening Sotto</title><p><a href=\"{url}\">Open Sotto</a></p>\n"
+    );
+    if write_private(&page, &html).is_err() {
+        return;
+    }
+    let opened = std::process::Command::new("xdg-open")
+        .arg(&page)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    if opened.is_err() {
+        tell!("could not open a browser; open the address below yourself");
     }
 }
 
@@ -1113,50 +1550,7 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             let sent = engine.send_text_outcome(&name, &text).await?;
             report_sent(&mut out, sent)?;
         }
-        Command::Sync { json } => {
-            let mut printer = Printer::new(json, true);
-            let shown = engine
-                .sync(&mut |m| printer.message(m), &mut |n| notice(n))
-                .await?;
-            if say_no_new_messages(shown, json, cli::stdout_is_terminal()) {
-                say!(out, "no new messages")?;
-            }
-        }
-        Command::Listen { json } => {
-            let mut printer = Printer::new(json, true);
-            let stop = async {
-                let mut term = match signal(SignalKind::terminate()) {
-                    Ok(term) => term,
-                    Err(_) => return std::future::pending().await,
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            };
-            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-            let control = control::serve(home, tx)
-                .with_context(|| format!("cannot open {}", control::socket_path(home).display()))?;
-            let terminal = cli::stdout_is_terminal();
-            let result = engine
-                .listen(
-                    &mut |m| printer.message(m),
-                    &mut |n| match n {
-                        Notice::Connected { again } => {
-                            if let Some(line) = connected_line(*again, json, terminal) {
-                                show!("{line}");
-                            }
-                        }
-                        other => notice(other),
-                    },
-                    &mut rx,
-                    stop,
-                )
-                .await;
-            control.abort();
-            let _ = std::fs::remove_file(control::socket_path(home));
-            result?;
-        }
+        Command::Sync { json } => sync_command(engine, json, Vec::new()).await?,
         Command::History { name, json } => {
             let mut printer = Printer::new(json, false);
             // A contact's conversation, else a group's.
@@ -1249,20 +1643,10 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
             name,
             erase_real,
         }) => {
-            let duress = match std::env::var("SOTTO_DURESS_PASSPHRASE") {
-                Ok(p) if !p.is_empty() => p,
-                _ => {
-                    let first = rpassword::prompt_password("Duress passphrase: ")
-                        .context("cannot read a passphrase: run in a terminal or set SOTTO_DURESS_PASSPHRASE")?;
-                    let again = rpassword::prompt_password("Again: ")?;
-                    if first != again {
-                        bail!("the two duress passphrases differ; nothing was set up");
-                    }
-                    if first.is_empty() {
-                        bail!("the duress passphrase cannot be empty");
-                    }
-                    first
-                }
+            let duress = match cli::forwarded_duress_passphrase() {
+                Some(Some(p)) => p,
+                Some(None) => bail!("the duress passphrase was not sent with the command"),
+                None => duress_passphrase()?,
             };
             engine
                 .duress_set(home, &duress, &invite, &name, erase_real)
@@ -1396,6 +1780,8 @@ async fn command(engine: &mut Engine, home: &Path, command: Command) -> Result<(
         }
         Command::Routes { .. }
         | Command::Panic { .. }
+        | Command::App { .. }
+        | Command::Listen { .. }
         | Command::Note(NoteCommand::Verify { .. }) => {
             unreachable!("handled before the store is opened")
         }
@@ -1593,6 +1979,16 @@ fn report_sent(out: &mut impl Write, sent: Sent) -> Result<()> {
         Delivery::Relayed => {
             say!(out, "sent {}", sent.id)?;
             Ok(())
+        }
+        Delivery::Queued(reason) if cli::is_forwarded() => {
+            say!(
+                out,
+                "queued {}: {}. The running Sotto (`sotto app` or `sotto listen`) sends it by \
+                 itself when the relay is back; do not send it again.",
+                sent.id,
+                safe::line(&reason)
+            )?;
+            Err(Queued.into())
         }
         Delivery::Queued(reason) => {
             say!(
@@ -2074,6 +2470,25 @@ fn default_home() -> Result<PathBuf> {
     }
     let home = std::env::var_os("HOME").context("set --home DIR or SOTTO_HOME")?;
     Ok(PathBuf::from(home).join(".local/share/sotto"))
+}
+
+/// The duress passphrase for `duress set`: SOTTO_DURESS_PASSPHRASE or typed twice.
+fn duress_passphrase() -> Result<String> {
+    if let Ok(p) = std::env::var("SOTTO_DURESS_PASSPHRASE")
+        && !p.is_empty()
+    {
+        return Ok(p);
+    }
+    let first = rpassword::prompt_password("Duress passphrase: ")
+        .context("cannot read a passphrase: run in a terminal or set SOTTO_DURESS_PASSPHRASE")?;
+    let again = rpassword::prompt_password("Again: ")?;
+    if first != again {
+        bail!("the two duress passphrases differ; nothing was set up");
+    }
+    if first.is_empty() {
+        bail!("the duress passphrase cannot be empty");
+    }
+    Ok(first)
 }
 
 fn passphrase(confirm: bool) -> Result<String> {

@@ -10,6 +10,7 @@
 //! [`entry`], which keeps their line breaks but indents them with
 //! [`safe::block`]; JSON goes through [`json`], escaped by serde_json.
 
+use std::cell::RefCell;
 use std::io::{self, Write};
 
 use sotto_client::safe;
@@ -37,14 +38,98 @@ macro_rules! tell {
     };
 }
 
-/// Whether standard output is a terminal (a person reads it, not a script).
-pub(crate) fn stdout_is_terminal() -> bool {
-    io::IsTerminal::is_terminal(&io::stdout())
+// A command forwarded to the service (see `control`) runs in the service's
+// process: what it prints is captured here, in order, and sent back to the
+// `sotto` process that asked, which prints it. A task-local, so that it
+// follows the command's future across awaits and nothing else the service
+// runs meanwhile is captured with it.
+tokio::task_local! {
+    static FORWARDED: RefCell<Forwarded>;
 }
 
-/// Standard output, for the functions here.
-pub(crate) fn stdout() -> io::StdoutLock<'static> {
-    io::stdout().lock()
+/// The printing context of a forwarded command.
+pub(crate) struct Forwarded {
+    /// Whether the client's stdout is a terminal.
+    terminal: bool,
+    /// What was printed: (to stderr?, text), in order.
+    chunks: Vec<(bool, String)>,
+    /// The duress passphrase the client read, for `duress set`.
+    pub(crate) duress_passphrase: Option<String>,
+}
+
+/// Runs `work` with its output captured as by a client whose stdout is a
+/// terminal or not; returns its result and what it printed.
+pub(crate) async fn captured<T>(
+    terminal: bool,
+    duress_passphrase: Option<String>,
+    work: impl std::future::Future<Output = T>,
+) -> (T, Vec<(bool, String)>) {
+    let context = RefCell::new(Forwarded {
+        terminal,
+        chunks: Vec::new(),
+        duress_passphrase,
+    });
+    FORWARDED
+        .scope(context, async move {
+            let result = work.await;
+            let chunks = FORWARDED.with(|f| std::mem::take(&mut f.borrow_mut().chunks));
+            (result, chunks)
+        })
+        .await
+}
+
+/// Whether this runs as a command forwarded to the service.
+pub(crate) fn is_forwarded() -> bool {
+    FORWARDED.try_with(|_| ()).is_ok()
+}
+
+/// The duress passphrase a forwarding client sent, if this is a forwarded command.
+pub(crate) fn forwarded_duress_passphrase() -> Option<Option<String>> {
+    FORWARDED
+        .try_with(|f| f.borrow().duress_passphrase.clone())
+        .ok()
+}
+
+fn capture(to_stderr: bool, text: &[u8]) -> bool {
+    FORWARDED
+        .try_with(|f| {
+            let text = String::from_utf8_lossy(text).into_owned();
+            let mut f = f.borrow_mut();
+            match f.chunks.last_mut() {
+                Some((err, last)) if *err == to_stderr => last.push_str(&text),
+                _ => f.chunks.push((to_stderr, text)),
+            }
+        })
+        .is_ok()
+}
+
+/// Whether standard output is a terminal (a person reads it, not a script);
+/// for a forwarded command, the client's.
+pub(crate) fn stdout_is_terminal() -> bool {
+    FORWARDED
+        .try_with(|f| f.borrow().terminal)
+        .unwrap_or_else(|_| io::IsTerminal::is_terminal(&io::stdout()))
+}
+
+/// Standard output (or, for a forwarded command, its capture).
+pub(crate) fn stdout() -> Out {
+    Out
+}
+
+/// Where [`stdout`] writes.
+pub(crate) struct Out;
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if capture(false, buf) {
+            return Ok(buf.len());
+        }
+        io::stdout().lock().write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stdout().lock().flush()
+    }
 }
 
 /// Writes `text` as one line, made safe.
@@ -52,15 +137,37 @@ pub(crate) fn line(out: &mut impl Write, text: &str) -> io::Result<()> {
     writeln!(out, "{}", safe::line(text))
 }
 
+/// Writes to stderr (or, for a forwarded command, its capture).
+fn to_stderr(text: &str) {
+    if !capture(true, text.as_bytes()) {
+        let _ = io::stderr().lock().write_all(text.as_bytes());
+    }
+}
+
 /// Writes `text` as one line to stderr, made safe.
 pub(crate) fn tell_line(text: &str) {
-    let _ = writeln!(io::stderr().lock(), "{}", safe::line(text));
+    to_stderr(&format!("{}\n", safe::line(text)));
+}
+
+/// Prints what a command forwarded to the service printed there. The
+/// service is this same program run by this same user (the socket admits
+/// no one else), and it made the text safe as it printed it.
+pub(crate) fn relay_output(output: &sotto_client::control::Output) {
+    use sotto_client::control::Output;
+    let _ = match output {
+        Output::Out(text) => {
+            let mut out = io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        }
+        Output::Err(text) => io::stderr().lock().write_all(text.as_bytes()),
+        Output::Locked | Output::Exit(_) => Ok(()),
+    };
 }
 
 /// Writes an error (which may quote names and titles) to stderr: its own
 /// line breaks kept and indented, everything else made safe.
 pub(crate) fn error(text: &str) {
-    let _ = writeln!(io::stderr().lock(), "error: {}", safe::block(text, 2));
+    to_stderr(&format!("error: {}\n", safe::block(text, 2)));
 }
 
 /// Writes a line that ends in a person's text (a message, a post, a note):

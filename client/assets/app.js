@@ -1,0 +1,138 @@
+// Sotto app: the little the pages need a script for. Loaded from /assets
+// (the CSP allows no inline script). Every page works without it; this adds
+// live updates, notifications and the passphrase strength hint.
+(function () {
+  "use strict";
+
+  var body = document.body;
+  var state = body.getAttribute("data-state");
+
+  // Newest message in view.
+  function scrollMessages() {
+    var list = document.getElementById("messages");
+    if (list && list.lastElementChild) {
+      list.lastElementChild.scrollIntoView({ block: "end" });
+    }
+  }
+
+  // Reload the conversation and then the chat list (in that order: loading
+  // the conversation marks it read, so its badge is gone from the list).
+  function refresh() {
+    if (!window.htmx) {
+      return;
+    }
+    var msgs = document.getElementById("messages");
+    var chat = msgs ? msgs.getAttribute("data-chat") : "";
+    var first = msgs
+      ? htmx.ajax("GET", msgs.getAttribute("data-refresh"), {
+          target: "#messages",
+          swap: "outerHTML",
+        })
+      : Promise.resolve();
+    first.then(function () {
+      if (msgs) {
+        scrollMessages();
+      }
+      if (document.getElementById("chat-list")) {
+        htmx.ajax("GET", "/fragments/chats", {
+          target: "#chat-list",
+          swap: "outerHTML",
+          headers: { "X-Sotto-Chat": chat || "" },
+        });
+      }
+    });
+  }
+
+  function notify(text) {
+    if (!text || !("Notification" in window)) {
+      return;
+    }
+    if (Notification.permission === "granted" && document.hidden) {
+      // A fixed tag: one notification at a time, never a pile of them.
+      new Notification("Sotto", { body: text, tag: "sotto" });
+    }
+  }
+
+  if ("EventSource" in window && state !== "erased" && state !== "stopped") {
+    var events = new EventSource("/events");
+    events.addEventListener("state", function (e) {
+      if (e.data !== state) {
+        // Locked, unlocked, erased or stopped elsewhere (or by the idle
+        // lock): the server sends this page where it now belongs.
+        events.close();
+        window.location.assign(e.data === "erased" ? "/erased" : "/");
+      }
+    });
+    events.addEventListener("message", function (e) {
+      var data = {};
+      try {
+        data = JSON.parse(e.data);
+      } catch (err) {
+        data = {};
+      }
+      refresh();
+      notify(data.notify);
+    });
+    events.addEventListener("notice", function () {
+      notify("New warning in a group");
+    });
+  }
+
+  // Settings: ask for notification permission only when the person clicks.
+  var allow = document.getElementById("allow-notifications");
+  var shown = document.getElementById("notification-state");
+  if (allow && "Notification" in window) {
+    var describe = function () {
+      if (Notification.permission === "granted") {
+        shown.textContent = "Notifications are allowed.";
+        allow.hidden = true;
+      } else if (Notification.permission === "denied") {
+        shown.textContent = "This browser blocks notifications from Sotto; change it in the browser's site settings.";
+        allow.hidden = true;
+      } else {
+        shown.textContent = "";
+        allow.hidden = false;
+      }
+    };
+    allow.addEventListener("click", function () {
+      Notification.requestPermission().then(describe);
+    });
+    describe();
+  }
+
+  // Set-up: a rough strength estimate while typing (the server checks the
+  // rule itself; this only helps choose).
+  var pass = document.getElementById("passphrase");
+  var strength = document.getElementById("strength");
+  if (pass && strength && state === "none") {
+    pass.addEventListener("input", function () {
+      var p = pass.value;
+      var classes = 0;
+      [/[a-z]/, /[A-Z]/, /[0-9]/, /[^A-Za-z0-9]/].forEach(function (re) {
+        if (re.test(p)) {
+          classes += 1;
+        }
+      });
+      var words = p.trim().split(/\s+/).filter(function (w) {
+        return w.length >= 3;
+      }).length;
+      // Bits, very roughly: per character by the alphabet in use, or per
+      // word for a passphrase of several words.
+      var alphabet = [0, 26, 36, 62, 94][classes];
+      var bits = Math.max(p.length * Math.log2(alphabet || 1) * 0.6, words * 11);
+      var text;
+      if (p.length < 8) {
+        text = "Too short: at least 8 characters.";
+      } else if (bits < 40) {
+        text = "Weak: add more words.";
+      } else if (bits < 60) {
+        text = "Fair: one or two more words would make it strong.";
+      } else {
+        text = "Strong.";
+      }
+      strength.textContent = text;
+    });
+  }
+
+  scrollMessages();
+})();

@@ -1,0 +1,131 @@
+//! Live updates: `/events` is a server-sent event stream that tells the page
+//! *that* something changed (a chat id, the service's state), and `app.js`
+//! then reloads the fragments it shows. Message text never travels on it,
+//! except a sender's name in the notification text when the user turned
+//! that setting on.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::response::sse::{Event as Sse, KeepAlive, Sse as SseResponse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::stream;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use super::chats::chat_of;
+use crate::safe;
+use crate::service::{Event, State as Svc};
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new().route("/events", get(events))
+}
+
+/// The word the page gets for a state (`data-state` on `<body>` uses the
+/// same words).
+pub(crate) fn state_word(s: &Svc) -> &'static str {
+    match s {
+        Svc::NoProfile => "none",
+        Svc::Locked => "locked",
+        Svc::Unlocked => "unlocked",
+        Svc::Erased => "erased",
+        Svc::Stopped => "stopped",
+    }
+}
+
+/// Counts incoming messages per chat while the app runs; opening a chat
+/// sets its count back to zero.
+pub(crate) fn count_unread(st: AppState) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let mut rx = st.handle.subscribe();
+    rt.spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(Event::Message(m)) if !m.outgoing => {
+                    let chat = chat_of(&st.ids, &m);
+                    *st.unread
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(chat)
+                        .or_default() += 1;
+                }
+                Ok(Event::State(Svc::Erased)) => {
+                    st.unread.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+/// The SSE message for one service event, if the page needs it.
+pub(crate) fn to_sse(st: &AppState, event: &Event) -> Option<Sse> {
+    match event {
+        Event::Message(m) => {
+            let notify = if m.outgoing {
+                String::new()
+            } else if st.settings().notify_names {
+                format!("New message from {}", safe::line(&m.from))
+            } else {
+                "New message".to_string()
+            };
+            let data = serde_json::json!({
+                "chat": chat_of(&st.ids, m),
+                "notify": notify,
+            });
+            Some(Sse::default().event("message").data(data.to_string()))
+        }
+        Event::Notice(crate::engine::Notice::Group(_)) => {
+            Some(Sse::default().event("notice").data("{}"))
+        }
+        Event::Notice(_) => None,
+        Event::State(s) => Some(Sse::default().event("state").data(state_word(s))),
+    }
+}
+
+async fn events(State(st): State<AppState>) -> Response {
+    let rx = st.handle.subscribe();
+    let mut watch = st.handle.watch_state();
+    watch.mark_unchanged();
+    let first = Sse::default()
+        .event("state")
+        .data(state_word(&st.handle.state()));
+    let start = stream::iter([Ok::<_, Infallible>(first)]);
+    let live = stream::unfold((st, rx, watch), |(st, mut rx, mut watch)| async move {
+        loop {
+            tokio::select! {
+                changed = watch.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    let s = watch.borrow_and_update().clone();
+                    let ev = Sse::default().event("state").data(state_word(&s));
+                    return Some((Ok(ev), (st, rx, watch)));
+                }
+                got = rx.recv() => match got {
+                    Ok(ev) => {
+                        if let Some(out) = to_sse(&st, &ev) {
+                            return Some((Ok(out), (st, rx, watch)));
+                        }
+                    }
+                    // Missed some: tell the page to reload what it shows.
+                    Err(RecvError::Lagged(_)) => {
+                        let ev = Sse::default().event("message").data(r#"{"chat":"","notify":""}"#);
+                        return Some((Ok(ev), (st, rx, watch)));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+            }
+        }
+    });
+    use futures_util::StreamExt as _;
+    SseResponse::new(start.chain(live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(20)))
+        .into_response()
+}
