@@ -8,6 +8,7 @@
 
 mod abuse;
 mod anonymous;
+mod app;
 mod certificate;
 mod cli_errors;
 mod delivery;

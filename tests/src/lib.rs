@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod http;
 pub mod raw;
 
 /// The longest any single step (process start, command, answer) may take.

@@ -104,7 +104,7 @@ async fn events(State(st): State<AppState>) -> Response {
                     if changed.is_err() {
                         return None;
                     }
-                    let s = watch.borrow_and_update().clone();
+                    let s = *watch.borrow_and_update();
                     let ev = Sse::default().event("state").data(state_word(&s));
                     return Some((Ok(ev), (st, rx, watch)));
                 }

@@ -320,6 +320,10 @@ pub(crate) mod tests {
                 body.contains("Open the address `sotto app` printed"),
                 "{path}: {body}"
             );
+            assert!(
+                !body.contains(&csrf(&f)),
+                "{path}: the CSRF token given away"
+            );
             assert_security_headers(path, &headers);
         }
         // A guessed cookie is no cookie, even after the real one was handed out.
@@ -392,6 +396,51 @@ pub(crate) mod tests {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(headers.get(header::SET_COOKIE).is_none());
         assert!(body.contains("used already"), "{body}");
+    }
+
+    /// Opened from the file `sotto app` gives xdg-open (or from another
+    /// site), the browser would not send the Strict cookie along a redirect
+    /// chain: the launch answers with a page that moves on by itself.
+    #[tokio::test]
+    async fn a_launch_from_a_file_or_another_site_moves_on_without_a_redirect() {
+        for site in ["cross-site", "same-site"] {
+            let f = fixture();
+            let url = f.app.launch_url();
+            let path = url.strip_prefix("http://127.0.0.1:4321").expect("ours");
+            let req = get(path)
+                .header("sec-fetch-site", site)
+                .body(Body::empty())
+                .expect("test setup");
+            let (status, headers, body) = send(&f.router, req).await;
+            assert_eq!(status, StatusCode::OK, "{site}");
+            assert!(
+                body.contains(r#"<meta http-equiv="refresh" content="0;url=/">"#),
+                "{body}"
+            );
+            assert!(
+                headers[header::SET_COOKIE]
+                    .to_str()
+                    .expect("ascii")
+                    .contains("HttpOnly")
+            );
+            assert_security_headers(site, &headers);
+            assert_no_inline(&body);
+            // Used all the same.
+            let again = get(path).body(Body::empty()).expect("test setup");
+            assert_eq!(send(&f.router, again).await.0, StatusCode::UNAUTHORIZED);
+        }
+        let f = fixture();
+        let url = f.app.launch_url();
+        let path = url.strip_prefix("http://127.0.0.1:4321").expect("ours");
+        let req = get(path)
+            .header("sec-fetch-site", "none")
+            .body(Body::empty())
+            .expect("test setup");
+        assert_eq!(
+            send(&f.router, req).await.0,
+            StatusCode::SEE_OTHER,
+            "typed address"
+        );
     }
 
     /// A POST to `/lock` with the given extra headers and body.

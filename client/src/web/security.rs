@@ -263,7 +263,22 @@ fn launch(st: &AppState, req: &Request) -> Response {
             },
         );
     }
-    let mut resp = see_other("/");
+    // Opened from another site or a local file (the page `sotto app` hands
+    // to xdg-open so the token stays out of the browser's command line),
+    // browsers withhold a SameSite=Strict cookie from the whole redirect
+    // chain, so a 303 would land on the refusal page. A page of ours that
+    // moves on by itself (meta refresh, no script) starts a same-site
+    // navigation that carries the cookie. Typed or pasted addresses get
+    // the plain 303.
+    let direct = req
+        .headers()
+        .get("sec-fetch-site")
+        .is_none_or(|v| v.as_bytes() == b"none" || v.as_bytes() == b"same-origin");
+    let mut resp = if direct {
+        see_other("/")
+    } else {
+        layout::continue_page()
+    };
     let cookie = format!(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
         st.security.session

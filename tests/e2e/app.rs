@@ -1,0 +1,250 @@
+//! The local web app (`sotto app`) driven over HTTP as a browser drives it:
+//! a real relay, a real `sotto app` process, and a second user on the CLI.
+//! The browser suite (Chromium) covers the same screens with a real browser;
+//! these need nothing but the binaries.
+
+use std::time::Duration;
+
+use sotto_tests::http::{App, Browser, wait_event};
+use sotto_tests::{PASSPHRASE, Relay, User, texts};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The opaque id at the end of a redirect to `/contacts/ID`.
+fn id_from(location: &str) -> String {
+    location
+        .rsplit('/')
+        .next()
+        .unwrap_or_else(|| panic!("no id in {location}"))
+        .to_string()
+}
+
+/// The text of the element with `id` (up to its first `<`).
+fn text_of(page: &str, id: &str) -> String {
+    let open = format!(r#"id="{id}""#);
+    let at = page
+        .find(&open)
+        .unwrap_or_else(|| panic!("no #{id} in the page: {page}"));
+    let start = at + page[at..].find('>').expect("tag end") + 1;
+    let end = start + page[start..].find('<').expect("text end");
+    page[start..end].trim().to_string()
+}
+
+fn title(page: &str) -> &str {
+    let start = page.find("<title>").expect("a title") + "<title>".len();
+    &page[start..start + page[start..].find("</title>").expect("title end")]
+}
+
+/// Set-up in the app, then a conversation with a CLI user: live events,
+/// unread count, hostile text inert, send status, lock and unlock, panic.
+#[test]
+fn a_new_user_joins_in_the_app_and_talks_live() {
+    let relay = Relay::start();
+    let ana = User::uninitialised("Ana");
+    let app = App::start(ana.home(), &[]);
+    let mut web = app.browser();
+
+    // No profile: every screen leads to set-up.
+    let r = web.get("/");
+    assert_eq!((r.status, r.location()), (303, "/setup"));
+    let r = web.get("/setup");
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(">Invite link<"), "{}", r.body);
+    let r = web.post(
+        "/setup",
+        &[
+            ("invite", &relay.invite(1)),
+            ("name", "Ana"),
+            ("passphrase", PASSPHRASE),
+            ("passphrase2", PASSPHRASE),
+        ],
+    );
+    assert_eq!(r.status, 303, "set-up failed: {}", r.body);
+    assert_eq!(r.location(), "/");
+
+    let r = web.get("/contacts");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let ana_code = text_of(&r.body, "my-code");
+    assert!(
+        r.body
+            .contains(r#"aria-label="QR code of your contact code""#)
+    );
+
+    let bob = User::new(&relay, "Bob");
+    bob.add_contact_code("Ana", &ana_code);
+    let r = web.post("/contacts", &[("name", "Bob"), ("code", &bob.code())]);
+    assert_eq!(r.status, 303, "adding a contact failed: {}", r.body);
+    let chat = id_from(r.location());
+    assert!(
+        !r.location().contains("Bob"),
+        "a name in a URL: {}",
+        r.location()
+    );
+
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+
+    // A message from Bob arrives live, counts as unread, and shows as text.
+    bob.ok(&["send", "Ana", "<img src=x onerror=alert(1)> are you free?"]);
+    wait_event(&events, "message", &chat, WAIT);
+    let list = web.get("/");
+    assert!(list.body.contains(r#"class="unread""#), "{}", list.body);
+    let r = web.get(&format!("/chats/{chat}"));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        title(&r.body),
+        "Sotto – Conversation",
+        "no name in the title"
+    );
+    assert!(
+        r.body
+            .contains("&lt;img src=x onerror=alert(1)&gt; are you free?"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("<img src=x"), "hostile text ran as HTML");
+    assert!(r.body.contains(r#"<ol id="messages""#));
+    let list = web.get("/");
+    assert!(
+        !list.body.contains(r#"class="unread""#),
+        "opening the chat reads it"
+    );
+
+    // Ana answers from the app; the relay has it, Bob gets it.
+    let r = web.post(
+        &format!("/chats/{chat}"),
+        &[("text", "yes, after the vote")],
+    );
+    assert_eq!(r.status, 303, "send failed: {}", r.body);
+    let r = web.get(&format!("/chats/{chat}"));
+    assert!(r.body.contains("yes, after the vote"));
+    assert!(r.body.contains(">Sent<"), "status shown: {}", r.body);
+    assert_eq!(texts(&bob.sync_json()), ["yes, after the vote"]);
+
+    // Lock: every screen asks for the passphrase; a wrong one is refused.
+    let r = web.post("/lock", &[]);
+    assert_eq!((r.status, r.location()), (303, "/unlock"));
+    wait_event(&events, "state", "locked", WAIT);
+    let r = web.get(&format!("/chats/{chat}"));
+    assert_eq!((r.status, r.location()), (303, "/unlock"));
+    let r = web.post("/unlock", &[("passphrase", "not the passphrase")]);
+    assert!(r.body.contains("Wrong passphrase"), "{}", r.body);
+    let r = web.post("/unlock", &[("passphrase", PASSPHRASE)]);
+    assert_eq!((r.status, r.location()), (303, "/"));
+
+    // Panic: confirmation, then nothing of the profile on the page or disk.
+    let r = web.get("/panic");
+    assert!(r.body.contains("Erase everything now"));
+    let r = web.post("/panic", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Erased"));
+    assert!(r.body.contains("What this browser may still hold"));
+    for leak in ["Bob", "Ana", "vote", &ana_code] {
+        assert!(!r.body.contains(leak), "{leak:?} shown after panic");
+    }
+    assert!(
+        !ana.home().join("store").exists(),
+        "the store is still on disk"
+    );
+}
+
+/// A contact who reset their identity: the conversation shows the alert and
+/// Send is refused (the text kept) until "I have checked, trust the new
+/// number".
+#[test]
+fn a_changed_safety_number_blocks_sending_until_trusted() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    ana.add_contact("Bob", &bob);
+    bob.add_contact("Ana", &ana);
+    ana.ok(&["send", "Bob", "before"]);
+    assert_eq!(texts(&bob.sync_json()), ["before"]);
+    bob.ok(&["identity", "reset"]);
+
+    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let mut web = app.browser();
+    let r = web.get("/contacts");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let at =
+        r.body.find(r#"href="/contacts/p"#).expect("a contact link") + r#"href="/contacts/"#.len();
+    let chat = r.body[at..at + r.body[at..].find('"').expect("end")].to_string();
+
+    // The contact page asks the relay, sees the new key, and says so.
+    let r = web.get(&format!("/contacts/{chat}"));
+    assert!(r.body.contains("safety number has changed"), "{}", r.body);
+    assert!(r.body.contains(r#"id="safety-number""#));
+
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "must not go out")]);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains(r#"role="alert""#));
+    assert!(r.body.contains("safety number has changed"));
+    assert!(
+        r.body.contains("must not go out</textarea>"),
+        "the text is kept"
+    );
+    assert!(
+        bob.sync_json().is_empty(),
+        "a blocked message was delivered"
+    );
+
+    let r = web.post(
+        &format!("/contacts/{chat}/trust"),
+        &[("back", &format!("/chats/{chat}"))],
+    );
+    assert_eq!(
+        (r.status, r.location()),
+        (303, format!("/chats/{chat}").as_str())
+    );
+    let r = web.get(&format!("/chats/{chat}"));
+    assert!(!r.body.contains("safety number has changed"), "{}", r.body);
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "after checking")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(texts(&bob.sync_json()), ["after checking"]);
+}
+
+/// The idle lock shows the unlock screen: the page hears it on `/events`
+/// and the next request goes to `/unlock`.
+#[test]
+fn the_idle_lock_sends_the_page_to_unlock() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = App::start(
+        ana.home(),
+        &[("SOTTO_PASSPHRASE", PASSPHRASE), ("SOTTO_LOCK_AFTER", "2s")],
+    );
+    let mut web = app.browser();
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    wait_event(&events, "state", "locked", WAIT);
+    let r = web.get("/");
+    assert_eq!((r.status, r.location()), (303, "/unlock"));
+    let r = web.get("/unlock");
+    assert!(r.body.contains(">Unlock<"), "{}", r.body);
+}
+
+/// The app refuses a browser that did not open the printed address, and
+/// the printed address works once.
+#[test]
+fn only_the_browser_that_opened_the_printed_address_gets_in() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let mut web = app.browser();
+    assert_eq!(web.get("/contacts").status, 200);
+    let mut stranger = Browser::new(web.addr());
+    let r = stranger.get("/contacts");
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("Open the address `sotto app` printed"));
+    let path = app
+        .url
+        .split_once(&web.addr().to_string())
+        .expect("our address")
+        .1;
+    assert_eq!(
+        stranger.get(path).status,
+        401,
+        "the launch address works once"
+    );
+    assert_eq!(stranger.get("/contacts").status, 401);
+}
