@@ -37,10 +37,11 @@ const CAROL = 'Carol Nguyen';
 const GROUP = 'Staff network';
 const SUBJECT = 'Sir John Smith MP';
 const HELLO = 'Are you free for a coffee at three?';
+const REPLY = 'Yes, the usual café? I will bring the notes from Tuesday.';
 const HOSTILE = '<img src=x onerror=alert(1)><script>alert(2)</script> yes, see you then';
 const WHAT_HAPPENED = 'He kept us late after the votes and made remarks about my clothes.';
 const NOTE = 'Meeting in his office at 18:00, door closed, remarks about my clothes.';
-const SECRETS = [ALICE, BOB, CAROL, GROUP, SUBJECT, HELLO, 'see you then', WHAT_HAPPENED, NOTE];
+const SECRETS = [ALICE, BOB, CAROL, GROUP, SUBJECT, HELLO, REPLY, 'see you then', WHAT_HAPPENED, NOTE];
 
 let relay;
 let browser;
@@ -67,7 +68,10 @@ function scenario(name, needs, fn) {
       const logs = Object.values(people)
         .map((p) => `--- ${p.user.name}'s app log ---\n${readTail(p.user.log, 2000)}`)
         .join('\n');
-      e.message += `\n(screenshots: ${saved.join(', ') || 'none'})\n${logs}`;
+      const extra = `\n(screenshots: ${saved.join(', ') || 'none'})\n${logs}`;
+      // node prints `stack`, which was fixed when the error was made.
+      e.message += extra;
+      if (typeof e.stack === 'string') e.stack += extra;
       throw e;
     }
     passed.add(name);
@@ -103,6 +107,17 @@ async function go(page, name) {
 }
 
 const main = (page) => page.locator('main');
+
+/** Starts a scenario on the app's first screen, whatever the last one left open. */
+async function fresh(...ps) {
+  for (const p of ps) await p.page.goto(`${p.user.origin}/`);
+}
+
+/** Stops a user's app after leaving its pages, so the cut event stream is not logged as an error. */
+async function stopApp(p) {
+  if (p.page && !p.page.isClosed()) await p.page.goto('about:blank');
+  return p.user.stopApp();
+}
 
 /** A contact's link: in the contact list (a nav labelled "Contacts"), else anywhere on the page. */
 function contactLink(page, name) {
@@ -206,6 +221,7 @@ describe('sotto app in chromium', () => {
   scenario('contacts: codes, QR and the same safety number on both sides', ['set-up from an invite link'], async () => {
     const { alice, bob } = people;
     await openPage(bob);
+    await fresh(alice);
     const codes = {};
     for (const p of [alice, bob]) {
       await go(p.page, 'Contacts');
@@ -241,7 +257,7 @@ describe('sotto app in chromium', () => {
 
   scenario('two people exchange messages and see them live', ['contacts: codes, QR and the same safety number on both sides'], async () => {
     const { alice, bob } = people;
-    await go(bob.page, 'Chats');
+    await fresh(alice, bob);
     await axe(bob.page, 'chats (empty)');
     await markNoReload(bob.page);
     await openChat(alice.page, BOB);
@@ -255,15 +271,19 @@ describe('sotto app in chromium', () => {
     await link.click();
     const bobMessages = bob.page.getByRole('list', { name: 'Messages' });
     await expectText(bobMessages, HELLO, "Bob's conversation with Alice");
-    // Alice waits in her conversation; Bob's reply (hostile markup) arrives live and inert.
+    // Alice waits in her conversation; Bob's reply arrives live.
     await markNoReload(alice.page);
-    await send(bob.page, HOSTILE);
+    await send(bob.page, REPLY);
     const aliceMessages = alice.page.getByRole('list', { name: 'Messages' });
-    await expectText(aliceMessages, HOSTILE, "Alice's conversation (Bob's reply, shown as text)", 20_000);
+    await expectText(aliceMessages, REPLY, "Alice's conversation (Bob's reply)", 20_000);
     await assertNotReloaded(alice.page, "Bob's reply");
-    assert.equal(await aliceMessages.locator('img, script').count(), 0, 'a message must never become markup');
     await axe(alice.page, 'conversation');
     await screenshot(alice.page, 'chats');
+    // Markup from another person is shown as text and never runs.
+    await send(bob.page, HOSTILE);
+    await expectText(aliceMessages, HOSTILE, "Alice's conversation (hostile markup shown as text)", 20_000);
+    await assertNotReloaded(alice.page, "Bob's second reply");
+    assert.equal(await aliceMessages.locator('img, script').count(), 0, 'a message must never become markup');
     // Search is local: it finds Alice's own message.
     const searchBox = alice.page.getByRole('searchbox', { name: 'Search messages' })
       .or(alice.page.getByLabel('Search messages', { exact: true }));
@@ -277,6 +297,7 @@ describe('sotto app in chromium', () => {
   let joinLink;
   scenario('a group with a join request approved in the app', ['set-up from an invite link'], async () => {
     const { alice, carol } = people;
+    await fresh(alice);
     const page = alice.page;
     await go(page, 'Groups');
     await page.getByRole('link', { name: 'New group' }).or(page.getByRole('button', { name: 'New group' })).first().click();
@@ -323,6 +344,7 @@ describe('sotto app in chromium', () => {
 
   scenario("a warning posted by Alice shows on Carol's board with counts", ['a group with a join request approved in the app'], async () => {
     const { alice, carol } = people;
+    await fresh(alice, carol);
     const page = alice.page;
     await go(page, 'Warnings');
     await page.getByRole('link', { name: 'Post a warning' }).click();
@@ -386,6 +408,7 @@ describe('sotto app in chromium', () => {
 
   scenario('evidence locker: a note and a file, countersigned, with a proof export', ['set-up from an invite link'], async () => {
     const { alice } = people;
+    await fresh(alice);
     const page = alice.page;
     await go(page, 'Evidence');
     await page.getByLabel('Note', { exact: true }).fill(NOTE);
@@ -412,7 +435,8 @@ describe('sotto app in chromium', () => {
   scenario("a changed safety number blocks sending until it is trusted", ['two people exchange messages and see them live'], async () => {
     const { alice, bob } = people;
     // Bob re-keys with the CLI while his app is stopped.
-    await bob.user.stopApp();
+    await fresh(alice);
+    await stopApp(bob);
     bob.user.cli(['identity', 'reset']);
     await bob.user.startApp({ unlocked: true });
     await openPage(bob);
@@ -442,6 +466,7 @@ describe('sotto app in chromium', () => {
 
   scenario('panic erases everything and shows nothing of the profile', ['two people exchange messages and see them live'], async () => {
     const { bob } = people;
+    await fresh(bob);
     const page = bob.page;
     await page.getByRole('button', { name: 'Panic', exact: true }).click();
     await axe(page, 'panic confirmation');
@@ -459,14 +484,14 @@ describe('sotto app in chromium', () => {
     const left = SECRETS.filter((s) => reloaded.includes(s));
     assert.deepEqual(left, [], 'a reload shows nothing of the profile either');
     // The profile is gone for the CLI too.
-    await bob.user.stopApp();
+    await stopApp(bob);
     const whoami = bob.user.cli(['whoami'], { allowFail: true });
     assert.notEqual(whoami.status, 0, `sotto whoami still works after panic:\n${whoami.stdout}`);
   });
 
-  scenario('the idle lock shows the unlock screen; the passphrase opens it again', ['a group with a join request approved in the app'], async () => {
+  scenario('the idle lock shows the unlock screen; the passphrase opens it again', [], async (t) => {
     const { carol } = people;
-    await carol.user.stopApp();
+    await stopApp(carol);
     await carol.user.startApp({ lockAfter: '3s' });
     const page = await openPage(carol);
     // Started without SOTTO_PASSPHRASE: the unlock screen first.
@@ -476,15 +501,18 @@ describe('sotto app in chromium', () => {
     await axe(page, 'unlock (wrong passphrase)');
     await page.getByLabel('Passphrase', { exact: true }).fill(PASSPHRASE);
     await page.getByRole('button', { name: 'Unlock', exact: true }).click();
-    // Unlocked: the chat list holds the group (read at once, before the lock time).
-    await expectText(page.getByRole('navigation', { name: 'Chats' }), GROUP, "Carol's chat list after unlocking");
+    // Unlocked: the chat list and Panic (looked at at once, before the lock time).
+    await page.getByRole('navigation', { name: 'Chats' }).waitFor();
+    await page.getByRole('button', { name: 'Panic', exact: true }).waitFor();
     // Idle for the lock time: the unlock screen comes back by itself (SSE),
     // or at the latest with the next request.
     const unlockButton = page.getByRole('button', { name: 'Unlock', exact: true });
     const bySelf = await unlockButton.waitFor({ timeout: 8_000 }).then(() => true, () => false);
+    t.diagnostic(bySelf ? 'the page went to the unlock screen by itself' : 'the unlock screen came with the next request');
     if (!bySelf) await go(page, 'Chats');
     await unlockButton.waitFor({ timeout: STEP_MS });
-    assert.ok(!(await main(page).innerText()).includes(GROUP), 'the locked screen shows nothing of the profile');
+    const locked = await page.content();
+    assert.deepEqual(SECRETS.filter((s) => locked.includes(s)), [], 'the locked screen shows nothing of the profile');
     await axe(page, 'unlock');
     await page.getByLabel('Passphrase', { exact: true }).fill(PASSPHRASE);
     await unlockButton.click();
