@@ -30,7 +30,7 @@ fn text_of(page: &str, id: &str) -> String {
     page[start..end].trim().to_string()
 }
 
-fn title(page: &str) -> &str {
+fn title_of(page: &str) -> &str {
     let start = page.find("<title>").expect("a title") + "<title>".len();
     &page[start..start + page[start..].find("</title>").expect("title end")]
 }
@@ -92,7 +92,7 @@ fn a_new_user_joins_in_the_app_and_talks_live() {
     let r = web.get(&format!("/chats/{chat}"));
     assert_eq!(r.status, 200);
     assert_eq!(
-        title(&r.body),
+        title_of(&r.body),
         "Sotto – Conversation",
         "no name in the title"
     );
@@ -247,4 +247,53 @@ fn only_the_browser_that_opened_the_printed_address_gets_in() {
         "the launch address works once"
     );
     assert_eq!(stranger.get("/contacts").status, 401);
+}
+
+/// A group conversation in the app: listed with its (hostile) title
+/// escaped, the disappearing timer shown, live messages, and a send that
+/// reaches the other member.
+#[test]
+fn a_group_conversation_in_the_app() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    bob.add_contact("ana", &ana);
+    ana.add_contact("Bob", &bob);
+    let title = "Night <b>shift</b>";
+    bob.ok(&["group", "create", title]);
+    bob.ok(&["group", "add", title, "ana"]);
+    bob.ok(&["group", "settings", title, "--disappearing", "1h"]);
+
+    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let mut web = app.browser();
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    bob.ok(&["group", "send", title, "shift swap tonight?"]);
+    let data = wait_event(&events, "message", r#""chat":"g"#, WAIT);
+    let at = data.find(r#""chat":""#).expect("a chat") + r#""chat":""#.len();
+    let chat = data[at..at + data[at..].find('"').expect("end")].to_string();
+    assert!(
+        !data.contains("shift swap"),
+        "message text on the event stream: {data}"
+    );
+
+    let list = web.get("/");
+    assert!(
+        list.body.contains("Night &lt;b&gt;shift&lt;/b&gt;"),
+        "{}",
+        list.body
+    );
+    assert!(!list.body.contains("<b>shift"), "a title ran as HTML");
+    let r = web.get(&format!("/chats/{chat}"));
+    assert_eq!(title_of(&r.body), "Sotto – Conversation");
+    assert!(r.body.contains("shift swap tonight?"), "{}", r.body);
+    assert!(
+        r.body.contains("disappear 1 hour after"),
+        "timer shown: {}",
+        r.body
+    );
+
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "I can take it")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(texts(&bob.sync_json()), ["I can take it"]);
 }

@@ -481,6 +481,11 @@ pub(crate) mod tests {
             ),
             ("null origin", &[("origin", "null")], token.clone()),
             (
+                "null origin, cross-site",
+                &[("origin", "null"), ("sec-fetch-site", "cross-site")],
+                token.clone(),
+            ),
+            (
                 "other port",
                 &[("origin", "http://127.0.0.1:9999")],
                 token.clone(),
@@ -512,6 +517,13 @@ pub(crate) mod tests {
                 ("sec-fetch-site", "same-origin"),
                 ("origin", "http://127.0.0.1:4321"),
             ],
+            token.clone(),
+        );
+        assert_eq!(send(&f.router, ok).await.0, StatusCode::SEE_OTHER);
+        // Chromium's form post under our no-referrer policy.
+        let ok = lock_post(
+            &cookie,
+            &[("sec-fetch-site", "same-origin"), ("origin", "null")],
             token.clone(),
         );
         assert_eq!(send(&f.router, ok).await.0, StatusCode::SEE_OTHER);
