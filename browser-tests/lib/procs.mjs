@@ -224,8 +224,9 @@ export class Relay {
 export class User {
   constructor(name) {
     this.name = name;
-    this.home = fs.mkdtempSync(path.join(TMP, `${name.toLowerCase()}-`));
-    this.log = path.join(TMP, `${name.toLowerCase()}-app.log`);
+    const slug = name.toLowerCase().replace(/[^a-z0-9]+/g, '-');
+    this.home = fs.mkdtempSync(path.join(TMP, `${slug}-`));
+    this.log = path.join(TMP, `${slug}-app.log`);
     this.app = null;
     this.url = null;
   }
