@@ -1768,6 +1768,24 @@ impl Engine {
         Ok(gone)
     }
 
+    /// Deletes a whole conversation from this computer only (the others keep
+    /// theirs): the 1:1 chat with `who` (named as [`Engine::history`] takes
+    /// it) or, with `group`, a group's messages (the group itself stays).
+    /// Returns how many messages went.
+    pub async fn delete_history_here(&mut self, who: &str, group: bool) -> Result<usize> {
+        let records = if group {
+            let g = self.find_group(who)?;
+            self.store.group_messages(&g.id)?
+        } else {
+            self.store.messages_with(self.peer_of(who)?)?
+        };
+        for m in &records {
+            self.store.delete_message(m.peer, m.id)?;
+        }
+        self.store.flush().await?;
+        Ok(records.len())
+    }
+
     /// Relay-side prekey counts, uploading more first if they run low, and
     /// replacing the signed prekey and Kyber last-resort key once they are
     /// [`ROTATE_SIGNED_KEYS_MS`] old.

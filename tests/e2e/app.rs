@@ -297,3 +297,102 @@ fn a_group_conversation_in_the_app() {
     assert_eq!(r.status, 303, "{}", r.body);
     assert_eq!(texts(&bob.sync_json()), ["I can take it"]);
 }
+
+/// The value of the first `name="NAME" value="..."` after `from` in `page`.
+fn field_after(page: &str, from: usize, name: &str) -> String {
+    let open = format!(r#"name="{name}" value=""#);
+    let at = from + page[from..].find(&open).expect("the field") + open.len();
+    page[at..at + page[at..].find('"').expect("end")].to_string()
+}
+
+/// Contacts in the app (safety number and QR, Mark as verified, rename,
+/// remove), searching history, and deleting a message and a whole chat
+/// from this computer only.
+#[test]
+fn contacts_search_and_deleting_in_the_app() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    ana.add_contact("Bob", &bob);
+    bob.add_contact("Ana", &ana);
+    bob.ok(&["send", "Ana", "first note about the manager"]);
+    bob.ok(&["send", "Ana", "second: <script>x</script>"]);
+
+    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let mut web = app.browser();
+    let r = web.get("/contacts");
+    let at =
+        r.body.find(r#"href="/contacts/p"#).expect("a contact link") + r#"href="/contacts/"#.len();
+    let id = r.body[at..at + r.body[at..].find('"').expect("end")].to_string();
+
+    let r = web.get(&format!("/contacts/{id}"));
+    let digits = text_of(&r.body, "safety-number");
+    assert_eq!(digits.split(' ').count(), 12, "{digits}");
+    assert!(digits.chars().all(|c| c.is_ascii_digit() || c == ' '));
+    assert!(
+        r.body
+            .contains(r#"aria-label="QR code of the safety number""#)
+    );
+    assert!(r.body.contains(">Mark as verified<"));
+    let r = web.post(&format!("/contacts/{id}/verify"), &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let r = web.get(&format!("/contacts/{id}"));
+    assert!(r.body.contains("Verified"), "{}", r.body);
+    assert!(!r.body.contains(">Mark as verified<"));
+
+    let r = web.post(&format!("/contacts/{id}/rename"), &[("name", "Rob\nert")]);
+    assert_eq!(
+        r.status, 422,
+        "a line break in a name is refused: {}",
+        r.body
+    );
+    let r = web.post(&format!("/contacts/{id}/rename"), &[("name", "Robert")]);
+    assert_eq!(
+        (r.status, r.location()),
+        (303, format!("/contacts/{id}").as_str())
+    );
+    assert!(web.get("/contacts").body.contains("Robert"));
+
+    // Search is local, posts its term, and finds only what matches.
+    let r = web.post("/search", &[("q", "MANAGER")]);
+    assert_eq!(r.status, 200);
+    assert!(
+        r.body.contains("first note about the manager"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("second:"), "{}", r.body);
+
+    // Delete one message here; the other stays, and Bob keeps his.
+    let r = web.get(&format!("/chats/{id}"));
+    let first = r
+        .body
+        .find("first note about the manager")
+        .expect("the message");
+    let li = r.body[..first].rfind(r#"id="m-"#).expect("its item");
+    let message = field_after(&r.body, li, "message");
+    let peer = field_after(&r.body, li, "peer");
+    let r = web.post(
+        &format!("/chats/{id}/delete"),
+        &[("message", &message), ("peer", &peer)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(
+        texts(&ana.history_json("Robert")),
+        ["second: <script>x</script>"]
+    );
+    // The whole chat.
+    assert!(
+        web.get(&format!("/chats/{id}/clear"))
+            .body
+            .contains(">Delete chat<")
+    );
+    let r = web.post(&format!("/chats/{id}/clear"), &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(ana.history_json("Robert").is_empty());
+    assert_eq!(texts(&bob.history_json("Ana")).len(), 2, "Bob keeps his");
+
+    let r = web.post(&format!("/contacts/{id}/remove"), &[]);
+    assert_eq!((r.status, r.location()), (303, "/contacts"));
+    assert!(!web.get("/contacts").body.contains("Robert"));
+}

@@ -27,6 +27,7 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/chats/{id}", get(conversation).post(send))
         .route("/chats/{id}/messages", get(messages_fragment))
         .route("/chats/{id}/delete", post(delete))
+        .route("/chats/{id}/clear", get(clear_page).post(clear))
         .route("/search", get(search_page).post(search))
 }
 
@@ -273,6 +274,7 @@ fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Respo
         } @else {
             p { a href={"/contacts/" (chat.id)} { "Contact and safety number" } }
         }
+        p { a href={"/chats/" (chat.id) "/clear"} { "Delete this chat from this computer" } }
         (layout::details("Details", html! {
             p { "Messages are end-to-end encrypted with the Signal protocol and sent with \
                  sealed sender: the relay cannot read them or see who sent them." }
@@ -512,6 +514,48 @@ async fn delete(
     .await;
     match done {
         Ok(_) => see_other(&format!("/chats/{id}")),
+        Err(p) => p.respond(&st, false),
+    }
+}
+
+async fn clear_page(State(st): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    let c = match load(&st, id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return no_chat(&st),
+        Err(p) => return p.respond(&st, is_htmx(&req)),
+    };
+    let main = html! {
+        p { "This deletes every message of this chat from this computer. The other people \
+             in it keep theirs, and new messages still arrive here." }
+        form method="post" action={"/chats/" (c.chat.id) "/clear"} class="stack" {
+            (csrf_field(&st))
+            button type="submit" class="danger" { "Delete chat" }
+        }
+        p { a href={"/chats/" (c.chat.id)} { "Cancel" } }
+    };
+    let mut page = Page::new("Delete chat", Nav::Chats, main);
+    page.list = Some(chat_list(&st, &c.chats, Some(&c.chat.id)));
+    layout::page(&st, page)
+}
+
+async fn clear(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let s = st.clone();
+    let want = id.clone();
+    let done = engine(&st, move |e| {
+        Box::pin(async move {
+            let Some(chat) = all_chats(e, &s.ids)?.into_iter().find(|c| c.id == want) else {
+                return Ok(None);
+            };
+            e.delete_history_here(&chat.key, chat.group)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        })
+    })
+    .await;
+    match done {
+        Ok(Some(_)) => see_other(&format!("/chats/{id}")),
+        Ok(None) => no_chat(&st),
         Err(p) => p.respond(&st, false),
     }
 }

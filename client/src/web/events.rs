@@ -129,3 +129,55 @@ async fn events(State(st): State<AppState>) -> Response {
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(20)))
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ShownMessage;
+    use crate::web::tests::fixture;
+
+    fn incoming(from: &str) -> Event {
+        Event::Message(ShownMessage {
+            id: "01".repeat(16),
+            from: from.into(),
+            from_contact: true,
+            peer_code: "code".into(),
+            outgoing: false,
+            text: "the secret text".into(),
+            sent_at_ms: 1,
+            status: "received",
+            group: None,
+        })
+    }
+
+    /// What reaches the page for a message: the chat id and the
+    /// notification text, which names nobody unless the setting says so,
+    /// and never carries the message.
+    #[tokio::test]
+    async fn message_events_carry_no_text_and_names_only_when_asked() {
+        let f = fixture();
+        let st = &f.app.state;
+        let plain = format!(
+            "{:?}",
+            to_sse(st, &incoming("Zed\u{202E}\nX")).expect("an event")
+        );
+        assert!(plain.contains("New message"), "{plain}");
+        assert!(
+            !plain.contains("Zed"),
+            "a name without the setting: {plain}"
+        );
+        assert!(!plain.contains("secret"), "message text: {plain}");
+        assert!(plain.contains(&st.ids.person("code")), "{plain}");
+        st.0.settings.lock().expect("not poisoned").notify_names = true;
+        let named = format!(
+            "{:?}",
+            to_sse(st, &incoming("Zed\u{202E}\nX")).expect("an event")
+        );
+        assert!(named.contains("New message from Zed"), "{named}");
+        assert!(
+            !named.contains('\u{202E}'),
+            "bidi override passed on: {named}"
+        );
+        assert!(!named.contains("secret"), "message text: {named}");
+    }
+}
