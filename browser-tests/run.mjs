@@ -492,7 +492,7 @@ describe('sotto app in chromium', () => {
     assert.notEqual(whoami.status, 0, `sotto whoami still works after panic:\n${whoami.stdout}`);
   });
 
-  scenario('the idle lock shows the unlock screen; the passphrase opens it again', [], async (t) => {
+  scenario('the idle lock and Lock show the unlock screen; the passphrase opens it again', [], async (t) => {
     const { carol } = people;
     await stopApp(carol);
     await carol.user.startApp({ lockAfter: '3s' });
@@ -520,6 +520,9 @@ describe('sotto app in chromium', () => {
     await page.getByLabel('Passphrase', { exact: true }).fill(PASSPHRASE);
     await unlockButton.click();
     await page.getByRole('button', { name: 'Panic', exact: true }).waitFor();
+    // "Lock" locks at once.
+    await page.getByRole('button', { name: 'Lock', exact: true }).click();
+    await unlockButton.waitFor();
   });
 
   test('axe: no WCAG 2.1 A/AA violations on any screen visited', () => {
