@@ -322,8 +322,13 @@ describe('sotto app in chromium', () => {
         const inInput = [...root.querySelectorAll('input, textarea')].map((i) => i.value).find((v) => v.startsWith('sotto://group?'));
         return inInput ?? inText;
       }));
-    // Carol asks to join with the CLI (her app is not running yet).
-    carol.user.cli(['group', 'join', joinLink]);
+    // Carol's app is opened with the join link; she asks to join in it.
+    await carol.user.startApp({ unlocked: true, link: joinLink });
+    await openPage(carol);
+    await carol.page.getByRole('button', { name: 'Ask to join', exact: true }).click();
+    await carol.page.waitForLoadState('load');
+    await expectText(main(carol.page), /request was sent/i, "Carol's page after Ask to join");
+    await axe(carol.page, 'asked to join');
     // Alice's service fetches the request; the group page lists it.
     const requests = () => page.getByRole('region', { name: 'Join requests' }).or(main(page));
     await reloadUntil(page, "Carol's join request on Alice's group page", async () =>
@@ -336,12 +341,12 @@ describe('sotto app in chromium', () => {
       return (await items.count()) > 0 && (await items.first().innerText()).includes('Member');
     });
     await screenshot(page, 'group');
-    // Carol's app shows the group once her service hears she was admitted.
-    await carol.user.startApp({ unlocked: true });
-    await openPage(carol);
+    // Carol's chats show the group once her service hears she was let in.
+    await go(carol.page, 'Chats');
+    await reloadUntil(carol.page, "the group in Carol's chat list", async () =>
+      (await carol.page.getByRole('navigation', { name: 'Chats' }).innerText()).includes(GROUP));
     await go(carol.page, 'Groups');
-    await reloadUntil(carol.page, "the group in Carol's group list", async () =>
-      (await main(carol.page).innerText()).includes(GROUP));
+    await expectText(main(carol.page), GROUP, "Carol's groups screen");
     await axe(carol.page, 'groups');
   });
 

@@ -251,11 +251,13 @@ export class User {
   /**
    * Starts `sotto app --no-browser --listen 127.0.0.1:0` on this profile and
    * resolves with its one-time launch URL (its last stdout line).
-   * `unlocked`: set SOTTO_PASSPHRASE so the service unlocks at start.
+   * `unlocked`: set SOTTO_PASSPHRASE so the service unlocks at start;
+   * `link`: a sotto:// link the app is opened with (as a browser would hand it over).
    */
-  async startApp({ unlocked = false, lockAfter } = {}) {
+  async startApp({ unlocked = false, lockAfter, link } = {}) {
     const args = ['app', '--no-browser', '--home', this.home, '--listen', '127.0.0.1:0'];
     if (lockAfter) args.push('--lock-after', lockAfter);
+    if (link) args.push(link);
     const { child, value } = await startService({
       cmd: binary('sotto'),
       args,
