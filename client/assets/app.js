@@ -7,11 +7,11 @@
   var body = document.body;
   var state = body.getAttribute("data-state");
 
-  // Newest message in view.
+  // Newest message and the message box in view (like any messenger).
   function scrollMessages() {
-    var list = document.getElementById("messages");
-    if (list && list.lastElementChild) {
-      list.lastElementChild.scrollIntoView({ block: "end" });
+    var box = document.querySelector(".composer") || document.getElementById("messages");
+    if (box && !window.location.hash) {
+      box.scrollIntoView({ block: "end" });
     }
   }
 
@@ -73,8 +73,9 @@
       refresh();
       notify(data.notify);
     });
+    // Group news (membership, refused changes): reload what is shown.
     events.addEventListener("notice", function () {
-      notify("New warning in a group");
+      refresh();
     });
   }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sotto_tests::http::{App, Browser, wait_event};
+use sotto_tests::http::{Browser, wait_event};
 use sotto_tests::{PASSPHRASE, Relay, User, texts};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -41,7 +41,7 @@ fn title_of(page: &str) -> &str {
 fn a_new_user_joins_in_the_app_and_talks_live() {
     let relay = Relay::start();
     let ana = User::uninitialised("Ana");
-    let app = App::start(ana.home(), &[]);
+    let app = ana.app(&[("SOTTO_PASSPHRASE", "")]);
     let mut web = app.browser();
 
     // No profile: every screen leads to set-up.
@@ -162,7 +162,7 @@ fn a_changed_safety_number_blocks_sending_until_trusted() {
     assert_eq!(texts(&bob.sync_json()), ["before"]);
     bob.ok(&["identity", "reset"]);
 
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     let r = web.get("/contacts");
     assert_eq!(r.status, 200, "{}", r.body);
@@ -209,10 +209,7 @@ fn a_changed_safety_number_blocks_sending_until_trusted() {
 fn the_idle_lock_sends_the_page_to_unlock() {
     let relay = Relay::start();
     let ana = User::new(&relay, "Ana");
-    let app = App::start(
-        ana.home(),
-        &[("SOTTO_PASSPHRASE", PASSPHRASE), ("SOTTO_LOCK_AFTER", "2s")],
-    );
+    let mut app = ana.app(&[("SOTTO_LOCK_AFTER", "2s")]);
     let mut web = app.browser();
     let events = web.events();
     wait_event(&events, "state", "unlocked", WAIT);
@@ -221,6 +218,21 @@ fn the_idle_lock_sends_the_page_to_unlock() {
     assert_eq!((r.status, r.location()), (303, "/unlock"));
     let r = web.get("/unlock");
     assert!(r.body.contains(">Unlock<"), "{}", r.body);
+
+    // Quit from the app: the page says so and the process ends cleanly.
+    let r = web.post("/unlock", &[("passphrase", PASSPHRASE)]);
+    assert_eq!((r.status, r.location()), (303, "/"));
+    wait_event(&events, "state", "unlocked", WAIT);
+    let r = web.post("/quit", &[]);
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("Sotto has stopped"), "{}", r.body);
+    // (The process may end before the event stream says "stopped": the
+    // page that asked already shows it.)
+    let status = app
+        .wait_exit(WAIT)
+        .expect("`sotto app` still runs after Quit");
+    assert!(status.success(), "{status}");
+    assert!(!ana.home().join("app-url").exists(), "app-url left behind");
 }
 
 /// The app refuses a browser that did not open the printed address, and
@@ -229,7 +241,7 @@ fn the_idle_lock_sends_the_page_to_unlock() {
 fn only_the_browser_that_opened_the_printed_address_gets_in() {
     let relay = Relay::start();
     let ana = User::new(&relay, "Ana");
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     assert_eq!(web.get("/contacts").status, 200);
     let mut stranger = Browser::new(web.addr());
@@ -264,7 +276,7 @@ fn a_group_conversation_in_the_app() {
     bob.ok(&["group", "add", title, "ana"]);
     bob.ok(&["group", "settings", title, "--disappearing", "1h"]);
 
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     let events = web.events();
     wait_event(&events, "state", "unlocked", WAIT);
@@ -318,7 +330,7 @@ fn contacts_search_and_deleting_in_the_app() {
     bob.ok(&["send", "Ana", "first note about the manager"]);
     bob.ok(&["send", "Ana", "second: <script>x</script>"]);
 
-    let app = App::start(ana.home(), &[("SOTTO_PASSPHRASE", PASSPHRASE)]);
+    let app = ana.app(&[]);
     let mut web = app.browser();
     let r = web.get("/contacts");
     let at =
@@ -395,4 +407,90 @@ fn contacts_search_and_deleting_in_the_app() {
     let r = web.post(&format!("/contacts/{id}/remove"), &[]);
     assert_eq!((r.status, r.location()), (303, "/contacts"));
     assert!(!web.get("/contacts").body.contains("Robert"));
+}
+
+/// Someone who is not a contact writes: their chat is listed as not a
+/// contact with the name they chose, there is no Send until the user adds
+/// them, and adding them keeps the same chat.
+#[test]
+fn a_message_from_a_stranger_shows_and_adding_them_allows_replies() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    bob.add_contact("Ana", &ana);
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    bob.ok(&["send", "Ana", "hi, we met at the union meeting"]);
+    let data = wait_event(&events, "message", r#""chat":"p"#, WAIT);
+    let at = data.find(r#""chat":""#).expect("a chat") + r#""chat":""#.len();
+    let chat = data[at..at + data[at..].find('"').expect("end")].to_string();
+
+    let list = web.get("/");
+    assert!(list.body.contains("Not a contact"), "{}", list.body);
+    let r = web.get(&format!("/chats/{chat}"));
+    assert!(
+        r.body.contains("hi, we met at the union meeting"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("Not in your contacts"));
+    assert!(!r.body.contains(">Send<"), "no Send before adding them");
+
+    let r = web.post("/contacts", &[("name", "Bob"), ("code", &bob.code())]);
+    assert_eq!(
+        (r.status, r.location()),
+        (303, format!("/contacts/{chat}").as_str())
+    );
+    let r = web.get(&format!("/chats/{chat}"));
+    assert!(r.body.contains(">Send<"), "{}", r.body);
+    assert!(
+        r.body.contains("hi, we met at the union meeting"),
+        "history kept"
+    );
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "yes, hello")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(texts(&bob.sync_json()), ["yes, hello"]);
+}
+
+/// `sotto app LINK` with a group's join link: the chats screen offers it,
+/// "Ask to join" sends the request (the admin sees it), and after approval
+/// the group's messages reach the app.
+#[test]
+fn opening_the_app_with_a_group_link_offers_to_join() {
+    let relay = Relay::start();
+    let ann = User::new(&relay, "Ann");
+    ann.ok(&["group", "create", "Staff"]);
+    ann.ok(&["group", "settings", "Staff", "--approval", "on"]);
+    let link = ann.ok(&["group", "link", "Staff"]).trim().to_string();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app_with(&[&link], &[]);
+    let mut web = app.browser();
+    assert!(
+        !app.url.contains("group"),
+        "the link stays out of the address"
+    );
+    let r = web.get("/");
+    assert!(r.body.contains("A link to join a group"), "{}", r.body);
+    assert!(
+        !r.body.contains(&link),
+        "the link's secret is not in the page"
+    );
+    let r = web.post("/join-link", &[("ask", "yes")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("Your request was sent"), "{}", r.body);
+    assert!(
+        !web.get("/").body.contains("A link to join a group"),
+        "offered once"
+    );
+    let requests = ann.ok(&["group", "requests", "Staff", "--json"]);
+    assert!(requests.contains("Ana"), "{requests}");
+
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    ann.ok(&["group", "approve", "Staff", "Ana"]);
+    ann.ok(&["group", "send", "Staff", "welcome Ana"]);
+    wait_event(&events, "message", r#""chat":"g"#, WAIT);
+    assert!(web.get("/").body.contains("Staff"));
 }

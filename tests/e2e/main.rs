@@ -30,6 +30,7 @@ mod panic;
 mod prekeys;
 mod relay_disk;
 mod rotation;
+mod service;
 mod store;
 mod strangers;
 mod udp_blocked;

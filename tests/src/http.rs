@@ -255,7 +255,14 @@ pub fn wait_event(
         match rx.recv_timeout(left) {
             Ok((k, d)) if k == kind && d.contains(needle) => return d,
             Ok(other) => seen.push(other),
-            Err(_) => panic!("no `{kind}` event with {needle:?} within {within:?}; saw {seen:?}"),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no `{kind}` event with {needle:?} within {within:?}; saw {seen:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                panic!(
+                    "the event stream ended before a `{kind}` event with {needle:?}; saw {seen:?}"
+                )
+            }
         }
     }
 }
@@ -316,79 +323,5 @@ fn unchunk(mut raw: &[u8]) -> Option<Vec<u8>> {
         }
         out.extend_from_slice(raw.get(..n)?);
         raw = raw.get(n + 2..)?;
-    }
-}
-
-/// A running `sotto app` (killed when dropped).
-pub struct App {
-    child: std::process::Child,
-    /// The launch address it printed last.
-    pub url: String,
-}
-
-impl App {
-    /// Starts `sotto --home HOME app --listen 127.0.0.1:0 --no-browser`
-    /// with `env` (no `SOTTO_PASSPHRASE` unless `env` sets it), and waits
-    /// for the launch address on stdout.
-    pub fn start(home: &std::path::Path, env: &[(&str, &str)]) -> App {
-        let mut cmd = std::process::Command::new(crate::binary("sotto"));
-        cmd.arg("--home")
-            .arg(home)
-            .args(["app", "--listen", "127.0.0.1:0", "--no-browser"])
-            .env_remove("SOTTO_PASSPHRASE")
-            .env_remove("SOTTO_HOME")
-            .env_remove("SOTTO_LOCK_AFTER")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn sotto app");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = std::time::Instant::now() + TIMEOUT;
-        let url = loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.starts_with("http://") => break line.trim().to_string(),
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("`sotto app` printed no address within {TIMEOUT:?}");
-                }
-            }
-        };
-        App { child, url }
-    }
-
-    /// A browser that opened the launch address.
-    pub fn browser(&self) -> Browser {
-        Browser::launch(&self.url)
-    }
-
-    /// Waits for the process to end by itself (Quit); its exit status.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -135,6 +135,8 @@ pub struct Handle {
     /// Milliseconds since `epoch` of the last request from a person.
     activity: Arc<AtomicU64>,
     epoch: Instant,
+    /// A `sotto://` link the app was opened with, for the face to offer.
+    link: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// The service itself: run it with [`Runner::run`] on the thread that owns
@@ -176,6 +178,7 @@ pub fn start(home: PathBuf, settings: Settings) -> (Handle, Runner) {
         state: state_rx,
         activity: activity.clone(),
         epoch,
+        link: Arc::default(),
     };
     let runner = Runner {
         home,
@@ -209,6 +212,25 @@ impl Handle {
     /// Events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// Keeps a `sotto://` link the app was opened with (an invite to a
+    /// relay for set-up, or a group's join link), for the face to offer.
+    pub fn offer_link(&self, link: String) {
+        if let Ok(mut slot) = self.link.lock() {
+            *slot = Some(link);
+        }
+    }
+
+    /// The link the app was opened with, if any, once: a face that shows it
+    /// takes it, so it is not offered again.
+    pub fn take_link(&self) -> Option<String> {
+        self.link.lock().ok().and_then(|mut slot| slot.take())
+    }
+
+    /// The link the app was opened with, if any, left in place.
+    pub fn peek_link(&self) -> Option<String> {
+        self.link.lock().ok().and_then(|slot| slot.clone())
     }
 
     /// Marks a request from a person, which postpones the idle lock.

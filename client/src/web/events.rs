@@ -68,8 +68,13 @@ pub(crate) fn count_unread(st: AppState) {
 pub(crate) fn to_sse(st: &AppState, event: &Event) -> Option<Sse> {
     match event {
         Event::Message(m) => {
+            // A warning reaches the group's history as a message whose
+            // text starts so (engine/warnings.rs, `history_text`).
+            let warning = m.group.is_some() && m.text.starts_with("[warning] ");
             let notify = if m.outgoing {
                 String::new()
+            } else if warning {
+                "New warning in a group".to_string()
             } else if st.settings().notify_names {
                 format!("New message from {}", safe::line(&m.from))
             } else {
@@ -97,7 +102,10 @@ async fn events(State(st): State<AppState>) -> Response {
         .event("state")
         .data(state_word(&st.handle.state()));
     let start = stream::iter([Ok::<_, Infallible>(first)]);
-    let live = stream::unfold((st, rx, watch), |(st, mut rx, mut watch)| async move {
+    let live = stream::unfold(Some((st, rx, watch)), |open| async move {
+        // After "stopped" or "erased" the stream ends: nothing more will
+        // come, and a finished stream lets the server shut down.
+        let (st, mut rx, mut watch) = open?;
         loop {
             tokio::select! {
                 changed = watch.changed() => {
@@ -106,18 +114,19 @@ async fn events(State(st): State<AppState>) -> Response {
                     }
                     let s = *watch.borrow_and_update();
                     let ev = Sse::default().event("state").data(state_word(&s));
-                    return Some((Ok(ev), (st, rx, watch)));
+                    let next = (!matches!(s, Svc::Stopped | Svc::Erased)).then_some((st, rx, watch));
+                    return Some((Ok(ev), next));
                 }
                 got = rx.recv() => match got {
                     Ok(ev) => {
                         if let Some(out) = to_sse(&st, &ev) {
-                            return Some((Ok(out), (st, rx, watch)));
+                            return Some((Ok(out), Some((st, rx, watch))));
                         }
                     }
                     // Missed some: tell the page to reload what it shows.
                     Err(RecvError::Lagged(_)) => {
                         let ev = Sse::default().event("message").data(r#"{"chat":"","notify":""}"#);
-                        return Some((Ok(ev), (st, rx, watch)));
+                        return Some((Ok(ev), Some((st, rx, watch))));
                     }
                     Err(RecvError::Closed) => return None,
                 },
@@ -179,5 +188,16 @@ mod tests {
             "bidi override passed on: {named}"
         );
         assert!(!named.contains("secret"), "message text: {named}");
+        let Event::Message(mut m) = incoming("Zed") else {
+            unreachable!("a message")
+        };
+        m.group = Some(("aa".into(), "Title".into()));
+        m.text = "[warning] about Someone: harassment, first-hand".into();
+        let warned = format!("{:?}", to_sse(st, &Event::Message(m)).expect("an event"));
+        assert!(warned.contains("New warning in a group"), "{warned}");
+        assert!(
+            !warned.contains("Someone") && !warned.contains("Zed"),
+            "{warned}"
+        );
     }
 }

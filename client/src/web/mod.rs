@@ -630,6 +630,26 @@ pub(crate) mod tests {
         }
     }
 
+    /// `sotto app LINK` with an invite: the set-up form starts with it.
+    #[tokio::test]
+    async fn setup_offers_the_invite_the_app_was_opened_with() {
+        let f = fixture();
+        let link = "sotto://join?relay=127.0.0.1:1&pin=aa&root=bb&token=cc";
+        f.app.state.handle.offer_link(link.into());
+        let cookie = launch(&f).await;
+        let req = get("/setup")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .expect("test setup");
+        let (_, _, page) = send(&f.router, req).await;
+        assert!(
+            page.contains(
+                r#"value="sotto://join?relay=127.0.0.1:1&amp;pin=aa&amp;root=bb&amp;token=cc""#
+            ),
+            "{page}"
+        );
+    }
+
     #[tokio::test]
     async fn setup_refuses_mismatched_passphrases_and_never_echoes_them() {
         let f = fixture();
