@@ -27,6 +27,13 @@ protoc --version >/dev/null
 # (its /dev/shm check), so only the exit status counts here.
 chromium --version >/dev/null 2>&1 || { echo "setup: /usr/bin/chromium does not start" >&2; exit 1; }
 
+# playwright-core needs Node.js 20 or later (Debian 12's own nodejs is 18).
+node_major="$(node -p 'process.versions.node.split(".")[0]')"
+if [ "$node_major" -lt 20 ]; then
+    echo "setup: the browser suite needs Node.js 20 or later, found $(node --version); install a newer nodejs" >&2
+    exit 1
+fi
+
 # The browser suite's npm packages, pinned by browser-tests/package-lock.json.
 # A stamp holding the lock file's hash tells whether node_modules is current.
 lock_hash="$(sha256sum browser-tests/package-lock.json | cut -d' ' -f1)"
