@@ -533,3 +533,28 @@ fn a_message_sent_while_the_relay_is_down_shows_queued() {
     }
     assert_eq!(got, ["while it is down"]);
 }
+
+/// The idle lock's time set in Settings applies at once (a wrong value is
+/// refused and changes nothing).
+#[test]
+fn the_idle_lock_time_is_set_in_settings() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[("SOTTO_LOCK_AFTER", "1h")]);
+    let mut web = app.browser();
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    let r = web.get("/settings");
+    assert!(r.body.contains(r#"value="1h""#), "{}", r.body);
+    let r = web.post("/settings", &[("lock_after", "soon")]);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("not a duration"), "{}", r.body);
+    assert!(
+        web.get("/settings").body.contains(r#"value="1h""#),
+        "unchanged"
+    );
+    let r = web.post("/settings", &[("lock_after", "2s")]);
+    assert_eq!((r.status, r.location()), (303, "/settings"));
+    wait_event(&events, "state", "locked", WAIT);
+    assert_eq!(web.get("/").location(), "/unlock");
+}
