@@ -17,10 +17,19 @@
 
   // Reload the conversation and then the chat list (in that order: loading
   // the conversation marks it read, so its badge is gone from the list).
+  // Only while the page is in view: every reload counts as use for the idle
+  // lock, so a page in a background tab must not keep Sotto open just
+  // because messages keep arriving; it catches up when shown again.
+  var stale = false;
   function refresh() {
     if (!window.htmx) {
       return;
     }
+    if (document.hidden) {
+      stale = true;
+      return;
+    }
+    stale = false;
     var msgs = document.getElementById("messages");
     var chat = msgs ? msgs.getAttribute("data-chat") : "";
     var first = msgs
@@ -42,6 +51,12 @@
       }
     });
   }
+
+  document.addEventListener("visibilitychange", function () {
+    if (!document.hidden && stale) {
+      refresh();
+    }
+  });
 
   function notify(text) {
     if (!text || !("Notification" in window)) {

@@ -494,3 +494,67 @@ fn opening_the_app_with_a_group_link_offers_to_join() {
     wait_event(&events, "message", r#""chat":"g"#, WAIT);
     assert!(web.get("/").body.contains("Staff"));
 }
+
+/// With the relay down, a message sent in the app is kept and shown as
+/// "Queued" with the reason; when the relay is back it goes out by itself.
+#[test]
+fn a_message_sent_while_the_relay_is_down_shows_queued() {
+    let mut relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    ana.add_contact("Bob", &bob);
+    bob.add_contact("Ana", &ana);
+    ana.ok(&["send", "Bob", "first"]);
+    assert_eq!(texts(&bob.sync_json()), ["first"]);
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let r = web.get("/contacts");
+    let at =
+        r.body.find(r#"href="/contacts/p"#).expect("a contact link") + r#"href="/contacts/"#.len();
+    let chat = r.body[at..at + r.body[at..].find('"').expect("end")].to_string();
+
+    relay.kill9();
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "while it is down")]);
+    assert_eq!(r.status, 303, "kept, not refused: {}", r.body);
+    let r = web.get(&format!("/chats/{chat}"));
+    let at = r
+        .body
+        .find("while it is down")
+        .expect("the message is shown");
+    let status = &r.body[at..];
+    assert!(status.contains(">Queued"), "{status}");
+    assert!(status.contains("it goes out by itself"), "{status}");
+
+    relay.restart();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        got = texts(&bob.sync_json());
+    }
+    assert_eq!(got, ["while it is down"]);
+}
+
+/// The idle lock's time set in Settings applies at once (a wrong value is
+/// refused and changes nothing).
+#[test]
+fn the_idle_lock_time_is_set_in_settings() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[("SOTTO_LOCK_AFTER", "1h")]);
+    let mut web = app.browser();
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    let r = web.get("/settings");
+    assert!(r.body.contains(r#"value="1h""#), "{}", r.body);
+    let r = web.post("/settings", &[("lock_after", "soon")]);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("not a duration"), "{}", r.body);
+    assert!(
+        web.get("/settings").body.contains(r#"value="1h""#),
+        "unchanged"
+    );
+    let r = web.post("/settings", &[("lock_after", "2s")]);
+    assert_eq!((r.status, r.location()), (303, "/settings"));
+    wait_event(&events, "state", "locked", WAIT);
+    assert_eq!(web.get("/").location(), "/unlock");
+}

@@ -4,33 +4,41 @@
 //! # How it is put together
 //!
 //! - [`WebApp::router`] is the whole app: every route, wrapped in the
-//!   security layers of [`security`] (Host check, launch token and session
+//!   security layers of `security` (Host check, launch token and session
 //!   cookie, CSRF, response headers). Nothing is reachable around them.
 //! - Pages are [maud](https://maud.lambda.xyz) functions from plain data to
 //!   [`maud::Markup`]; maud escapes every interpolated string, and text that
-//!   came from another person is also wrapped in `<bdi>` (see [`layout::person`]
-//!   and [`layout::body_text`]) so a bidi override cannot reorder the page
+//!   came from another person is also wrapped in `<bdi>` (see `layout::person`
+//!   and `layout::body_text`) so a bidi override cannot reorder the page
 //!   around it.
 //! - Data comes from the engine through [`Handle::with`] on the service's
 //!   engine thread; handlers copy what a page needs into plain structs.
-//! - URLs carry opaque ids only ([`ids`]): a per-run HMAC of a contact code
+//! - URLs carry opaque ids only (`ids`): a per-run HMAC of a contact code
 //!   or group id, never a name, so the browser's history holds nothing that
 //!   names a person.
 //!
 //! # Adding a screen
 //!
 //! 1. Add `client/src/web/NAME.rs` with `pub(crate) fn routes() -> Router<AppState>`
-//!    and handlers that return [`layout::page`] (a whole page: nav, Panic and
+//!    and handlers that return `layout::page` (a whole page: nav, Panic and
 //!    Lock buttons, `<main>` with your `<h1>`) or a fragment for htmx.
 //! 2. `mod NAME;` below, and merge `NAME::routes()` into `unlocked` (needs an
 //!    open profile: the gate redirects to set-up or unlock otherwise) or
 //!    `open` in [`WebApp::router`].
 //! 3. Every form that changes something is `method="post"` and carries
-//!    [`layout::csrf_field`]; htmx requests carry the token by themselves
+//!    `layout::csrf_field`; htmx requests carry the token by themselves
 //!    (`hx-headers` on `<body>`). No inline script or style: behaviour goes in
 //!    `client/assets/app.js`, looks in `client/assets/app.css`.
-//! 4. Test it in-process with `tower::ServiceExt::oneshot` (see the tests in
-//!    [`security`] and [`chats`] for the helpers).
+//! 4. Test it in-process with `tower::ServiceExt::oneshot` (the helpers are
+//!    in `tests` below: `fixture`, `launch`, `get`, `send`,
+//!    `assert_no_inline`), and end to end in `tests/e2e/app.rs` (a real
+//!    relay, `User::app`, and `sotto_tests::http::Browser`).
+//!
+//! Useful pieces: `chats::engine` runs a closure on the engine and turns
+//! both failure layers into a `chats::Problem` (`.respond()` gives the
+//! right page); `chats::all_chats` lists chats with their opaque ids; a
+//! group's id is `st.ids.group(&hex_id)`, the same id its conversation uses
+//! (`/chats/ID`), so a group screen lives at `/groups/ID`.
 
 mod assets;
 mod chats;
