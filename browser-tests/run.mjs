@@ -447,6 +447,7 @@ describe('sotto app in chromium', () => {
       return t.includes(NOTE) && t.includes('Countersigned by the relay');
     });
     await axe(page, 'evidence');
+    await main(page).getByText('Countersigned by the relay').first().scrollIntoViewIfNeeded();
     await screenshot(page, 'evidence');
     const exportProof = page.getByRole('link', { name: 'Export proof' }).or(page.getByRole('button', { name: 'Export proof' })).first();
     const [download] = await Promise.all([page.waitForEvent('download'), exportProof.click()]);
