@@ -490,6 +490,7 @@ describe('sotto app in chromium', () => {
     const page = bob.page;
     await page.getByRole('button', { name: 'Panic', exact: true }).click();
     await axe(page, 'panic confirmation');
+    await screenshot(page, 'panic-confirm');
     await page.getByRole('button', { name: 'Erase everything now' }).click();
     await expectText(page.locator('body'), 'Erased', 'the page after panic', 30_000);
     const shown = await page.locator('body').innerText();
