@@ -558,3 +558,40 @@ fn the_idle_lock_time_is_set_in_settings() {
     wait_event(&events, "state", "locked", WAIT);
     assert_eq!(web.get("/").location(), "/unlock");
 }
+
+/// What the page reloads by itself after events (the conversation and the
+/// chat list) is not use: a busy chat does not keep an unattended app open.
+#[test]
+fn reloads_after_events_do_not_postpone_the_idle_lock() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    ana.add_contact("Bob", &bob);
+    bob.add_contact("Ana", &ana);
+    let app = ana.app(&[("SOTTO_LOCK_AFTER", "3s")]);
+    let mut web = app.browser();
+    let r = web.get("/contacts");
+    let at =
+        r.body.find(r#"href="/contacts/p"#).expect("a contact link") + r#"href="/contacts/"#.len();
+    let chat = r.body[at..at + r.body[at..].find('"').expect("end")].to_string();
+    let started = std::time::Instant::now();
+    let mut reloads = 0;
+    loop {
+        // Messages keep coming, and the page reloads as app.js does.
+        bob.ok(&["send", "Ana", "ping"]);
+        let htmx = [("HX-Request", "true")];
+        let r = web.request("GET", &format!("/chats/{chat}/messages"), &htmx, None);
+        web.request("GET", "/fragments/chats", &htmx, None);
+        if r.header("hx-redirect") == Some("/unlock") {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        reloads += 1;
+        assert!(
+            started.elapsed() < WAIT,
+            "still unlocked after {reloads} reloads in {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(reloads > 0, "the loop never reloaded while unlocked");
+}
