@@ -532,6 +532,30 @@ fn a_message_sent_while_the_relay_is_down_shows_queued() {
         got = texts(&bob.sync_json());
     }
     assert_eq!(got, ["while it is down"]);
+    // What the page reloads (app.js does while a message is queued) says
+    // Sent once the relay's answer is stored (it may trail Bob's fetch).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = web.request(
+            "GET",
+            &format!("/chats/{chat}/messages"),
+            &[("HX-Request", "true")],
+            None,
+        );
+        let at = r
+            .body
+            .find("while it is down")
+            .expect("the message is shown");
+        if r.body[at..].contains(">Sent<") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not Sent: {}",
+            &r.body[at..]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The idle lock's time set in Settings applies at once (a wrong value is
