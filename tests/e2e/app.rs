@@ -619,3 +619,38 @@ fn reloads_after_events_do_not_postpone_the_idle_lock() {
     }
     assert!(reloads > 0, "the loop never reloaded while unlocked");
 }
+
+/// A person who closed the browser runs `sotto app` again: while the app
+/// runs it prints a fresh address that works once; used ones stay dead.
+#[test]
+fn running_sotto_app_again_prints_a_fresh_address() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[]);
+    let mut first = app.browser();
+    assert_eq!(first.get("/contacts").status, 200);
+    let out = ana.ok(&["app", "--no-browser"]);
+    let url = out
+        .lines()
+        .rfind(|l| l.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address printed: {out}"))
+        .trim()
+        .to_string();
+    assert_ne!(url, app.url, "the used address was printed again");
+    let mut second = Browser::launch(&url);
+    assert_eq!(second.get("/contacts").status, 200);
+    let path = url
+        .split_once(&second.addr().to_string())
+        .expect("our address")
+        .1;
+    assert_eq!(
+        Browser::new(second.addr()).get(path).status,
+        401,
+        "works once"
+    );
+    assert_eq!(
+        first.get("/contacts").status,
+        200,
+        "the first browser still works"
+    );
+}
