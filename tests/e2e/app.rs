@@ -532,6 +532,30 @@ fn a_message_sent_while_the_relay_is_down_shows_queued() {
         got = texts(&bob.sync_json());
     }
     assert_eq!(got, ["while it is down"]);
+    // What the page reloads (app.js does while a message is queued) says
+    // Sent once the relay's answer is stored (it may trail Bob's fetch).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = web.request(
+            "GET",
+            &format!("/chats/{chat}/messages"),
+            &[("HX-Request", "true")],
+            None,
+        );
+        let at = r
+            .body
+            .find("while it is down")
+            .expect("the message is shown");
+        if r.body[at..].contains(">Sent<") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not Sent: {}",
+            &r.body[at..]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The idle lock's time set in Settings applies at once (a wrong value is
@@ -557,4 +581,76 @@ fn the_idle_lock_time_is_set_in_settings() {
     assert_eq!((r.status, r.location()), (303, "/settings"));
     wait_event(&events, "state", "locked", WAIT);
     assert_eq!(web.get("/").location(), "/unlock");
+}
+
+/// What the page reloads by itself after events (the conversation and the
+/// chat list) is not use: a busy chat does not keep an unattended app open.
+#[test]
+fn reloads_after_events_do_not_postpone_the_idle_lock() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    ana.add_contact("Bob", &bob);
+    bob.add_contact("Ana", &ana);
+    let app = ana.app(&[("SOTTO_LOCK_AFTER", "3s")]);
+    let mut web = app.browser();
+    let r = web.get("/contacts");
+    let at =
+        r.body.find(r#"href="/contacts/p"#).expect("a contact link") + r#"href="/contacts/"#.len();
+    let chat = r.body[at..at + r.body[at..].find('"').expect("end")].to_string();
+    let started = std::time::Instant::now();
+    let mut reloads = 0;
+    loop {
+        // Messages keep coming, and the page reloads as app.js does.
+        bob.ok(&["send", "Ana", "ping"]);
+        let htmx = [("HX-Request", "true")];
+        let r = web.request("GET", &format!("/chats/{chat}/messages"), &htmx, None);
+        web.request("GET", "/fragments/chats", &htmx, None);
+        if r.header("hx-redirect") == Some("/unlock") {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        reloads += 1;
+        assert!(
+            started.elapsed() < WAIT,
+            "still unlocked after {reloads} reloads in {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(reloads > 0, "the loop never reloaded while unlocked");
+}
+
+/// A person who closed the browser runs `sotto app` again: while the app
+/// runs it prints a fresh address that works once; used ones stay dead.
+#[test]
+fn running_sotto_app_again_prints_a_fresh_address() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[]);
+    let mut first = app.browser();
+    assert_eq!(first.get("/contacts").status, 200);
+    let out = ana.ok(&["app", "--no-browser"]);
+    let url = out
+        .lines()
+        .rfind(|l| l.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address printed: {out}"))
+        .trim()
+        .to_string();
+    assert_ne!(url, app.url, "the used address was printed again");
+    let mut second = Browser::launch(&url);
+    assert_eq!(second.get("/contacts").status, 200);
+    let path = url
+        .split_once(&second.addr().to_string())
+        .expect("our address")
+        .1;
+    assert_eq!(
+        Browser::new(second.addr()).get(path).status,
+        401,
+        "works once"
+    );
+    assert_eq!(
+        first.get("/contacts").status,
+        200,
+        "the first browser still works"
+    );
 }

@@ -313,10 +313,21 @@ impl Handle {
         R: Send + 'static,
         F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, R> + Send + 'static,
     {
+        self.touch();
+        self.with_unattended(f).await
+    }
+
+    /// [`Handle::with`] for work no person asked for (a page reloading what
+    /// it shows after an event): it does not postpone the idle lock, so a
+    /// busy group cannot keep an unattended app open.
+    pub async fn with_unattended<R, F>(&self, f: F) -> Result<R, ServiceError>
+    where
+        R: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, R> + Send + 'static,
+    {
         if self.state() != State::Unlocked {
             return Err(self.not_open());
         }
-        self.touch();
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(Call { f, reply: tx });
         self.jobs

@@ -62,7 +62,21 @@ where
     R: Send + 'static,
     F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, Result<R, String>> + Send + 'static,
 {
-    match st.handle.with(f).await {
+    settle(st.handle.with(f).await)
+}
+
+/// [`engine`] for a fragment the page reloads by itself after an event:
+/// not a person's use, so it does not postpone the idle lock.
+pub(crate) async fn engine_unattended<R, F>(st: &AppState, f: F) -> Result<R, Problem>
+where
+    R: Send + 'static,
+    F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, Result<R, String>> + Send + 'static,
+{
+    settle(st.handle.with_unattended(f).await)
+}
+
+fn settle<R>(outcome: Result<Result<R, String>, ServiceError>) -> Result<R, Problem> {
+    match outcome {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(text)) => Err(Problem::Refused(text)),
         Err(ServiceError::Failed(text)) => Err(Problem::Refused(text)),
@@ -159,8 +173,26 @@ struct Conversation {
 }
 
 async fn load(st: &AppState, id: String) -> Result<Option<Conversation>, Problem> {
-    let s = st.clone();
-    engine(st, move |e| {
+    load_as(st, id, true).await
+}
+
+/// [`load`]; `person`: a person asked (else the page reloads by itself).
+async fn load_as(st: &AppState, id: String, person: bool) -> Result<Option<Conversation>, Problem> {
+    let job = load_job(st.clone(), id);
+    if person {
+        engine(st, job).await
+    } else {
+        engine_unattended(st, job).await
+    }
+}
+
+type LoadJob = Result<Option<Conversation>, String>;
+
+fn load_job(
+    s: AppState,
+    id: String,
+) -> impl for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, LoadJob> + Send + 'static {
+    move |e| {
         Box::pin(async move {
             let chats = all_chats(e, &s.ids)?;
             let Some(chat) = chats.iter().find(|c| c.id == id).cloned() else {
@@ -173,8 +205,7 @@ async fn load(st: &AppState, id: String) -> Result<Option<Conversation>, Problem
                 messages,
             }))
         })
-    })
-    .await
+    }
 }
 
 fn is_htmx(req: &Request) -> bool {
@@ -255,7 +286,7 @@ async fn home(State(st): State<AppState>, req: Request) -> Response {
 
 async fn list_fragment(State(st): State<AppState>, req: Request) -> Response {
     let s = st.clone();
-    match engine(&st, move |e| Box::pin(async move { all_chats(e, &s.ids) })).await {
+    match engine_unattended(&st, move |e| Box::pin(async move { all_chats(e, &s.ids) })).await {
         Ok(chats) => {
             let current = req
                 .headers()
@@ -468,7 +499,7 @@ fn no_chat(st: &AppState) -> Response {
 }
 
 async fn messages_fragment(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match load(&st, id).await {
+    match load_as(&st, id, false).await {
         Ok(Some(c)) => {
             mark_read(&st, &c.chat.id);
             Html(messages(&st, &c.chat, &c.messages).into_string()).into_response()
