@@ -37,6 +37,7 @@ mod chats;
 mod contacts;
 mod entry;
 mod events;
+mod groups;
 pub(crate) mod ids;
 pub(crate) mod layout;
 mod security;
@@ -131,6 +132,7 @@ impl WebApp {
             .merge(chats::routes())
             .merge(contacts::routes())
             .merge(settings::routes())
+            .merge(groups::routes())
             .route_layer(from_fn_with_state(state.clone(), entry::gate));
         let open = Router::new()
             .merge(entry::routes())
