@@ -42,6 +42,7 @@ pub(crate) mod ids;
 pub(crate) mod layout;
 mod security;
 mod settings;
+mod warnings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -133,6 +134,7 @@ impl WebApp {
             .merge(contacts::routes())
             .merge(settings::routes())
             .merge(groups::routes())
+            .merge(warnings::routes())
             .route_layer(from_fn_with_state(state.clone(), entry::gate));
         let open = Router::new()
             .merge(entry::routes())
