@@ -37,6 +37,7 @@ mod chats;
 mod contacts;
 mod entry;
 mod events;
+mod evidence;
 mod groups;
 pub(crate) mod ids;
 pub(crate) mod layout;
@@ -135,6 +136,7 @@ impl WebApp {
             .merge(settings::routes())
             .merge(groups::routes())
             .merge(warnings::routes())
+            .merge(evidence::routes())
             .route_layer(from_fn_with_state(state.clone(), entry::gate));
         let open = Router::new()
             .merge(entry::routes())
