@@ -7,20 +7,29 @@
   var body = document.body;
   var state = body.getAttribute("data-state");
 
-  // Newest message in view.
+  // Newest message and the message box in view (like any messenger).
   function scrollMessages() {
-    var list = document.getElementById("messages");
-    if (list && list.lastElementChild) {
-      list.lastElementChild.scrollIntoView({ block: "end" });
+    var box = document.querySelector(".composer") || document.getElementById("messages");
+    if (box && !window.location.hash) {
+      box.scrollIntoView({ block: "end" });
     }
   }
 
   // Reload the conversation and then the chat list (in that order: loading
   // the conversation marks it read, so its badge is gone from the list).
+  // Only while the page is in view: every reload counts as use for the idle
+  // lock, so a page in a background tab must not keep Sotto open just
+  // because messages keep arriving; it catches up when shown again.
+  var stale = false;
   function refresh() {
     if (!window.htmx) {
       return;
     }
+    if (document.hidden) {
+      stale = true;
+      return;
+    }
+    stale = false;
     var msgs = document.getElementById("messages");
     var chat = msgs ? msgs.getAttribute("data-chat") : "";
     var first = msgs
@@ -42,6 +51,12 @@
       }
     });
   }
+
+  document.addEventListener("visibilitychange", function () {
+    if (!document.hidden && stale) {
+      refresh();
+    }
+  });
 
   function notify(text) {
     if (!text || !("Notification" in window)) {
@@ -73,8 +88,9 @@
       refresh();
       notify(data.notify);
     });
+    // Group news (membership, refused changes): reload what is shown.
     events.addEventListener("notice", function () {
-      notify("New warning in a group");
+      refresh();
     });
   }
 
@@ -133,6 +149,15 @@
       strength.textContent = text;
     });
   }
+
+  // A message of mine still queued: look again now and then, so "Queued"
+  // turns into "Sent" by itself once the relay has it (these reloads do not
+  // count as use for the idle lock).
+  window.setInterval(function () {
+    if (document.querySelector("#messages .status.pending")) {
+      refresh();
+    }
+  }, 10000);
 
   scrollMessages();
 })();

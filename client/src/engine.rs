@@ -1768,6 +1768,47 @@ impl Engine {
         Ok(gone)
     }
 
+    /// People who wrote to me and are not my contacts: their contact code and
+    /// the name they chose (as their latest message gives it), for a face
+    /// that lists their chats (`history CODE` opens one).
+    pub fn strangers(&self) -> Result<Vec<(String, String)>> {
+        let mut out: Vec<(Uuid, String, u64)> = Vec::new();
+        for m in self.store.direct_messages()? {
+            if m.direction != MessageDirection::Incoming
+                || self.store.contact_by_account(m.peer)?.is_some()
+            {
+                continue;
+            }
+            match out.iter_mut().find(|(peer, _, _)| *peer == m.peer) {
+                Some(seen) if seen.2 >= m.sent_at_ms => {}
+                Some(seen) => *seen = (m.peer, m.sender_name.clone(), m.sent_at_ms),
+                None => out.push((m.peer, m.sender_name.clone(), m.sent_at_ms)),
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(peer, name, _)| (ContactCode::from_account_id(peer).to_string(), name))
+            .collect())
+    }
+
+    /// Deletes a whole conversation from this computer only (the others keep
+    /// theirs): the 1:1 chat with `who` (named as [`Engine::history`] takes
+    /// it) or, with `group`, a group's messages (the group itself stays).
+    /// Returns how many messages went.
+    pub async fn delete_history_here(&mut self, who: &str, group: bool) -> Result<usize> {
+        let records = if group {
+            let g = self.find_group(who)?;
+            self.store.group_messages(&g.id)?
+        } else {
+            self.store.messages_with(self.peer_of(who)?)?
+        };
+        for m in &records {
+            self.store.delete_message(m.peer, m.id)?;
+        }
+        self.store.flush().await?;
+        Ok(records.len())
+    }
+
     /// Relay-side prekey counts, uploading more first if they run low, and
     /// replacing the signed prekey and Kyber last-resort key once they are
     /// [`ROTATE_SIGNED_KEYS_MS`] old.

@@ -22,7 +22,11 @@ use tokio::signal::unix::{SignalKind, signal};
 
 /// Sotto: end-to-end encrypted messaging for whisper networks.
 ///
-/// Start with an invite link from whoever runs your relay:
+/// Most people use the app, which opens in your web browser:
+///
+///   sotto app                         # set up with your invite link, then chat
+///
+/// Or from the command line, starting with an invite link from whoever runs your relay:
 ///
 ///   sotto init --invite 'sotto://join?...' --name "Your name"
 ///   sotto whoami                      # give your contact code to people you trust
@@ -32,6 +36,8 @@ use tokio::signal::unix::{SignalKind, signal};
 ///
 /// The passphrase comes from a prompt or the SOTTO_PASSPHRASE environment variable.
 /// It encrypts everything Sotto keeps on this computer; there is no way to recover it.
+/// While `sotto app` or `sotto listen` runs, other commands work through it
+/// (no passphrase needed while it is unlocked).
 #[derive(Parser)]
 #[command(name = "sotto", version, verbatim_doc_comment)]
 struct Cli {
@@ -88,6 +94,9 @@ enum Command {
     /// address to open as its last line and opens your browser. While it
     /// runs, every other `sotto` command for the profile works through it.
     App {
+        /// A sotto:// link to open: an invite (the set-up screen starts
+        /// with it) or a group's join link
+        link: Option<String>,
         /// Address to serve the app on (this computer only: 127.0.0.1)
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
@@ -956,12 +965,13 @@ async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     if let Command::App {
+        link,
         listen,
         no_browser,
         lock_after,
     } = cli.command
     {
-        return app_command(&home, listen, no_browser, lock_after).await;
+        return app_command(&home, link, listen, no_browser, lock_after).await;
     }
     if !matches!(cli.command, Command::Init { .. })
         && let Some(stream) = control::connect(&home).await
@@ -1341,6 +1351,7 @@ async fn listen_command(home: &Path, json: bool) -> Result<()> {
 /// `sotto app`: the service and the web app on 127.0.0.1.
 async fn app_command(
     home: &Path,
+    link: Option<String>,
     listen: std::net::SocketAddr,
     no_browser: bool,
     lock_after: std::time::Duration,
@@ -1365,6 +1376,13 @@ async fn app_command(
     sotto_client::store::private_dir(home)
         .with_context(|| format!("cannot create {} (0700)", home.display()))?;
     let (handle, runner) = service::start(home.to_path_buf(), service::Settings { lock_after });
+    if let Some(link) = link {
+        let link = link.trim().to_string();
+        if !link.starts_with("sotto://") {
+            bail!("\"{link}\" is not a Sotto link: they start with sotto://");
+        }
+        handle.offer_link(link);
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;

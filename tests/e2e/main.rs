@@ -8,6 +8,7 @@
 
 mod abuse;
 mod anonymous;
+mod app;
 mod certificate;
 mod cli_errors;
 mod delivery;
@@ -29,6 +30,7 @@ mod panic;
 mod prekeys;
 mod relay_disk;
 mod rotation;
+mod service;
 mod store;
 mod strangers;
 mod udp_blocked;

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod http;
 pub mod raw;
 
 /// The longest any single step (process start, command, answer) may take.
@@ -391,6 +392,85 @@ impl User {
         (child, rx)
     }
 
+    /// Starts `sotto app --no-browser` for this profile on 127.0.0.1 (port
+    /// 0) with `env`, and waits until it serves (its control socket and
+    /// `HOME/app-url` exist). Unlocked at start unless `env` clears
+    /// SOTTO_PASSPHRASE (`("SOTTO_PASSPHRASE", "")`).
+    pub fn app(&self, env: &[(&str, &str)]) -> App {
+        self.app_with(&[], env)
+    }
+
+    /// [`User::app`] with more arguments (`sotto app ARGS --no-browser`),
+    /// for example the `sotto://` link it is opened with.
+    pub fn app_with(&self, args: &[&str], env: &[(&str, &str)]) -> App {
+        let mut cmd = self.command();
+        cmd.arg("app")
+            .args(args)
+            .arg("--no-browser")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn sotto app");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let errors = Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = errors.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(mut all) = sink.lock() {
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            }
+        });
+        let deadline = Instant::now() + TIMEOUT;
+        let url = loop {
+            match lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) if line.starts_with("http://127.0.0.1:") => break line,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+                    panic!(
+                        "sotto app for {} ended ({status}) before printing its address\n{}",
+                        self.name,
+                        errors.lock().map(|e| e.clone()).unwrap_or_default()
+                    );
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sotto app for {} printed no address within {TIMEOUT:?}",
+                self.name
+            );
+        };
+        // The address is printed once the service is unlocked (if it was to be).
+        assert!(
+            self.home().join("control.sock").exists(),
+            "no control socket"
+        );
+        App {
+            child: Some(child),
+            url,
+            errors,
+        }
+    }
+
     /// Runs `sotto ARGS` and returns its output, whatever the exit status.
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_with_env(args, &[])
@@ -606,6 +686,83 @@ impl UdpBlocked {
         let mut parsed: sotto_wire::invite::InviteLink = link.parse().expect("a valid invite link");
         parsed.relay = self.addr.to_string();
         parsed.to_string()
+    }
+}
+
+/// A running `sotto app` (see [`User::app`]); stopped with SIGTERM on drop.
+pub struct App {
+    child: Option<Child>,
+    /// The launch address it printed.
+    pub url: String,
+    errors: Arc<std::sync::Mutex<String>>,
+}
+
+impl App {
+    /// What it printed to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+
+    /// A browser session that opened the launch address (see [`http`]).
+    pub fn browser(&self) -> http::Browser {
+        http::Browser::launch(&self.url)
+    }
+
+    /// Waits up to `within` for it to end by itself (Quit in the app); its
+    /// exit status, or `None` if it still runs.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Stops it with SIGTERM and waits; panics unless it exits 0 in time.
+    pub fn stop(mut self) {
+        let child = self.child.take().expect("running");
+        stop_child(child, &self.stderr());
+    }
+}
+
+fn stop_child(mut child: Child, stderr: &str) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(status.success(), "sotto app exited with {status}\n{stderr}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sotto app did not stop within {TIMEOUT:?} of SIGTERM\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

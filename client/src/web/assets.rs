@@ -29,6 +29,12 @@ pub(crate) fn routes() -> Router<AppState> {
                 )
             }),
         )
+        // Browsers ask for it on every page; an empty answer keeps their
+        // consoles free of 404s.
+        .route(
+            "/favicon.ico",
+            get(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
         .route(
             "/assets/app.js",
             get(|| async {

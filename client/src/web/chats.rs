@@ -27,7 +27,9 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/chats/{id}", get(conversation).post(send))
         .route("/chats/{id}/messages", get(messages_fragment))
         .route("/chats/{id}/delete", post(delete))
+        .route("/chats/{id}/clear", get(clear_page).post(clear))
         .route("/search", get(search_page).post(search))
+        .route("/join-link", post(join_link))
 }
 
 /// Why an engine call gave nothing to show.
@@ -60,7 +62,21 @@ where
     R: Send + 'static,
     F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, Result<R, String>> + Send + 'static,
 {
-    match st.handle.with(f).await {
+    settle(st.handle.with(f).await)
+}
+
+/// [`engine`] for a fragment the page reloads by itself after an event:
+/// not a person's use, so it does not postpone the idle lock.
+pub(crate) async fn engine_unattended<R, F>(st: &AppState, f: F) -> Result<R, Problem>
+where
+    R: Send + 'static,
+    F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, Result<R, String>> + Send + 'static,
+{
+    settle(st.handle.with_unattended(f).await)
+}
+
+fn settle<R>(outcome: Result<Result<R, String>, ServiceError>) -> Result<R, Problem> {
+    match outcome {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(text)) => Err(Problem::Refused(text)),
         Err(ServiceError::Failed(text)) => Err(Problem::Refused(text)),
@@ -83,6 +99,9 @@ pub(crate) struct Chat {
     pub changed: bool,
     /// A group's disappearing-message timer (0: off).
     pub disappearing_ms: u64,
+    /// Someone who wrote to me and is not a contact (`name` is the name
+    /// they chose; `key` their contact code).
+    pub stranger: bool,
 }
 
 /// Every chat: my contacts and the groups I am in, by name.
@@ -97,6 +116,18 @@ pub(crate) fn all_chats(e: &Engine, ids: &super::ids::IdKey) -> Result<Vec<Chat>
             group: false,
             changed,
             disappearing_ms: 0,
+            stranger: false,
+        });
+    }
+    for (code, name) in e.strangers().map_err(|e| e.to_string())? {
+        chats.push(Chat {
+            id: ids.person(&code),
+            name,
+            key: code,
+            group: false,
+            changed: false,
+            disappearing_ms: 0,
+            stranger: true,
         });
     }
     for g in e.groups().map_err(|e| e.to_string())? {
@@ -110,6 +141,7 @@ pub(crate) fn all_chats(e: &Engine, ids: &super::ids::IdKey) -> Result<Vec<Chat>
             group: true,
             changed: false,
             disappearing_ms: g.settings.disappearing_ms,
+            stranger: false,
         });
     }
     chats.sort_by_key(|c| c.name.to_lowercase());
@@ -141,8 +173,26 @@ struct Conversation {
 }
 
 async fn load(st: &AppState, id: String) -> Result<Option<Conversation>, Problem> {
-    let s = st.clone();
-    engine(st, move |e| {
+    load_as(st, id, true).await
+}
+
+/// [`load`]; `person`: a person asked (else the page reloads by itself).
+async fn load_as(st: &AppState, id: String, person: bool) -> Result<Option<Conversation>, Problem> {
+    let job = load_job(st.clone(), id);
+    if person {
+        engine(st, job).await
+    } else {
+        engine_unattended(st, job).await
+    }
+}
+
+type LoadJob = Result<Option<Conversation>, String>;
+
+fn load_job(
+    s: AppState,
+    id: String,
+) -> impl for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, LoadJob> + Send + 'static {
+    move |e| {
         Box::pin(async move {
             let chats = all_chats(e, &s.ids)?;
             let Some(chat) = chats.iter().find(|c| c.id == id).cloned() else {
@@ -155,8 +205,7 @@ async fn load(st: &AppState, id: String) -> Result<Option<Conversation>, Problem
                 messages,
             }))
         })
-    })
-    .await
+    }
 }
 
 fn is_htmx(req: &Request) -> bool {
@@ -178,8 +227,9 @@ pub(crate) fn chat_list(st: &AppState, chats: &[Chat], current: Option<&str>) ->
                         a href={"/chats/" (c.id)}
                             aria-current=[(current == Some(c.id.as_str())).then_some("page")] {
                             span class="avatar" aria-hidden="true" { (initial(&c.name)) }
-                            span class="name" { (person(&c.name)) }
+                            span class="name" { @if c.stranger { "~" } (person(&c.name)) }
                             @if c.group { span class="tag" { "Group" } }
+                            @if c.stranger { span class="tag" { "Not a contact" } }
                             @if c.changed { span class="tag warn" { "Safety number changed" } }
                             @if n > 0 {
                                 span class="unread" { (n) span class="visually-hidden" { " unread" } }
@@ -206,10 +256,29 @@ async fn home(State(st): State<AppState>, req: Request) -> Response {
         Ok(c) => c,
         Err(p) => return p.respond(&st, is_htmx(&req)),
     };
+    let link = st
+        .handle
+        .peek_link()
+        .filter(|l| l.starts_with("sotto://group?"));
     let mut page = Page::new(
         "Chats",
         Nav::Chats,
-        html! { p { "Choose a chat on the left, or " a href="/contacts" { "add a contact" } "." } },
+        html! {
+            @if link.is_some() {
+                section class="alert" aria-labelledby="join" {
+                    h2 id="join" { "A link to join a group" }
+                    p { "Sotto was opened with a link to join a group. Asking sends your name \
+                         to the group's admins; they decide whether to let you in." }
+                    form method="post" action="/join-link" class="inline" {
+                        (csrf_field(&st))
+                        button type="submit" class="primary" name="ask" value="yes" { "Ask to join" }
+                        " "
+                        button type="submit" name="ask" value="no" { "Not now" }
+                    }
+                }
+            }
+            p { "Choose a chat on the left, or " a href="/contacts" { "add a contact" } "." }
+        },
     );
     page.list = Some(chat_list(&st, &chats, None));
     layout::page(&st, page)
@@ -217,7 +286,7 @@ async fn home(State(st): State<AppState>, req: Request) -> Response {
 
 async fn list_fragment(State(st): State<AppState>, req: Request) -> Response {
     let s = st.clone();
-    match engine(&st, move |e| Box::pin(async move { all_chats(e, &s.ids) })).await {
+    match engine_unattended(&st, move |e| Box::pin(async move { all_chats(e, &s.ids) })).await {
         Ok(chats) => {
             let current = req
                 .headers()
@@ -258,21 +327,26 @@ fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Respo
         @if let Some(e) = &draft.error {
             @if !chat.changed { (error_box(e)) }
         }
-        form method="post" action={"/chats/" (chat.id)} class="composer" {
-            (csrf_field(st))
-            label for="text" { "Message" }
-            textarea id="text" name="text" rows="3" required
-                maxlength=(crate::safe::MAX_TEXT_BYTES) { (draft.text) }
-            button type="submit" class="primary" { "Send" }
+        @if chat.stranger {
+            (stranger_box(st, chat))
+        } @else {
+            form method="post" action={"/chats/" (chat.id)} class="composer" {
+                (csrf_field(st))
+                label for="text" { "Message" }
+                textarea id="text" name="text" rows="3" required
+                    maxlength=(crate::safe::MAX_TEXT_BYTES) { (draft.text) }
+                button type="submit" class="primary" { "Send" }
+            }
         }
     };
     let details = html! {
-        h2 { "Details" }
+        h2 { "About this chat" }
         @if chat.group {
             p { "A group. " a href={"/groups/" (chat.id)} { "Members and settings" } }
-        } @else {
+        } @else if !chat.stranger {
             p { a href={"/contacts/" (chat.id)} { "Contact and safety number" } }
         }
+        p { a href={"/chats/" (chat.id) "/clear"} { "Delete this chat from this computer" } }
         (layout::details("Details", html! {
             p { "Messages are end-to-end encrypted with the Signal protocol and sent with \
                  sealed sender: the relay cannot read them or see who sent them." }
@@ -290,6 +364,27 @@ fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Respo
     let mut resp = layout::page(st, page);
     *resp.status_mut() = status;
     resp
+}
+
+/// Under a chat with someone who is not a contact: who they say they are is
+/// only their word; adding them (under a name I choose) lets me reply.
+fn stranger_box(st: &AppState, chat: &Chat) -> Markup {
+    html! {
+        section class="alert" aria-labelledby="stranger" {
+            h2 id="stranger" { "Not in your contacts" }
+            p { "This person wrote to you but is not one of your contacts. The name "
+                (person(&chat.name)) " is the one they chose: anyone can choose any name. \
+                Check with them another way before you trust it. To reply, add them:" }
+            form method="post" action="/contacts" class="stack" {
+                (csrf_field(st))
+                label for="name" { "Name" }
+                input id="name" name="name" type="text" required
+                    maxlength=(crate::safe::MAX_NAME_CHARS) value=(crate::safe::line(&chat.name));
+                input type="hidden" name="code" value=(chat.key);
+                button type="submit" { "Add contact" }
+            }
+        }
+    }
 }
 
 /// The banner on a conversation whose safety number changed; sending stays
@@ -404,7 +499,7 @@ fn no_chat(st: &AppState) -> Response {
 }
 
 async fn messages_fragment(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match load(&st, id).await {
+    match load_as(&st, id, false).await {
         Ok(Some(c)) => {
             mark_read(&st, &c.chat.id);
             Html(messages(&st, &c.chat, &c.messages).into_string()).into_response()
@@ -512,6 +607,94 @@ async fn delete(
     .await;
     match done {
         Ok(_) => see_other(&format!("/chats/{id}")),
+        Err(p) => p.respond(&st, false),
+    }
+}
+
+async fn clear_page(State(st): State<AppState>, Path(id): Path<String>, req: Request) -> Response {
+    let c = match load(&st, id).await {
+        Ok(Some(c)) => c,
+        Ok(None) => return no_chat(&st),
+        Err(p) => return p.respond(&st, is_htmx(&req)),
+    };
+    let main = html! {
+        p { "This deletes every message of this chat from this computer. The other people \
+             in it keep theirs, and new messages still arrive here." }
+        form method="post" action={"/chats/" (c.chat.id) "/clear"} class="stack" {
+            (csrf_field(&st))
+            button type="submit" class="danger" { "Delete chat" }
+        }
+        p { a href={"/chats/" (c.chat.id)} { "Cancel" } }
+    };
+    let mut page = Page::new("Delete chat", Nav::Chats, main);
+    page.list = Some(chat_list(&st, &c.chats, Some(&c.chat.id)));
+    layout::page(&st, page)
+}
+
+async fn clear(State(st): State<AppState>, Path(id): Path<String>) -> Response {
+    let s = st.clone();
+    let want = id.clone();
+    let done = engine(&st, move |e| {
+        Box::pin(async move {
+            let Some(chat) = all_chats(e, &s.ids)?.into_iter().find(|c| c.id == want) else {
+                return Ok(None);
+            };
+            e.delete_history_here(&chat.key, chat.group)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string())
+        })
+    })
+    .await;
+    match done {
+        Ok(Some(_)) => see_other(&format!("/chats/{id}")),
+        Ok(None) => no_chat(&st),
+        Err(p) => p.respond(&st, false),
+    }
+}
+
+#[derive(Deserialize)]
+struct JoinForm {
+    #[serde(default)]
+    ask: String,
+}
+
+/// Asks to join the group whose link the app was opened with (or drops
+/// the link). The link itself never reaches a URL.
+async fn join_link(State(st): State<AppState>, Form(form): Form<JoinForm>) -> Response {
+    let Some(link) = st
+        .handle
+        .take_link()
+        .filter(|l| l.starts_with("sotto://group?"))
+    else {
+        return see_other("/");
+    };
+    if form.ask != "yes" {
+        return see_other("/");
+    }
+    let asked = engine(&st, move |e| {
+        Box::pin(async move { Ok(e.group_join(&link).await.map_err(|e| e.to_string())) })
+    })
+    .await;
+    match asked {
+        Ok(Ok(())) => layout::page(
+            &st,
+            Page::new(
+                "Asked to join",
+                Nav::Chats,
+                html! {
+                    p { "Your request was sent. An admin of the group has to let you in; the \
+                         group appears in your chats when they do." }
+                    p { a href="/" { "Back to your chats" } }
+                },
+            ),
+        ),
+        Ok(Err(error)) => layout::message_page(
+            &st,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Not sent",
+            html! { (error_box(&error)) p { a href="/" { "Back to your chats" } } },
+        ),
         Err(p) => p.respond(&st, false),
     }
 }
@@ -632,6 +815,7 @@ mod tests {
                 group: true,
                 changed: true,
                 disappearing_ms: 0,
+                stranger: true,
             };
             let list = chat_list(st, std::slice::from_ref(&chat), None).into_string();
             assert_inert(&list);

@@ -70,7 +70,7 @@ async fn load_list(st: &AppState) -> Result<ContactsView, Problem> {
                 my_name: e.name().to_string(),
                 chats: all_chats(e, &s.ids)?
                     .into_iter()
-                    .filter(|c| !c.group)
+                    .filter(|c| !c.group && !c.stranger)
                     .collect(),
             })
         })
@@ -191,7 +191,7 @@ async fn load_contact(st: &AppState, id: String) -> Result<Option<ContactView>, 
         Box::pin(async move {
             let chats: Vec<Chat> = all_chats(e, &s.ids)?
                 .into_iter()
-                .filter(|c| !c.group)
+                .filter(|c| !c.group && !c.stranger)
                 .collect();
             let Some(chat) = chats.iter().find(|c| c.id == id).cloned() else {
                 return Ok(None);
@@ -303,7 +303,7 @@ where
         Box::pin(async move {
             let found = all_chats(e, &s.ids)?
                 .into_iter()
-                .find(|c| !c.group && c.id == id);
+                .find(|c| !c.group && !c.stranger && c.id == id);
             match found {
                 Some(c) => f(e, c.name).await.map(Some),
                 None => Ok(None),

@@ -80,7 +80,18 @@ async fn setup_page(State(st): State<AppState>) -> Response {
     if let Some(r) = misplaced(&st, Svc::NoProfile) {
         return r;
     }
-    setup_view(&st, StatusCode::OK, &SetUp::default(), None)
+    // Opened with an invite link (`sotto app LINK`, or the desktop entry):
+    // the form starts with it.
+    let invite = st
+        .handle
+        .peek_link()
+        .filter(|l| l.starts_with("sotto://join?"))
+        .unwrap_or_default();
+    let typed = SetUp {
+        invite,
+        ..SetUp::default()
+    };
+    setup_view(&st, StatusCode::OK, &typed, None)
 }
 
 /// The set-up screen: everything on one form. Passphrases are never sent
@@ -170,7 +181,16 @@ async fn setup(State(st): State<AppState>, Form(form): Form<SetUp>) -> Response 
         )
         .await
     {
-        Ok(()) => see_other("/"),
+        Ok(()) => {
+            if st
+                .handle
+                .peek_link()
+                .is_some_and(|l| l.starts_with("sotto://join?"))
+            {
+                st.handle.take_link();
+            }
+            see_other("/")
+        }
         Err(e) => setup_view(
             &st,
             StatusCode::UNPROCESSABLE_ENTITY,

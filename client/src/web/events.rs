@@ -68,8 +68,13 @@ pub(crate) fn count_unread(st: AppState) {
 pub(crate) fn to_sse(st: &AppState, event: &Event) -> Option<Sse> {
     match event {
         Event::Message(m) => {
+            // A warning reaches the group's history as a message whose
+            // text starts so (engine/warnings.rs, `history_text`).
+            let warning = m.group.is_some() && m.text.starts_with("[warning] ");
             let notify = if m.outgoing {
                 String::new()
+            } else if warning {
+                "New warning in a group".to_string()
             } else if st.settings().notify_names {
                 format!("New message from {}", safe::line(&m.from))
             } else {
@@ -97,27 +102,31 @@ async fn events(State(st): State<AppState>) -> Response {
         .event("state")
         .data(state_word(&st.handle.state()));
     let start = stream::iter([Ok::<_, Infallible>(first)]);
-    let live = stream::unfold((st, rx, watch), |(st, mut rx, mut watch)| async move {
+    let live = stream::unfold(Some((st, rx, watch)), |open| async move {
+        // After "stopped" or "erased" the stream ends: nothing more will
+        // come, and a finished stream lets the server shut down.
+        let (st, mut rx, mut watch) = open?;
         loop {
             tokio::select! {
                 changed = watch.changed() => {
                     if changed.is_err() {
                         return None;
                     }
-                    let s = watch.borrow_and_update().clone();
+                    let s = *watch.borrow_and_update();
                     let ev = Sse::default().event("state").data(state_word(&s));
-                    return Some((Ok(ev), (st, rx, watch)));
+                    let next = (!matches!(s, Svc::Stopped | Svc::Erased)).then_some((st, rx, watch));
+                    return Some((Ok(ev), next));
                 }
                 got = rx.recv() => match got {
                     Ok(ev) => {
                         if let Some(out) = to_sse(&st, &ev) {
-                            return Some((Ok(out), (st, rx, watch)));
+                            return Some((Ok(out), Some((st, rx, watch))));
                         }
                     }
                     // Missed some: tell the page to reload what it shows.
                     Err(RecvError::Lagged(_)) => {
                         let ev = Sse::default().event("message").data(r#"{"chat":"","notify":""}"#);
-                        return Some((Ok(ev), (st, rx, watch)));
+                        return Some((Ok(ev), Some((st, rx, watch))));
                     }
                     Err(RecvError::Closed) => return None,
                 },
@@ -128,4 +137,67 @@ async fn events(State(st): State<AppState>) -> Response {
     SseResponse::new(start.chain(live))
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(20)))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ShownMessage;
+    use crate::web::tests::fixture;
+
+    fn incoming(from: &str) -> Event {
+        Event::Message(ShownMessage {
+            id: "01".repeat(16),
+            from: from.into(),
+            from_contact: true,
+            peer_code: "code".into(),
+            outgoing: false,
+            text: "the secret text".into(),
+            sent_at_ms: 1,
+            status: "received",
+            group: None,
+        })
+    }
+
+    /// What reaches the page for a message: the chat id and the
+    /// notification text, which names nobody unless the setting says so,
+    /// and never carries the message.
+    #[tokio::test]
+    async fn message_events_carry_no_text_and_names_only_when_asked() {
+        let f = fixture();
+        let st = &f.app.state;
+        let plain = format!(
+            "{:?}",
+            to_sse(st, &incoming("Zed\u{202E}\nX")).expect("an event")
+        );
+        assert!(plain.contains("New message"), "{plain}");
+        assert!(
+            !plain.contains("Zed"),
+            "a name without the setting: {plain}"
+        );
+        assert!(!plain.contains("secret"), "message text: {plain}");
+        assert!(plain.contains(&st.ids.person("code")), "{plain}");
+        st.0.settings.lock().expect("not poisoned").notify_names = true;
+        let named = format!(
+            "{:?}",
+            to_sse(st, &incoming("Zed\u{202E}\nX")).expect("an event")
+        );
+        assert!(named.contains("New message from Zed"), "{named}");
+        assert!(
+            !named.contains('\u{202E}'),
+            "bidi override passed on: {named}"
+        );
+        assert!(!named.contains("secret"), "message text: {named}");
+        let Event::Message(mut m) = incoming("Zed") else {
+            unreachable!("a message")
+        };
+        m.group = Some(("aa".into(), "Title".into()));
+        m.text = "[warning] about Someone: harassment, first-hand".into();
+        let warned = format!("{:?}", to_sse(st, &Event::Message(m)).expect("an event"));
+        assert!(warned.contains("New warning in a group"), "{warned}");
+        assert!(
+            !warned.contains("Someone") && !warned.contains("Zed"),
+            "{warned}"
+        );
+    }
 }

@@ -167,6 +167,20 @@ pub(crate) fn bare_page(
     panic: bool,
     main: Markup,
 ) -> Response {
+    frame(st, status, title, panic, true, main)
+}
+
+/// [`bare_page`], with the CSRF token in `hx-headers` only when `token`:
+/// pages that anyone may get (the 401 before the cookie, 403, 404) carry
+/// none.
+fn frame(
+    st: &AppState,
+    status: StatusCode,
+    title: &'static str,
+    panic: bool,
+    token: bool,
+    main: Markup,
+) -> Response {
     let state = match st.handle.state() {
         State::NoProfile => "none",
         State::Locked => "locked",
@@ -178,7 +192,7 @@ pub(crate) fn bare_page(
         (DOCTYPE)
         html lang="en" {
             (head(title))
-            body hx-headers=(body_attrs_json(st)) data-state=(state) {
+            body hx-headers=[token.then(|| body_attrs_json(st))] data-state=(state) {
                 header class="top" {
                     span class="brand" { "Sotto" }
                     @if panic {
@@ -199,6 +213,31 @@ pub(crate) fn bare_page(
     (status, Html(markup.into_string())).into_response()
 }
 
+/// The page after a launch from another site or a file: it moves on to `/`
+/// by itself (a meta refresh, which the CSP allows and which needs no
+/// script), with a link for browsers that do not.
+pub(crate) fn continue_page() -> Response {
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta http-equiv="refresh" content="0;url=/";
+                meta name="referrer" content="no-referrer";
+                title { "Sotto – Opening" }
+                link rel="stylesheet" href="/assets/app.css";
+            }
+            body {
+                main id="main" class="narrow" {
+                    h1 { "Opening Sotto" }
+                    p { a href="/" { "Continue to Sotto" } }
+                }
+            }
+        }
+    };
+    Html(markup.into_string()).into_response()
+}
+
 /// A short page that says one thing (errors, refusals).
 pub(crate) fn message_page(
     st: &AppState,
@@ -206,7 +245,7 @@ pub(crate) fn message_page(
     title: &'static str,
     main: Markup,
 ) -> Response {
-    bare_page(st, status, title, false, main)
+    frame(st, status, title, false, false, main)
 }
 
 /// A person's name (or a group title, a subject...) from another person:

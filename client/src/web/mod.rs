@@ -4,33 +4,41 @@
 //! # How it is put together
 //!
 //! - [`WebApp::router`] is the whole app: every route, wrapped in the
-//!   security layers of [`security`] (Host check, launch token and session
+//!   security layers of `security` (Host check, launch token and session
 //!   cookie, CSRF, response headers). Nothing is reachable around them.
 //! - Pages are [maud](https://maud.lambda.xyz) functions from plain data to
 //!   [`maud::Markup`]; maud escapes every interpolated string, and text that
-//!   came from another person is also wrapped in `<bdi>` (see [`layout::person`]
-//!   and [`layout::body_text`]) so a bidi override cannot reorder the page
+//!   came from another person is also wrapped in `<bdi>` (see `layout::person`
+//!   and `layout::body_text`) so a bidi override cannot reorder the page
 //!   around it.
 //! - Data comes from the engine through [`Handle::with`] on the service's
 //!   engine thread; handlers copy what a page needs into plain structs.
-//! - URLs carry opaque ids only ([`ids`]): a per-run HMAC of a contact code
+//! - URLs carry opaque ids only (`ids`): a per-run HMAC of a contact code
 //!   or group id, never a name, so the browser's history holds nothing that
 //!   names a person.
 //!
 //! # Adding a screen
 //!
 //! 1. Add `client/src/web/NAME.rs` with `pub(crate) fn routes() -> Router<AppState>`
-//!    and handlers that return [`layout::page`] (a whole page: nav, Panic and
+//!    and handlers that return `layout::page` (a whole page: nav, Panic and
 //!    Lock buttons, `<main>` with your `<h1>`) or a fragment for htmx.
 //! 2. `mod NAME;` below, and merge `NAME::routes()` into `unlocked` (needs an
 //!    open profile: the gate redirects to set-up or unlock otherwise) or
 //!    `open` in [`WebApp::router`].
 //! 3. Every form that changes something is `method="post"` and carries
-//!    [`layout::csrf_field`]; htmx requests carry the token by themselves
+//!    `layout::csrf_field`; htmx requests carry the token by themselves
 //!    (`hx-headers` on `<body>`). No inline script or style: behaviour goes in
 //!    `client/assets/app.js`, looks in `client/assets/app.css`.
-//! 4. Test it in-process with `tower::ServiceExt::oneshot` (see the tests in
-//!    [`security`] and [`chats`] for the helpers).
+//! 4. Test it in-process with `tower::ServiceExt::oneshot` (the helpers are
+//!    in `tests` below: `fixture`, `launch`, `get`, `send`,
+//!    `assert_no_inline`), and end to end in `tests/e2e/app.rs` (a real
+//!    relay, `User::app`, and `sotto_tests::http::Browser`).
+//!
+//! Useful pieces: `chats::engine` runs a closure on the engine and turns
+//! both failure layers into a `chats::Problem` (`.respond()` gives the
+//! right page); `chats::all_chats` lists chats with their opaque ids; a
+//! group's id is `st.ids.group(&hex_id)`, the same id its conversation uses
+//! (`/chats/ID`), so a group screen lives at `/groups/ID`.
 
 mod assets;
 mod chats;
@@ -326,6 +334,10 @@ pub(crate) mod tests {
                 body.contains("Open the address `sotto app` printed"),
                 "{path}: {body}"
             );
+            assert!(
+                !body.contains(&csrf(&f)),
+                "{path}: the CSRF token given away"
+            );
             assert_security_headers(path, &headers);
         }
         // A guessed cookie is no cookie, even after the real one was handed out.
@@ -400,6 +412,89 @@ pub(crate) mod tests {
         assert!(body.contains("used already"), "{body}");
     }
 
+    /// A used launch address is dead, and the next one (which only
+    /// `HOME/app-url` holds, 0600) lets a second browser in once.
+    #[tokio::test]
+    async fn after_a_launch_the_next_address_is_in_app_url_and_works_once() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let f = fixture();
+        let file = f.app.state.handle.home().join("app-url");
+        let first = f.app.launch_url();
+        std::fs::write(&file, format!("{first}\n")).expect("app-url as sotto app writes it");
+        launch(&f).await;
+        let next = std::fs::read_to_string(&file)
+            .expect("app-url")
+            .trim()
+            .to_string();
+        assert_ne!(next, first, "the used address was left in app-url");
+        assert_eq!(next, f.app.launch_url());
+        let mode = std::fs::metadata(&file)
+            .expect("app-url")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "app-url is {mode:o}");
+        let path = |url: &str| {
+            url.strip_prefix("http://127.0.0.1:4321")
+                .expect("ours")
+                .to_string()
+        };
+        let old = get(&path(&first)).body(Body::empty()).expect("test setup");
+        assert_eq!(send(&f.router, old).await.0, StatusCode::UNAUTHORIZED);
+        let new = get(&path(&next)).body(Body::empty()).expect("test setup");
+        assert_eq!(send(&f.router, new).await.0, StatusCode::SEE_OTHER);
+        let again = get(&path(&next)).body(Body::empty()).expect("test setup");
+        assert_eq!(send(&f.router, again).await.0, StatusCode::UNAUTHORIZED);
+        // Without an app-url (not started by `sotto app`), none is written.
+        let g = fixture();
+        launch(&g).await;
+        assert!(!g.app.state.handle.home().join("app-url").exists());
+    }
+
+    /// Opened from the file `sotto app` gives xdg-open (or from another
+    /// site), the browser would not send the Strict cookie along a redirect
+    /// chain: the launch answers with a page that moves on by itself.
+    #[tokio::test]
+    async fn a_launch_from_a_file_or_another_site_moves_on_without_a_redirect() {
+        for site in ["cross-site", "same-site"] {
+            let f = fixture();
+            let url = f.app.launch_url();
+            let path = url.strip_prefix("http://127.0.0.1:4321").expect("ours");
+            let req = get(path)
+                .header("sec-fetch-site", site)
+                .body(Body::empty())
+                .expect("test setup");
+            let (status, headers, body) = send(&f.router, req).await;
+            assert_eq!(status, StatusCode::OK, "{site}");
+            assert!(
+                body.contains(r#"<meta http-equiv="refresh" content="0;url=/">"#),
+                "{body}"
+            );
+            assert!(
+                headers[header::SET_COOKIE]
+                    .to_str()
+                    .expect("ascii")
+                    .contains("HttpOnly")
+            );
+            assert_security_headers(site, &headers);
+            assert_no_inline(&body);
+            // Used all the same.
+            let again = get(path).body(Body::empty()).expect("test setup");
+            assert_eq!(send(&f.router, again).await.0, StatusCode::UNAUTHORIZED);
+        }
+        let f = fixture();
+        let url = f.app.launch_url();
+        let path = url.strip_prefix("http://127.0.0.1:4321").expect("ours");
+        let req = get(path)
+            .header("sec-fetch-site", "none")
+            .body(Body::empty())
+            .expect("test setup");
+        assert_eq!(
+            send(&f.router, req).await.0,
+            StatusCode::SEE_OTHER,
+            "typed address"
+        );
+    }
+
     /// A POST to `/lock` with the given extra headers and body.
     fn lock_post(cookie: &str, extra: &[(&str, &str)], body: String) -> Request<Body> {
         let mut req = get("/lock")
@@ -438,6 +533,11 @@ pub(crate) mod tests {
             ),
             ("null origin", &[("origin", "null")], token.clone()),
             (
+                "null origin, cross-site",
+                &[("origin", "null"), ("sec-fetch-site", "cross-site")],
+                token.clone(),
+            ),
+            (
                 "other port",
                 &[("origin", "http://127.0.0.1:9999")],
                 token.clone(),
@@ -469,6 +569,13 @@ pub(crate) mod tests {
                 ("sec-fetch-site", "same-origin"),
                 ("origin", "http://127.0.0.1:4321"),
             ],
+            token.clone(),
+        );
+        assert_eq!(send(&f.router, ok).await.0, StatusCode::SEE_OTHER);
+        // Chromium's form post under our no-referrer policy.
+        let ok = lock_post(
+            &cookie,
+            &[("sec-fetch-site", "same-origin"), ("origin", "null")],
             token.clone(),
         );
         assert_eq!(send(&f.router, ok).await.0, StatusCode::SEE_OTHER);
@@ -573,6 +680,26 @@ pub(crate) mod tests {
                 .any(|attr| attr.starts_with("on") && attr.contains('='));
             assert!(!handler, "handler attribute: {tag}");
         }
+    }
+
+    /// `sotto app LINK` with an invite: the set-up form starts with it.
+    #[tokio::test]
+    async fn setup_offers_the_invite_the_app_was_opened_with() {
+        let f = fixture();
+        let link = "sotto://join?relay=127.0.0.1:1&pin=aa&root=bb&token=cc";
+        f.app.state.handle.offer_link(link.into());
+        let cookie = launch(&f).await;
+        let req = get("/setup")
+            .header(header::COOKIE, &cookie)
+            .body(Body::empty())
+            .expect("test setup");
+        let (_, _, page) = send(&f.router, req).await;
+        assert!(
+            page.contains(
+                r#"value="sotto://join?relay=127.0.0.1:1&amp;pin=aa&amp;root=bb&amp;token=cc""#
+            ),
+            "{page}"
+        );
     }
 
     #[tokio::test]
