@@ -45,10 +45,13 @@ mod chats;
 mod contacts;
 mod entry;
 mod events;
+mod evidence;
+mod groups;
 pub(crate) mod ids;
 pub(crate) mod layout;
 mod security;
 mod settings;
+mod warnings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -139,6 +142,9 @@ impl WebApp {
             .merge(chats::routes())
             .merge(contacts::routes())
             .merge(settings::routes())
+            .merge(groups::routes())
+            .merge(warnings::routes())
+            .merge(evidence::routes())
             .route_layer(from_fn_with_state(state.clone(), entry::gate));
         let open = Router::new()
             .merge(entry::routes())
