@@ -441,7 +441,7 @@ describe('sotto app in chromium', () => {
       return t.includes(NOTE) && t.includes('Countersigned by the relay');
     });
     await axe(page, 'evidence');
-    await main(page).getByText('Countersigned by the relay').first().scrollIntoViewIfNeeded();
+    await main(page).getByText(/^Countersigned by the relay/).first().evaluate((el) => el.scrollIntoView({ block: 'center' }));
     await screenshot(page, 'evidence');
     const exportProof = page.getByRole('link', { name: 'Export proof' }).or(page.getByRole('button', { name: 'Export proof' })).first();
     const [download] = await Promise.all([page.waitForEvent('download'), exportProof.click()]);
@@ -468,6 +468,7 @@ describe('sotto app in chromium', () => {
     const alert = alice.page.getByRole('alert').filter({ hasText: /safety number has changed/i });
     await alert.first().waitFor({ timeout: 20_000 });
     await axe(alice.page, 'conversation (safety number changed)');
+    await alert.first().evaluate((el) => el.scrollIntoView({ block: 'start' }));
     await screenshot(alice.page, 'safety-number-changed');
     await openChat(bob.page, ALICE);
     await alice.page.getByRole('button', { name: 'I have checked, trust the new number' }).click();
