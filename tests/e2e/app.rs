@@ -654,3 +654,73 @@ fn running_sotto_app_again_prints_a_fresh_address() {
         "the first browser still works"
     );
 }
+
+/// The opaque id of the first contact's chat, from the contacts page.
+fn first_contact(web: &mut Browser) -> String {
+    let r = web.get("/contacts");
+    let at =
+        r.body.find(r#"href="/contacts/p"#).expect("a contact link") + r#"href="/contacts/"#.len();
+    r.body[at..at + r.body[at..].find('"').expect("end")].to_string()
+}
+
+/// Posts the delete form of the message whose text is `text`; returns the
+/// page the redirect leads to.
+fn delete_message(web: &mut Browser, chat: &str, text: &str) -> String {
+    let page = web.get(&format!("/chats/{chat}")).body;
+    let at = page
+        .find(text)
+        .unwrap_or_else(|| panic!("{text:?} not shown: {page}"));
+    let li = page[..at].rfind(r#"id="m-"#).expect("its item");
+    let message = field_after(&page, li, "message");
+    let peer = field_after(&page, li, "peer");
+    let r = web.post(
+        &format!("/chats/{chat}/delete"),
+        &[("message", &message), ("peer", &peer)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let location = r.location().to_string();
+    web.get(&location).body
+}
+
+/// Deleting a message that is still queued (the relay is down) cancels it,
+/// as in Signal or WhatsApp: the page says so and it never reaches Bob once
+/// the relay is back. Deleting a sent one says it went from this computer
+/// only.
+#[test]
+fn deleting_a_queued_message_cancels_it() {
+    let mut relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    ana.add_contact("Bob", &bob);
+    bob.add_contact("Ana", &ana);
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let chat = first_contact(&mut web);
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "sent one")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(texts(&bob.sync_json()), ["sent one"]);
+
+    relay.kill9();
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "never mind")]);
+    assert_eq!(r.status, 303, "kept, not refused: {}", r.body);
+    let page = delete_message(&mut web, &chat, "never mind");
+    assert!(page.contains("it will not be sent"), "{page}");
+    assert!(!page.contains("never mind"), "{page}");
+
+    relay.restart();
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "after")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    // The outbox goes oldest first: a deleted message left in it would
+    // reach Bob before "after".
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        got = texts(&bob.sync_json());
+    }
+    assert_eq!(got, ["after"]);
+
+    let page = delete_message(&mut web, &chat, "sent one");
+    assert!(page.contains("deleted from this computer only"), "{page}");
+    assert!(!page.contains("it will not be sent"), "{page}");
+    assert_eq!(texts(&bob.history_json("Ana")), ["sent one", "after"]);
+}

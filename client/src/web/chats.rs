@@ -3,7 +3,7 @@
 //! New messages arrive live: `events.rs` tells the page, whose `app.js`
 //! reloads the list and conversation fragments served here.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,7 @@ use super::AppState;
 use super::entry::{elsewhere, go};
 use super::layout::{self, Nav, Page, csrf_field, error_box, person};
 use super::security::see_other;
-use crate::engine::{Delivery, Engine, EngineError, ShownMessage};
+use crate::engine::{DeletedHere, Delivery, Engine, EngineError, ShownMessage};
 use crate::service::ServiceError;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -311,6 +311,8 @@ fn mark_read(st: &AppState, id: &str) {
 struct Draft<'a> {
     text: &'a str,
     error: Option<String>,
+    /// What the last action did, said once above the messages.
+    done: Option<&'static str>,
 }
 
 fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Response {
@@ -322,6 +324,9 @@ fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Respo
         }
         @if chat.changed {
             (changed_alert(st, chat))
+        }
+        @if let Some(done) = draft.done {
+            p class="done" role="status" { (done) }
         }
         (messages(st, chat, &c.messages))
         @if let Some(e) = &draft.error {
@@ -468,7 +473,13 @@ fn messages(st: &AppState, chat: &Chat, list: &[ShownMessage]) -> Markup {
                         (csrf_field(st))
                         input type="hidden" name="message" value=(m.id);
                         input type="hidden" name="peer" value=(m.peer_code);
-                        button type="submit" class="link" { "Delete" span class="visually-hidden" { " this message from this computer" } }
+                        button type="submit" class="link" { "Delete" span class="visually-hidden" {
+                            @if m.outgoing && m.status == "pending" {
+                                " this unsent message (it will not be sent)"
+                            } @else {
+                                " this message from this computer"
+                            }
+                        } }
                     }
                 }
             }
@@ -476,13 +487,36 @@ fn messages(st: &AppState, chat: &Chat, list: &[ShownMessage]) -> Markup {
     }
 }
 
+#[derive(Deserialize)]
+struct ConversationQuery {
+    /// Set after a delete: "cancelled" (it had not gone out) or "here".
+    deleted: Option<String>,
+}
+
 async fn conversation(
     State(st): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<ConversationQuery>,
     req: Request,
 ) -> Response {
+    let done = match q.deleted.as_deref() {
+        Some("cancelled") => {
+            Some("Message cancelled: it had not been sent yet, and it will not be sent.")
+        }
+        Some("here") => Some(
+            "Message deleted from this computer only; the others in this chat keep their copy.",
+        ),
+        _ => None,
+    };
     match load(&st, id).await {
-        Ok(Some(c)) => conversation_page(&st, &c, Draft::default()),
+        Ok(Some(c)) => conversation_page(
+            &st,
+            &c,
+            Draft {
+                done,
+                ..Draft::default()
+            },
+        ),
         Ok(None) => no_chat(&st),
         Err(p) => p.respond(&st, is_htmx(&req)),
     }
@@ -574,6 +608,7 @@ async fn send(
                 Draft {
                     text: &form.text,
                     error: Some(error),
+                    done: None,
                 },
             ),
             Ok(None) => no_chat(&st),
@@ -605,8 +640,11 @@ async fn delete(
         })
     })
     .await;
+    // The page after says what happened (the address carries a word, no text).
     match done {
-        Ok(_) => see_other(&format!("/chats/{id}")),
+        Ok(DeletedHere::Cancelled) => see_other(&format!("/chats/{id}?deleted=cancelled")),
+        Ok(DeletedHere::Deleted) => see_other(&format!("/chats/{id}?deleted=here")),
+        Ok(DeletedHere::Missing) => see_other(&format!("/chats/{id}")),
         Err(p) => p.respond(&st, false),
     }
 }
