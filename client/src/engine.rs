@@ -1838,6 +1838,24 @@ impl Engine {
             .collect())
     }
 
+    /// When each conversation last had a message, by this computer's clock
+    /// (when I sent it or received it, not the time the sender claims, so
+    /// nobody can pin their chat to the top with a future date). Keyed by
+    /// contact code for a 1:1 chat and by hex group id for a group (the two
+    /// cannot clash: a code starts with `sotto-`).
+    pub fn last_message_at(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let mut out = std::collections::HashMap::new();
+        for m in self.store.all_messages()? {
+            let key = match &m.group {
+                Some(g) => crate::group::hex(g),
+                None => ContactCode::from_account_id(m.peer).to_string(),
+            };
+            let at = out.entry(key).or_insert(0);
+            *at = (*at).max(m.received_at_ms);
+        }
+        Ok(out)
+    }
+
     /// Deletes a whole conversation from this computer only (the others keep
     /// theirs): the 1:1 chat with `who` (named as [`Engine::history`] takes
     /// it) or, with `group`, a group's messages (the group itself stays).

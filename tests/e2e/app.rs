@@ -724,3 +724,62 @@ fn deleting_a_queued_message_cancels_it() {
     assert!(!page.contains("it will not be sent"), "{page}");
     assert_eq!(texts(&bob.history_json("Ana")), ["sent one", "after"]);
 }
+
+/// Where each name is in the chat list (`None`: not listed).
+fn list_order(list: &str, names: &[&str]) -> Vec<usize> {
+    let mut at: Vec<(usize, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let pos = list
+                .find(&format!(">{n}<"))
+                .unwrap_or_else(|| panic!("{n} not listed: {list}"));
+            (pos, i)
+        })
+        .collect();
+    at.sort();
+    at.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The chat list puts the conversation with the newest message first (as
+/// Signal and WhatsApp do), chats without messages last, by name; a new
+/// message moves its chat up.
+#[test]
+fn the_chat_list_puts_the_latest_conversation_first() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    let zed = User::new(&relay, "Zed");
+    let cleo = User::new(&relay, "Cleo");
+    let dan = User::new(&relay, "Dan");
+    for (name, u) in [("Bob", &bob), ("Zed", &zed), ("Cleo", &cleo), ("Dan", &dan)] {
+        ana.add_contact(name, u);
+        u.add_contact("Ana", &ana);
+    }
+    bob.ok(&["send", "Ana", "from Bob"]);
+    ana.ok(&["sync"]);
+    zed.ok(&["send", "Ana", "from Zed"]);
+    ana.ok(&["sync"]);
+    let names = ["Bob", "Cleo", "Dan", "Zed"];
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let home = web.get("/").body;
+    // Zed, Bob, then Cleo and Dan (no messages) by name.
+    assert_eq!(list_order(&home, &names), [3, 0, 1, 2], "{home}");
+
+    bob.ok(&["send", "Ana", "Bob again"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let list = web
+            .request("GET", "/fragments/chats", &[("HX-Request", "true")], None)
+            .body;
+        if list_order(&list, &names) == [0, 3, 1, 2] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Bob's new message did not move his chat up: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

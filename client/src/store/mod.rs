@@ -998,6 +998,11 @@ impl Store {
         self.put_json(TREE_MESSAGES, &message_key(m.peer, m.id), m)
     }
 
+    /// Every message, 1:1 and group, in no particular order.
+    pub fn all_messages(&self) -> Result<Vec<MessageRecord>> {
+        self.scan_json(TREE_MESSAGES)
+    }
+
     /// The 1:1 conversation with `peer`, sorted by `(sent_at_ms, id)`.
     pub fn messages_with(&self, peer: Uuid) -> Result<Vec<MessageRecord>> {
         let mut all: Vec<MessageRecord> = self.scan_json(TREE_MESSAGES)?;

@@ -104,7 +104,8 @@ pub(crate) struct Chat {
     pub stranger: bool,
 }
 
-/// Every chat: my contacts and the groups I am in, by name.
+/// Every chat: my contacts, people who wrote to me and the groups I am in,
+/// newest conversation first (see [`sort_chats`]).
 pub(crate) fn all_chats(e: &Engine, ids: &super::ids::IdKey) -> Result<Vec<Chat>, String> {
     let mut chats = Vec::new();
     for (c, changed) in e.contacts().map_err(|e| e.to_string())? {
@@ -144,8 +145,20 @@ pub(crate) fn all_chats(e: &Engine, ids: &super::ids::IdKey) -> Result<Vec<Chat>
             stranger: false,
         });
     }
-    chats.sort_by_key(|c| c.name.to_lowercase());
+    sort_chats(&mut chats, &e.last_message_at().map_err(|e| e.to_string())?);
     Ok(chats)
+}
+
+/// Newest conversation first, as in Signal or WhatsApp (`last`: when each
+/// chat's `key` last had a message); chats without messages after them, by
+/// name.
+fn sort_chats(chats: &mut [Chat], last: &std::collections::HashMap<String, u64>) {
+    chats.sort_by_cached_key(|c| {
+        (
+            std::cmp::Reverse(last.get(&c.key).copied()),
+            c.name.to_lowercase(),
+        )
+    });
 }
 
 /// The chat id a message belongs to.
@@ -875,6 +888,29 @@ mod tests {
         // A message keeps its line breaks (shown by CSS), in its own isolate.
         let body = layout::body_text("one\ntwo\u{202E}").into_string();
         assert_eq!(body, "<p class=\"body\" dir=\"auto\">one\ntwo\u{FFFD}</p>");
+    }
+
+    #[test]
+    fn chats_are_sorted_newest_first_then_by_name() {
+        let chat = |name: &str, key: &str| Chat {
+            id: key.into(),
+            name: name.into(),
+            key: key.into(),
+            group: false,
+            changed: false,
+            disappearing_ms: 0,
+            stranger: false,
+        };
+        let mut chats = vec![
+            chat("anna", "a"),
+            chat("Bob", "b"),
+            chat("Zed", "z"),
+            chat("cleo", "c"),
+        ];
+        let last = std::collections::HashMap::from([("b".to_string(), 10), ("z".to_string(), 20)]);
+        sort_chats(&mut chats, &last);
+        let names: Vec<&str> = chats.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["Zed", "Bob", "anna", "cleo"]);
     }
 
     #[test]
