@@ -1838,6 +1838,18 @@ impl Engine {
             .collect())
     }
 
+    /// The app's settings saved in this profile (defaults if none).
+    pub fn app_prefs(&self) -> Result<crate::store::AppPrefs> {
+        Ok(self.store.app_prefs()?)
+    }
+
+    /// Saves the app's settings in this profile (encrypted like the rest).
+    pub async fn set_app_prefs(&mut self, prefs: &crate::store::AppPrefs) -> Result<()> {
+        self.store.set_app_prefs(prefs)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
     /// When each conversation last had a message, by this computer's clock
     /// (when I sent it or received it, not the time the sender claims, so
     /// nobody can pin their chat to the top with a future date). Keyed by

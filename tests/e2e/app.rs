@@ -783,3 +783,36 @@ fn the_chat_list_puts_the_latest_conversation_first() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The notification wording and the idle-lock time set in the app are kept
+/// in the profile: the next start has them.
+#[test]
+fn app_settings_survive_a_restart() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let r = web.post(
+        "/settings",
+        &[("lock_after", "45m"), ("notify_names", "on")],
+    );
+    assert_eq!((r.status, r.location()), (303, "/settings"));
+    app.stop();
+
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let page = web.get("/settings").body;
+    assert!(page.contains(r#"value="45m""#), "{page}");
+    let at = page.find(r#"id="notify_names""#).expect("the checkbox");
+    let tag = &page[at..at + page[at..].find('>').expect("tag end")];
+    assert!(tag.contains("checked"), "{tag}");
+    // Turned off again, it stays off.
+    let r = web.post("/settings", &[("lock_after", "45m")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    app.stop();
+    let app = ana.app(&[]);
+    let page = app.browser().get("/settings").body;
+    let at = page.find(r#"id="notify_names""#).expect("the checkbox");
+    let tag = &page[at..at + page[at..].find('>').expect("tag end")];
+    assert!(!tag.contains("checked"), "{tag}");
+}
