@@ -1365,6 +1365,9 @@ async fn app_command(
     if control::connect(home).await.is_some() {
         match std::fs::read_to_string(&url_file) {
             Ok(url) => {
+                if !no_browser {
+                    open_browser(home, url.trim());
+                }
                 show!("Sotto is already running for this profile. Open:");
                 show!("{}", url.trim());
                 return Ok(());

@@ -816,3 +816,73 @@ fn app_settings_survive_a_restart() {
     let tag = &page[at..at + page[at..].find('>').expect("tag end")];
     assert!(!tag.contains("checked"), "{tag}");
 }
+
+/// A second `sotto app` for a running profile opens the browser on the
+/// fresh address (through the private redirect file, as the first start
+/// does), unless --no-browser.
+#[test]
+fn running_sotto_app_again_opens_the_browser() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[]);
+    // A stand-in for xdg-open that writes down what it was asked to open.
+    let bin = tempfile::tempdir().expect("test setup");
+    let opened = bin.path().join("opened");
+    let script = bin.path().join("xdg-open");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf '%s' \"$1\" > \"$OPENED.tmp\" && mv \"$OPENED.tmp\" \"$OPENED\"\n",
+    )
+    .expect("test setup");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("test setup");
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+
+    let not_opened = bin.path().join("not-opened");
+    let out = ana.run_with_env(
+        &["app", "--no-browser"],
+        &[
+            ("PATH", &path),
+            ("OPENED", &not_opened.display().to_string()),
+        ],
+    );
+    assert!(out.status.success());
+    let out = ana.run_with_env(
+        &["app"],
+        &[("PATH", &path), ("OPENED", &opened.display().to_string())],
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let url = stdout
+        .lines()
+        .last()
+        .expect("an address")
+        .trim()
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{stdout}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !opened.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the browser was not opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let target = std::fs::read_to_string(&opened).expect("opened");
+    assert_eq!(
+        std::path::Path::new(&target),
+        ana.home().join("app-open.html"),
+        "the address itself (a key) is not on a command line"
+    );
+    let page = std::fs::read_to_string(&target).expect("the redirect file");
+    assert!(page.contains(&url), "{page}");
+    let mode = std::fs::metadata(&target)
+        .expect("file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    assert_eq!(Browser::launch(&url).get("/contacts").status, 200);
+    // Started before the one above, and it finished: --no-browser opened nothing.
+    assert!(!not_opened.exists(), "--no-browser opened the browser");
+    drop(app);
+}
