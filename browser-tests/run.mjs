@@ -544,8 +544,9 @@ describe('sotto app in chromium', () => {
     await unlockButton.waitFor();
   });
 
-  test('axe: no WCAG 2.1 A/AA violations on any screen visited', () => {
+  test('axe: no WCAG 2.1 A/AA violations on any screen visited', (t) => {
     assert.ok(findings.axeScreens.length > 0, 'axe ran on no screen');
+    t.diagnostic(`axe ran on ${findings.axeScreens.length} screens: ${findings.axeScreens.join(', ')}`);
     assert.equal(findings.axe.size, 0,
       `axe found violations on ${findings.axe.size} of ${findings.axeScreens.length} screens:\n${describeViolations(findings.axe)}`);
   });
