@@ -403,6 +403,11 @@ impl Runner {
                     }
                     match Engine::open(&self.home, &passphrase) {
                         Ok(engine) => {
+                            // The idle-lock time saved in the app's settings
+                            // applies from the moment the profile is open.
+                            if let Ok(Some(ms)) = engine.app_prefs().map(|p| p.lock_after_ms) {
+                                self.lock_after_ms.store(ms, Ordering::Relaxed);
+                            }
                             let _ = reply.send(Ok(()));
                             engine
                         }

@@ -1,5 +1,6 @@
-//! Settings of the app: what notifications say, and Quit. Kept in memory
-//! for this run (defaults are the private choice).
+//! Settings of the app: the idle-lock time, what notifications say, and
+//! Quit. Saved in the profile (`store::AppPrefs`, encrypted like the rest),
+//! so they survive a restart; defaults are the private choice.
 
 use axum::extract::State;
 use axum::response::Response;
@@ -9,10 +10,13 @@ use maud::html;
 use serde::Deserialize;
 
 use super::AppState;
+use super::chats::{Problem, engine, engine_unattended};
 use super::layout::{self, Nav, Page, csrf_field, post_button};
 use super::security::see_other;
+use crate::store::AppPrefs;
 
-/// Settings of this app run.
+/// What the app keeps in memory of the saved settings (loaded when the
+/// profile opens, see `events::count_unread`), for notifications.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct AppSettings {
     /// Notifications name the sender (off: they say only "New message").
@@ -35,7 +39,23 @@ pub(crate) fn routes() -> Router<AppState> {
 }
 
 async fn page(State(st): State<AppState>) -> Response {
-    settings_page(&st, None, None)
+    match load(&st).await {
+        Ok(()) => settings_page(&st, None, None),
+        Err(p) => p.respond(&st, false),
+    }
+}
+
+/// Reads the saved settings into memory.
+pub(crate) async fn load(st: &AppState) -> Result<(), Problem> {
+    let prefs = engine_unattended(st, |e| {
+        Box::pin(async move { e.app_prefs().map_err(|e| e.to_string()) })
+    })
+    .await?;
+    st.0.settings
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .notify_names = prefs.notify_names;
+    Ok(())
 }
 
 /// A duration as the lock field shows it (what `parse_duration` reads).
@@ -69,8 +89,8 @@ fn settings_page(st: &AppState, typed_lock: Option<&str>, error: Option<&str>) -
                 input id="lock_after" name="lock_after" type="text" required value=(lock)
                     aria-describedby="lock-help" autocomplete="off";
                 p id="lock-help" class="help" { "For example 5m, 15m or 1h (minutes or hours); \
-                    off never locks. Applies until Sotto is closed; set it for every start \
-                    with " code { "sotto app --lock-after 15m" } "." }
+                    off never locks. Saved in your profile: it applies at every start, in place \
+                    of " code { "sotto app --lock-after" } "." }
             }
             fieldset {
                 legend { "Notifications" }
@@ -115,10 +135,22 @@ async fn save(State(st): State<AppState>, Form(form): Form<SettingsForm>) -> Res
             return settings_page(&st, Some(&form.lock_after), Some(&e));
         }
     };
+    let prefs = AppPrefs {
+        notify_names: form.notify_names.is_some(),
+        lock_after_ms: Some(u64::try_from(lock.as_millis()).unwrap_or(u64::MAX)),
+    };
+    let saved = prefs.clone();
+    let stored = engine(&st, move |e| {
+        Box::pin(async move { e.set_app_prefs(&saved).await.map_err(|e| e.to_string()) })
+    })
+    .await;
+    if let Err(p) = stored {
+        return p.respond(&st, false);
+    }
     st.handle.set_lock_after(lock);
     st.0.settings
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .notify_names = form.notify_names.is_some();
+        .notify_names = prefs.notify_names;
     see_other("/settings")
 }
