@@ -380,3 +380,61 @@ fn the_evidence_locker_in_the_app() {
         1
     );
 }
+
+/// Under quorum moderation, Remove in the app makes a proposal (and says
+/// so), and Agree on another admin's proposal carries it out.
+#[test]
+fn quorum_proposals_in_the_app() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    let carol = User::new(&relay, "Carol");
+    let dan = User::new(&relay, "Dan");
+    bob.add_contact("ana", &ana);
+    bob.add_contact("carol", &carol);
+    bob.add_contact("dan", &dan);
+    bob.ok(&["group", "create", "Reps"]);
+    bob.ok(&["group", "add", "Reps", "ana", "carol", "dan"]);
+    bob.ok(&["group", "promote", "Reps", "ana"]);
+    bob.ok(&["group", "settings", "Reps", "--quorum", "2"]);
+    bob.ok(&["group", "remove", "Reps", "carol"]);
+
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let list = web.get("/groups").body;
+    let at = list.find(r#"href="/groups/g"#).expect("the group") + 6;
+    let group = list[at..at + list[at..].find('"').expect("end")].to_string();
+    let page = web.get(&group).body;
+    assert!(page.contains("2 admins must agree"), "{page}");
+    let proposals = &page[page
+        .find(r#"<ul aria-label="Proposals""#)
+        .expect("a proposal")..];
+    assert!(proposals.contains("remove carol"), "{page}");
+    assert!(proposals.contains("1 of 2 admins agree"), "{page}");
+    let id = field_after(proposals, 0, "proposal");
+    let r = web.post(
+        &format!("{group}/proposal"),
+        &[("proposal", &id), ("action", "agree")],
+    );
+    assert_eq!(path_of(&r), group);
+    let page = web.get(&group).body;
+    assert!(!members_list(&page).contains("carol"), "{page}");
+    assert!(
+        page.contains("Nothing is waiting for admins to agree."),
+        "{page}"
+    );
+
+    // My own Remove is a proposal too, and the page says so.
+    let r = web.post(
+        &format!("{group}/member"),
+        &[("member", &dan.code()), ("action", "remove")],
+    );
+    assert_eq!(r.location(), format!("{group}?done=proposed"));
+    let page = web.get(r.location()).body;
+    assert!(page.contains("Proposed. It is carried out once enough admins agree"));
+    assert!(
+        members_list(&page).contains("dan"),
+        "not removed yet: {page}"
+    );
+    assert!(page.contains("remove dan"), "{page}");
+}
