@@ -143,7 +143,7 @@ pub(crate) fn board_view(
                                 (kind_words(kind)) @if *n > 1 { " ×" (n) }
                             }
                         }
-                        td { (s.newest) }
+                        td { (person(&s.newest)) }
                     }
                 }
             }
@@ -230,12 +230,12 @@ fn warning_article(w: &WarningView, inner: Markup) -> Markup {
             dl class="fields" {
                 @if !w.subject.is_empty() { dt { "About" } dd { (person(&w.subject)) } }
                 @if !w.role.is_empty() { dt { "Their role" } dd { (person(&w.role)) } }
-                @if !w.when.is_empty() { dt { "When" } dd { (w.when) } }
+                @if !w.when.is_empty() { dt { "When" } dd { (person(&w.when)) } }
                 @if !w.place.is_empty() { dt { "Where" } dd { (person(&w.place)) } }
                 @if !w.advice.is_empty() { dt { "Advice" } dd { (person(&w.advice)) } }
                 @if !w.group.is_empty() { dt { "Group" } dd { (person(&w.group)) } }
                 @if w.sent_at_ms > 0 { dt { "Posted" } dd { (layout::when(w.sent_at_ms)) } }
-                @if let Some(by) = &w.anonymous { dt { "From" } dd { (by) } }
+                @if let Some(by) = &w.anonymous { dt { "From" } dd { (person(by)) } }
             }
             @if !w.text.is_empty() { (layout::body_text(&w.text)) }
             (inner)
@@ -291,7 +291,7 @@ pub(crate) fn subject_view(
             div { dt { "Second-hand" } dd { (s.secondhand_reporters) } }
             div { dt { "Anonymous corroborations" } dd { (corroborations(s)) } }
         }
-        p class="help" { "In groups: " (person(&s.groups.join(", "))) ". Newest: " (s.newest) "." }
+        p class="help" { "In groups: " (person(&s.groups.join(", "))) ". Newest: " (person(&s.newest)) "." }
         (me_too_explained())
         @for w in &s.warnings {
             (warning_article(w, html! {
