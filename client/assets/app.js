@@ -150,5 +150,14 @@
     });
   }
 
+  // A message of mine still queued: look again now and then, so "Queued"
+  // turns into "Sent" by itself once the relay has it (these reloads do not
+  // count as use for the idle lock).
+  window.setInterval(function () {
+    if (document.querySelector("#messages .status.pending")) {
+      refresh();
+    }
+  }, 10000);
+
   scrollMessages();
 })();

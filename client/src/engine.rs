@@ -174,6 +174,18 @@ pub enum Delivery {
     Queued(String),
 }
 
+/// What [`Engine::delete_message_here`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeletedHere {
+    /// There was no such message.
+    Missing,
+    /// Deleted from this computer; the other people in the chat keep theirs.
+    Deleted,
+    /// It was still waiting in the outbox: deleted, and taken out of the
+    /// outbox with it, so it is never sent.
+    Cancelled,
+}
+
 /// The outcome of a send that was not refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sent {
@@ -1754,18 +1766,53 @@ impl Engine {
     }
 
     /// Deletes one message from this computer only (the other people in the
-    /// chat keep theirs): `peer` and `id` as in [`ShownMessage`]. False when
-    /// there was no such message.
-    pub async fn delete_message_here(&mut self, peer: &str, id: &str) -> Result<bool> {
+    /// chat keep theirs): `peer` and `id` as in [`ShownMessage`]. A message
+    /// of mine still waiting in the outbox is cancelled with it: a person who
+    /// deletes an unsent message expects it not to go out (as in Signal or
+    /// WhatsApp), not to have it reach the others later.
+    pub async fn delete_message_here(&mut self, peer: &str, id: &str) -> Result<DeletedHere> {
         let peer: ContactCode = peer
             .parse()
             .map_err(|e: sotto_wire::code::BadCode| EngineError::Invalid(e.to_string()))?;
         let id: [u8; 16] = crate::group::hex_decode(id)
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| EngineError::Invalid("that is not a message id".into()))?;
-        let gone = self.store.delete_message(peer.account_id(), id)?;
+        let Some(record) = self.store.message(peer.account_id(), id)? else {
+            return Ok(DeletedHere::Missing);
+        };
+        // Only my own message's entry: the same id and the same chat (a
+        // group entry names the group; a 1:1 entry the recipient).
+        let queued = record.direction == MessageDirection::Outgoing
+            && self.store.outbox()?.iter().any(|e| {
+                e.id == id
+                    && match (&e.group, &record.group) {
+                        (Some(g), Some(r)) => g[..] == r[..],
+                        (None, None) => e.recipient == record.peer,
+                        _ => false,
+                    }
+            });
+        // Both or neither: a crash between them must not leave a deleted
+        // message that still goes out.
+        self.store.begin_staging();
+        let staged = (|| {
+            if queued {
+                self.store.outbox_remove(id)?;
+            }
+            self.store.delete_message(record.peer, id)
+        })();
+        match staged {
+            Ok(_) => self.store.commit_staged()?,
+            Err(e) => {
+                self.store.abort_staged();
+                return Err(e.into());
+            }
+        }
         self.store.flush().await?;
-        Ok(gone)
+        Ok(if queued {
+            DeletedHere::Cancelled
+        } else {
+            DeletedHere::Deleted
+        })
     }
 
     /// People who wrote to me and are not my contacts: their contact code and
@@ -1789,6 +1836,36 @@ impl Engine {
             .into_iter()
             .map(|(peer, name, _)| (ContactCode::from_account_id(peer).to_string(), name))
             .collect())
+    }
+
+    /// The app's settings saved in this profile (defaults if none).
+    pub fn app_prefs(&self) -> Result<crate::store::AppPrefs> {
+        Ok(self.store.app_prefs()?)
+    }
+
+    /// Saves the app's settings in this profile (encrypted like the rest).
+    pub async fn set_app_prefs(&mut self, prefs: &crate::store::AppPrefs) -> Result<()> {
+        self.store.set_app_prefs(prefs)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// When each conversation last had a message, by this computer's clock
+    /// (when I sent it or received it, not the time the sender claims, so
+    /// nobody can pin their chat to the top with a future date). Keyed by
+    /// contact code for a 1:1 chat and by hex group id for a group (the two
+    /// cannot clash: a code starts with `sotto-`).
+    pub fn last_message_at(&self) -> Result<std::collections::HashMap<String, u64>> {
+        let mut out = std::collections::HashMap::new();
+        for m in self.store.all_messages()? {
+            let key = match &m.group {
+                Some(g) => crate::group::hex(g),
+                None => ContactCode::from_account_id(m.peer).to_string(),
+            };
+            let at = out.entry(key).or_insert(0);
+            *at = (*at).max(m.received_at_ms);
+        }
+        Ok(out)
     }
 
     /// Deletes a whole conversation from this computer only (the others keep

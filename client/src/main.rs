@@ -103,7 +103,8 @@ enum Command {
         /// Do not open a browser; just print the address
         #[arg(long)]
         no_browser: bool,
-        /// Lock after this long without use (e.g. 30s, 15m, 2h, off) [env: SOTTO_LOCK_AFTER]
+        /// Lock after this long without use (e.g. 30s, 15m, 2h, off), unless a
+        /// time was saved in the app's Settings [env: SOTTO_LOCK_AFTER]
         #[arg(long, env = "SOTTO_LOCK_AFTER", hide_env = true, default_value = "15m",
               value_parser = sotto_client::service::parse_duration)]
         lock_after: std::time::Duration,
@@ -1364,6 +1365,9 @@ async fn app_command(
     if control::connect(home).await.is_some() {
         match std::fs::read_to_string(&url_file) {
             Ok(url) => {
+                if !no_browser {
+                    open_browser(home, url.trim());
+                }
                 show!("Sotto is already running for this profile. Open:");
                 show!("{}", url.trim());
                 return Ok(());

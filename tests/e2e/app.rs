@@ -532,4 +532,357 @@ fn a_message_sent_while_the_relay_is_down_shows_queued() {
         got = texts(&bob.sync_json());
     }
     assert_eq!(got, ["while it is down"]);
+    // What the page reloads (app.js does while a message is queued) says
+    // Sent once the relay's answer is stored (it may trail Bob's fetch).
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = web.request(
+            "GET",
+            &format!("/chats/{chat}/messages"),
+            &[("HX-Request", "true")],
+            None,
+        );
+        let at = r
+            .body
+            .find("while it is down")
+            .expect("the message is shown");
+        if r.body[at..].contains(">Sent<") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still not Sent: {}",
+            &r.body[at..]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The idle lock's time set in Settings applies at once (a wrong value is
+/// refused and changes nothing).
+#[test]
+fn the_idle_lock_time_is_set_in_settings() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[("SOTTO_LOCK_AFTER", "1h")]);
+    let mut web = app.browser();
+    let events = web.events();
+    wait_event(&events, "state", "unlocked", WAIT);
+    let r = web.get("/settings");
+    assert!(r.body.contains(r#"value="1h""#), "{}", r.body);
+    let r = web.post("/settings", &[("lock_after", "soon")]);
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("not a duration"), "{}", r.body);
+    assert!(
+        web.get("/settings").body.contains(r#"value="1h""#),
+        "unchanged"
+    );
+    let r = web.post("/settings", &[("lock_after", "2s")]);
+    assert_eq!((r.status, r.location()), (303, "/settings"));
+    wait_event(&events, "state", "locked", WAIT);
+    assert_eq!(web.get("/").location(), "/unlock");
+}
+
+/// What the page reloads by itself after events (the conversation and the
+/// chat list) is not use: a busy chat does not keep an unattended app open.
+#[test]
+fn reloads_after_events_do_not_postpone_the_idle_lock() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    ana.add_contact("Bob", &bob);
+    bob.add_contact("Ana", &ana);
+    let app = ana.app(&[("SOTTO_LOCK_AFTER", "3s")]);
+    let mut web = app.browser();
+    let r = web.get("/contacts");
+    let at =
+        r.body.find(r#"href="/contacts/p"#).expect("a contact link") + r#"href="/contacts/"#.len();
+    let chat = r.body[at..at + r.body[at..].find('"').expect("end")].to_string();
+    let started = std::time::Instant::now();
+    let mut reloads = 0;
+    loop {
+        // Messages keep coming, and the page reloads as app.js does.
+        bob.ok(&["send", "Ana", "ping"]);
+        let htmx = [("HX-Request", "true")];
+        let r = web.request("GET", &format!("/chats/{chat}/messages"), &htmx, None);
+        web.request("GET", "/fragments/chats", &htmx, None);
+        if r.header("hx-redirect") == Some("/unlock") {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        reloads += 1;
+        assert!(
+            started.elapsed() < WAIT,
+            "still unlocked after {reloads} reloads in {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(reloads > 0, "the loop never reloaded while unlocked");
+}
+
+/// A person who closed the browser runs `sotto app` again: while the app
+/// runs it prints a fresh address that works once; used ones stay dead.
+#[test]
+fn running_sotto_app_again_prints_a_fresh_address() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[]);
+    let mut first = app.browser();
+    assert_eq!(first.get("/contacts").status, 200);
+    let out = ana.ok(&["app", "--no-browser"]);
+    let url = out
+        .lines()
+        .rfind(|l| l.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address printed: {out}"))
+        .trim()
+        .to_string();
+    assert_ne!(url, app.url, "the used address was printed again");
+    let mut second = Browser::launch(&url);
+    assert_eq!(second.get("/contacts").status, 200);
+    let path = url
+        .split_once(&second.addr().to_string())
+        .expect("our address")
+        .1;
+    assert_eq!(
+        Browser::new(second.addr()).get(path).status,
+        401,
+        "works once"
+    );
+    assert_eq!(
+        first.get("/contacts").status,
+        200,
+        "the first browser still works"
+    );
+}
+
+/// The opaque id of the first contact's chat, from the contacts page.
+fn first_contact(web: &mut Browser) -> String {
+    let r = web.get("/contacts");
+    let at =
+        r.body.find(r#"href="/contacts/p"#).expect("a contact link") + r#"href="/contacts/"#.len();
+    r.body[at..at + r.body[at..].find('"').expect("end")].to_string()
+}
+
+/// Posts the delete form of the message whose text is `text`; returns the
+/// page the redirect leads to.
+fn delete_message(web: &mut Browser, chat: &str, text: &str) -> String {
+    let page = web.get(&format!("/chats/{chat}")).body;
+    let at = page
+        .find(text)
+        .unwrap_or_else(|| panic!("{text:?} not shown: {page}"));
+    let li = page[..at].rfind(r#"id="m-"#).expect("its item");
+    let message = field_after(&page, li, "message");
+    let peer = field_after(&page, li, "peer");
+    let r = web.post(
+        &format!("/chats/{chat}/delete"),
+        &[("message", &message), ("peer", &peer)],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    let location = r.location().to_string();
+    web.get(&location).body
+}
+
+/// Deleting a message that is still queued (the relay is down) cancels it,
+/// as in Signal or WhatsApp: the page says so and it never reaches Bob once
+/// the relay is back. Deleting a sent one says it went from this computer
+/// only.
+#[test]
+fn deleting_a_queued_message_cancels_it() {
+    let mut relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    ana.add_contact("Bob", &bob);
+    bob.add_contact("Ana", &ana);
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let chat = first_contact(&mut web);
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "sent one")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(texts(&bob.sync_json()), ["sent one"]);
+
+    relay.kill9();
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "never mind")]);
+    assert_eq!(r.status, 303, "kept, not refused: {}", r.body);
+    let page = delete_message(&mut web, &chat, "never mind");
+    assert!(page.contains("it will not be sent"), "{page}");
+    assert!(!page.contains("never mind"), "{page}");
+
+    relay.restart();
+    let r = web.post(&format!("/chats/{chat}"), &[("text", "after")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    // The outbox goes oldest first: a deleted message left in it would
+    // reach Bob before "after".
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut got = Vec::new();
+    while got.is_empty() && std::time::Instant::now() < deadline {
+        got = texts(&bob.sync_json());
+    }
+    assert_eq!(got, ["after"]);
+
+    let page = delete_message(&mut web, &chat, "sent one");
+    assert!(page.contains("deleted from this computer only"), "{page}");
+    assert!(!page.contains("it will not be sent"), "{page}");
+    assert_eq!(texts(&bob.history_json("Ana")), ["sent one", "after"]);
+}
+
+/// Where each name is in the chat list (`None`: not listed).
+fn list_order(list: &str, names: &[&str]) -> Vec<usize> {
+    let mut at: Vec<(usize, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let pos = list
+                .find(&format!(">{n}<"))
+                .unwrap_or_else(|| panic!("{n} not listed: {list}"));
+            (pos, i)
+        })
+        .collect();
+    at.sort();
+    at.into_iter().map(|(_, i)| i).collect()
+}
+
+/// The chat list puts the conversation with the newest message first (as
+/// Signal and WhatsApp do), chats without messages last, by name; a new
+/// message moves its chat up.
+#[test]
+fn the_chat_list_puts_the_latest_conversation_first() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let bob = User::new(&relay, "Bob");
+    let zed = User::new(&relay, "Zed");
+    let cleo = User::new(&relay, "Cleo");
+    let dan = User::new(&relay, "Dan");
+    for (name, u) in [("Bob", &bob), ("Zed", &zed), ("Cleo", &cleo), ("Dan", &dan)] {
+        ana.add_contact(name, u);
+        u.add_contact("Ana", &ana);
+    }
+    bob.ok(&["send", "Ana", "from Bob"]);
+    ana.ok(&["sync"]);
+    zed.ok(&["send", "Ana", "from Zed"]);
+    ana.ok(&["sync"]);
+    let names = ["Bob", "Cleo", "Dan", "Zed"];
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let home = web.get("/").body;
+    // Zed, Bob, then Cleo and Dan (no messages) by name.
+    assert_eq!(list_order(&home, &names), [3, 0, 1, 2], "{home}");
+
+    bob.ok(&["send", "Ana", "Bob again"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let list = web
+            .request("GET", "/fragments/chats", &[("HX-Request", "true")], None)
+            .body;
+        if list_order(&list, &names) == [0, 3, 1, 2] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Bob's new message did not move his chat up: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The notification wording and the idle-lock time set in the app are kept
+/// in the profile: the next start has them.
+#[test]
+fn app_settings_survive_a_restart() {
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let r = web.post(
+        "/settings",
+        &[("lock_after", "45m"), ("notify_names", "on")],
+    );
+    assert_eq!((r.status, r.location()), (303, "/settings"));
+    app.stop();
+
+    let app = ana.app(&[]);
+    let mut web = app.browser();
+    let page = web.get("/settings").body;
+    assert!(page.contains(r#"value="45m""#), "{page}");
+    let at = page.find(r#"id="notify_names""#).expect("the checkbox");
+    let tag = &page[at..at + page[at..].find('>').expect("tag end")];
+    assert!(tag.contains("checked"), "{tag}");
+    // Turned off again, it stays off.
+    let r = web.post("/settings", &[("lock_after", "45m")]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    app.stop();
+    let app = ana.app(&[]);
+    let page = app.browser().get("/settings").body;
+    let at = page.find(r#"id="notify_names""#).expect("the checkbox");
+    let tag = &page[at..at + page[at..].find('>').expect("tag end")];
+    assert!(!tag.contains("checked"), "{tag}");
+}
+
+/// A second `sotto app` for a running profile opens the browser on the
+/// fresh address (through the private redirect file, as the first start
+/// does), unless --no-browser.
+#[test]
+fn running_sotto_app_again_opens_the_browser() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let relay = Relay::start();
+    let ana = User::new(&relay, "Ana");
+    let app = ana.app(&[]);
+    // A stand-in for xdg-open that writes down what it was asked to open.
+    let bin = tempfile::tempdir().expect("test setup");
+    let opened = bin.path().join("opened");
+    let script = bin.path().join("xdg-open");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nprintf '%s' \"$1\" > \"$OPENED.tmp\" && mv \"$OPENED.tmp\" \"$OPENED\"\n",
+    )
+    .expect("test setup");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("test setup");
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+
+    let not_opened = bin.path().join("not-opened");
+    let out = ana.run_with_env(
+        &["app", "--no-browser"],
+        &[
+            ("PATH", &path),
+            ("OPENED", &not_opened.display().to_string()),
+        ],
+    );
+    assert!(out.status.success());
+    let out = ana.run_with_env(
+        &["app"],
+        &[("PATH", &path), ("OPENED", &opened.display().to_string())],
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let url = stdout
+        .lines()
+        .last()
+        .expect("an address")
+        .trim()
+        .to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{stdout}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while !opened.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the browser was not opened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let target = std::fs::read_to_string(&opened).expect("opened");
+    assert_eq!(
+        std::path::Path::new(&target),
+        ana.home().join("app-open.html"),
+        "the address itself (a key) is not on a command line"
+    );
+    let page = std::fs::read_to_string(&target).expect("the redirect file");
+    assert!(page.contains(&url), "{page}");
+    let mode = std::fs::metadata(&target)
+        .expect("file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    assert_eq!(Browser::launch(&url).get("/contacts").status, 200);
+    // Started before the one above, and it finished: --no-browser opened nothing.
+    assert!(!not_opened.exists(), "--no-browser opened the browser");
+    drop(app);
 }

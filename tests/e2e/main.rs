@@ -9,6 +9,7 @@
 mod abuse;
 mod anonymous;
 mod app;
+mod app_screens;
 mod certificate;
 mod cli_errors;
 mod delivery;

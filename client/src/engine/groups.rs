@@ -2299,6 +2299,20 @@ impl Engine {
     /// Writes ops to a group **without** the role checks every client applies
     /// when it receives them: what a modified client could do with the group
     /// key. Only for tests that prove the other members refuse such changes.
+    /// The group's join link as this app holds it (`None` when the group
+    /// has none), without asking the relay: for the app's group page, which
+    /// must not create a link just by being looked at.
+    pub fn group_link_here(&self, query: &str) -> Result<Option<String>> {
+        let g = self.find_group(query)?;
+        Ok(g.state.link_secret().map(|s| link_string(&g.id, &s)))
+    }
+
+    /// How many admins must agree to a removal, a role change or a deletion
+    /// in the group now (1: quorum moderation is off), as this app knows it.
+    pub fn group_quorum_needed(&self, query: &str) -> Result<usize> {
+        Ok(self.find_group(query)?.state.quorum_needed())
+    }
+
     #[doc(hidden)]
     pub async fn danger_write_unchecked(&mut self, query: &str, ops: Vec<Op>) -> Result<()> {
         let g = self.find_group(query)?;

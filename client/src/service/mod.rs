@@ -111,6 +111,8 @@ enum Control {
         reply: oneshot::Sender<Result<(), ServiceError>>,
     },
     Lock,
+    /// The idle lock's time changed: work out the deadline again.
+    LockAfterChanged,
     Panic {
         reply: oneshot::Sender<PanicReport>,
     },
@@ -137,13 +139,16 @@ pub struct Handle {
     epoch: Instant,
     /// A `sotto://` link the app was opened with, for the face to offer.
     link: Arc<std::sync::Mutex<Option<String>>>,
+    /// The idle lock's time in ms (0: off), which a face may change.
+    lock_after_ms: Arc<AtomicU64>,
 }
 
 /// The service itself: run it with [`Runner::run`] on the thread that owns
 /// the engine.
 pub struct Runner {
     home: PathBuf,
-    settings: Settings,
+    /// The idle lock's time in ms (0: off), shared with every [`Handle`].
+    lock_after_ms: Arc<AtomicU64>,
     jobs: mpsc::Receiver<EngineCommand>,
     control: mpsc::UnboundedReceiver<Control>,
     events: broadcast::Sender<Event>,
@@ -170,6 +175,9 @@ pub fn start(home: PathBuf, settings: Settings) -> (Handle, Runner) {
     let (state_tx, state_rx) = watch::channel(initial);
     let activity = Arc::new(AtomicU64::new(0));
     let epoch = Instant::now();
+    let lock_after_ms = Arc::new(AtomicU64::new(
+        u64::try_from(settings.lock_after.as_millis()).unwrap_or(u64::MAX),
+    ));
     let handle = Handle {
         home: Arc::new(home.clone()),
         jobs: jobs_tx,
@@ -179,10 +187,11 @@ pub fn start(home: PathBuf, settings: Settings) -> (Handle, Runner) {
         activity: activity.clone(),
         epoch,
         link: Arc::default(),
+        lock_after_ms: lock_after_ms.clone(),
     };
     let runner = Runner {
         home,
-        settings,
+        lock_after_ms,
         jobs: jobs_rx,
         control: control_rx,
         events,
@@ -231,6 +240,19 @@ impl Handle {
     /// The link the app was opened with, if any, left in place.
     pub fn peek_link(&self) -> Option<String> {
         self.link.lock().ok().and_then(|slot| slot.clone())
+    }
+
+    /// How long without use before the idle lock (zero: never).
+    pub fn lock_after(&self) -> Duration {
+        Duration::from_millis(self.lock_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// Changes the idle lock's time for this run (zero: never), counted
+    /// from the last use.
+    pub fn set_lock_after(&self, after: Duration) {
+        let ms = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+        self.lock_after_ms.store(ms, Ordering::Relaxed);
+        let _ = self.control.send(Control::LockAfterChanged);
     }
 
     /// Marks a request from a person, which postpones the idle lock.
@@ -291,10 +313,21 @@ impl Handle {
         R: Send + 'static,
         F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, R> + Send + 'static,
     {
+        self.touch();
+        self.with_unattended(f).await
+    }
+
+    /// [`Handle::with`] for work no person asked for (a page reloading what
+    /// it shows after an event): it does not postpone the idle lock, so a
+    /// busy group cannot keep an unattended app open.
+    pub async fn with_unattended<R, F>(&self, f: F) -> Result<R, ServiceError>
+    where
+        R: Send + 'static,
+        F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, R> + Send + 'static,
+    {
         if self.state() != State::Unlocked {
             return Err(self.not_open());
         }
-        self.touch();
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(Call { f, reply: tx });
         self.jobs
@@ -362,7 +395,7 @@ impl Runner {
             };
             let engine = match control {
                 None | Some(Control::Quit) => break,
-                Some(Control::Lock) => continue,
+                Some(Control::Lock | Control::LockAfterChanged) => continue,
                 Some(Control::Unlock { passphrase, reply }) => {
                     if !store_dir(&self.home).exists() {
                         let _ = reply.send(Err(ServiceError::NoProfile));
@@ -370,6 +403,11 @@ impl Runner {
                     }
                     match Engine::open(&self.home, &passphrase) {
                         Ok(engine) => {
+                            // The idle-lock time saved in the app's settings
+                            // applies from the moment the profile is open.
+                            if let Ok(Some(ms)) = engine.app_prefs().map(|p| p.lock_after_ms) {
+                                self.lock_after_ms.store(ms, Ordering::Relaxed);
+                            }
                             let _ = reply.send(Ok(()));
                             engine
                         }
@@ -435,16 +473,16 @@ impl Runner {
             jobs,
             control,
             events,
-            settings,
+            lock_after_ms,
             activity,
             epoch,
             ..
         } = self;
-        let lock_after = settings.lock_after;
+        let lock_after = || Duration::from_millis(lock_after_ms.load(Ordering::Relaxed));
         let mut ended = None;
         let stop = async {
             loop {
-                let idle = idle_deadline(*epoch, activity, lock_after);
+                let idle = idle_deadline(*epoch, activity, lock_after());
                 tokio::select! {
                     c = control.recv() => match c {
                         Some(Control::Unlock { reply, .. }) => { let _ = reply.send(Ok(())); }
@@ -454,12 +492,14 @@ impl Runner {
                             )));
                         }
                         Some(Control::Lock) => { ended = Some(Ended::Lock); break; }
+                        // The loop works out the new deadline.
+                        Some(Control::LockAfterChanged) => {}
                         Some(Control::Panic { reply }) => { ended = Some(Ended::Panic(reply)); break; }
                         Some(Control::Quit) | None => { ended = Some(Ended::Quit); break; }
                     },
                     _ = sleep_until(idle) => {
                         // Activity may have moved the deadline while we slept.
-                        if idle_deadline(*epoch, activity, lock_after)
+                        if idle_deadline(*epoch, activity, lock_after())
                             .is_some_and(|d| d <= Instant::now())
                         {
                             ended = Some(Ended::Lock);

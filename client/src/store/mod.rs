@@ -417,6 +417,18 @@ impl fmt::Debug for MessageRecord {
     }
 }
 
+/// Settings of the app (`sotto app`) kept in the profile, so they survive a
+/// restart. A field missing from an older record reads as its default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppPrefs {
+    /// Notifications name the sender (off: they say only "New message").
+    #[serde(default)]
+    pub notify_names: bool,
+    /// The idle-lock time chosen in the app (ms; 0: never), if one was.
+    #[serde(default)]
+    pub lock_after_ms: Option<u64>,
+}
+
 /// A message waiting for the relay's acknowledgement.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutboxEntry {
@@ -511,6 +523,8 @@ const TREE_GROUP_TITLES: &str = "group_titles";
 /// timer, so purging does not read the whole history.
 const TREE_EXPIRING: &str = "expiring";
 const TREE_JOINS: &str = "joins";
+/// The one [`AppPrefs`] record.
+const TREE_PREFS: &str = "prefs";
 /// Message id -> [`WarningRecord`]: warnings, kept apart from the history so
 /// they follow their own retention and can be grouped by subject.
 const TREE_WARNINGS: &str = "warnings";
@@ -996,6 +1010,21 @@ impl Store {
     /// Replaces (or inserts) the message `(m.peer, m.id)`.
     pub fn update_message(&self, m: &MessageRecord) -> Result<()> {
         self.put_json(TREE_MESSAGES, &message_key(m.peer, m.id), m)
+    }
+
+    /// The app's settings (defaults if none were saved).
+    pub fn app_prefs(&self) -> Result<AppPrefs> {
+        Ok(self.get_json(TREE_PREFS, b"app")?.unwrap_or_default())
+    }
+
+    /// Saves the app's settings.
+    pub fn set_app_prefs(&self, p: &AppPrefs) -> Result<()> {
+        self.put_json(TREE_PREFS, b"app", p)
+    }
+
+    /// Every message, 1:1 and group, in no particular order.
+    pub fn all_messages(&self) -> Result<Vec<MessageRecord>> {
+        self.scan_json(TREE_MESSAGES)
     }
 
     /// The 1:1 conversation with `peer`, sorted by `(sent_at_ms, id)`.

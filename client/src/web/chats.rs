@@ -3,7 +3,7 @@
 //! New messages arrive live: `events.rs` tells the page, whose `app.js`
 //! reloads the list and conversation fragments served here.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,7 +17,7 @@ use super::AppState;
 use super::entry::{elsewhere, go};
 use super::layout::{self, Nav, Page, csrf_field, error_box, person};
 use super::security::see_other;
-use crate::engine::{Delivery, Engine, EngineError, ShownMessage};
+use crate::engine::{DeletedHere, Delivery, Engine, EngineError, ShownMessage};
 use crate::service::ServiceError;
 
 pub(crate) fn routes() -> Router<AppState> {
@@ -62,7 +62,21 @@ where
     R: Send + 'static,
     F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, Result<R, String>> + Send + 'static,
 {
-    match st.handle.with(f).await {
+    settle(st.handle.with(f).await)
+}
+
+/// [`engine`] for a fragment the page reloads by itself after an event:
+/// not a person's use, so it does not postpone the idle lock.
+pub(crate) async fn engine_unattended<R, F>(st: &AppState, f: F) -> Result<R, Problem>
+where
+    R: Send + 'static,
+    F: for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, Result<R, String>> + Send + 'static,
+{
+    settle(st.handle.with_unattended(f).await)
+}
+
+fn settle<R>(outcome: Result<Result<R, String>, ServiceError>) -> Result<R, Problem> {
+    match outcome {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(text)) => Err(Problem::Refused(text)),
         Err(ServiceError::Failed(text)) => Err(Problem::Refused(text)),
@@ -90,7 +104,8 @@ pub(crate) struct Chat {
     pub stranger: bool,
 }
 
-/// Every chat: my contacts and the groups I am in, by name.
+/// Every chat: my contacts, people who wrote to me and the groups I am in,
+/// newest conversation first (see [`sort_chats`]).
 pub(crate) fn all_chats(e: &Engine, ids: &super::ids::IdKey) -> Result<Vec<Chat>, String> {
     let mut chats = Vec::new();
     for (c, changed) in e.contacts().map_err(|e| e.to_string())? {
@@ -130,8 +145,20 @@ pub(crate) fn all_chats(e: &Engine, ids: &super::ids::IdKey) -> Result<Vec<Chat>
             stranger: false,
         });
     }
-    chats.sort_by_key(|c| c.name.to_lowercase());
+    sort_chats(&mut chats, &e.last_message_at().map_err(|e| e.to_string())?);
     Ok(chats)
+}
+
+/// Newest conversation first, as in Signal or WhatsApp (`last`: when each
+/// chat's `key` last had a message); chats without messages after them, by
+/// name.
+fn sort_chats(chats: &mut [Chat], last: &std::collections::HashMap<String, u64>) {
+    chats.sort_by_cached_key(|c| {
+        (
+            std::cmp::Reverse(last.get(&c.key).copied()),
+            c.name.to_lowercase(),
+        )
+    });
 }
 
 /// The chat id a message belongs to.
@@ -159,8 +186,26 @@ struct Conversation {
 }
 
 async fn load(st: &AppState, id: String) -> Result<Option<Conversation>, Problem> {
-    let s = st.clone();
-    engine(st, move |e| {
+    load_as(st, id, true).await
+}
+
+/// [`load`]; `person`: a person asked (else the page reloads by itself).
+async fn load_as(st: &AppState, id: String, person: bool) -> Result<Option<Conversation>, Problem> {
+    let job = load_job(st.clone(), id);
+    if person {
+        engine(st, job).await
+    } else {
+        engine_unattended(st, job).await
+    }
+}
+
+type LoadJob = Result<Option<Conversation>, String>;
+
+fn load_job(
+    s: AppState,
+    id: String,
+) -> impl for<'a> FnOnce(&'a mut Engine) -> LocalBoxFuture<'a, LoadJob> + Send + 'static {
+    move |e| {
         Box::pin(async move {
             let chats = all_chats(e, &s.ids)?;
             let Some(chat) = chats.iter().find(|c| c.id == id).cloned() else {
@@ -173,8 +218,7 @@ async fn load(st: &AppState, id: String) -> Result<Option<Conversation>, Problem
                 messages,
             }))
         })
-    })
-    .await
+    }
 }
 
 fn is_htmx(req: &Request) -> bool {
@@ -255,7 +299,7 @@ async fn home(State(st): State<AppState>, req: Request) -> Response {
 
 async fn list_fragment(State(st): State<AppState>, req: Request) -> Response {
     let s = st.clone();
-    match engine(&st, move |e| Box::pin(async move { all_chats(e, &s.ids) })).await {
+    match engine_unattended(&st, move |e| Box::pin(async move { all_chats(e, &s.ids) })).await {
         Ok(chats) => {
             let current = req
                 .headers()
@@ -280,6 +324,8 @@ fn mark_read(st: &AppState, id: &str) {
 struct Draft<'a> {
     text: &'a str,
     error: Option<String>,
+    /// What the last action did, said once above the messages.
+    done: Option<&'static str>,
 }
 
 fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Response {
@@ -291,6 +337,9 @@ fn conversation_page(st: &AppState, c: &Conversation, draft: Draft<'_>) -> Respo
         }
         @if chat.changed {
             (changed_alert(st, chat))
+        }
+        @if let Some(done) = draft.done {
+            p class="done" role="status" { (done) }
         }
         (messages(st, chat, &c.messages))
         @if let Some(e) = &draft.error {
@@ -437,7 +486,13 @@ fn messages(st: &AppState, chat: &Chat, list: &[ShownMessage]) -> Markup {
                         (csrf_field(st))
                         input type="hidden" name="message" value=(m.id);
                         input type="hidden" name="peer" value=(m.peer_code);
-                        button type="submit" class="link" { "Delete" span class="visually-hidden" { " this message from this computer" } }
+                        button type="submit" class="link" { "Delete" span class="visually-hidden" {
+                            @if m.outgoing && m.status == "pending" {
+                                " this unsent message (it will not be sent)"
+                            } @else {
+                                " this message from this computer"
+                            }
+                        } }
                     }
                 }
             }
@@ -445,13 +500,36 @@ fn messages(st: &AppState, chat: &Chat, list: &[ShownMessage]) -> Markup {
     }
 }
 
+#[derive(Deserialize)]
+struct ConversationQuery {
+    /// Set after a delete: "cancelled" (it had not gone out) or "here".
+    deleted: Option<String>,
+}
+
 async fn conversation(
     State(st): State<AppState>,
     Path(id): Path<String>,
+    Query(q): Query<ConversationQuery>,
     req: Request,
 ) -> Response {
+    let done = match q.deleted.as_deref() {
+        Some("cancelled") => {
+            Some("Message cancelled: it had not been sent yet, and it will not be sent.")
+        }
+        Some("here") => Some(
+            "Message deleted from this computer only; the others in this chat keep their copy.",
+        ),
+        _ => None,
+    };
     match load(&st, id).await {
-        Ok(Some(c)) => conversation_page(&st, &c, Draft::default()),
+        Ok(Some(c)) => conversation_page(
+            &st,
+            &c,
+            Draft {
+                done,
+                ..Draft::default()
+            },
+        ),
         Ok(None) => no_chat(&st),
         Err(p) => p.respond(&st, is_htmx(&req)),
     }
@@ -468,7 +546,7 @@ fn no_chat(st: &AppState) -> Response {
 }
 
 async fn messages_fragment(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    match load(&st, id).await {
+    match load_as(&st, id, false).await {
         Ok(Some(c)) => {
             mark_read(&st, &c.chat.id);
             Html(messages(&st, &c.chat, &c.messages).into_string()).into_response()
@@ -543,6 +621,7 @@ async fn send(
                 Draft {
                     text: &form.text,
                     error: Some(error),
+                    done: None,
                 },
             ),
             Ok(None) => no_chat(&st),
@@ -574,8 +653,11 @@ async fn delete(
         })
     })
     .await;
+    // The page after says what happened (the address carries a word, no text).
     match done {
-        Ok(_) => see_other(&format!("/chats/{id}")),
+        Ok(DeletedHere::Cancelled) => see_other(&format!("/chats/{id}?deleted=cancelled")),
+        Ok(DeletedHere::Deleted) => see_other(&format!("/chats/{id}?deleted=here")),
+        Ok(DeletedHere::Missing) => see_other(&format!("/chats/{id}")),
         Err(p) => p.respond(&st, false),
     }
 }
@@ -806,6 +888,29 @@ mod tests {
         // A message keeps its line breaks (shown by CSS), in its own isolate.
         let body = layout::body_text("one\ntwo\u{202E}").into_string();
         assert_eq!(body, "<p class=\"body\" dir=\"auto\">one\ntwo\u{FFFD}</p>");
+    }
+
+    #[test]
+    fn chats_are_sorted_newest_first_then_by_name() {
+        let chat = |name: &str, key: &str| Chat {
+            id: key.into(),
+            name: name.into(),
+            key: key.into(),
+            group: false,
+            changed: false,
+            disappearing_ms: 0,
+            stranger: false,
+        };
+        let mut chats = vec![
+            chat("anna", "a"),
+            chat("Bob", "b"),
+            chat("Zed", "z"),
+            chat("cleo", "c"),
+        ];
+        let last = std::collections::HashMap::from([("b".to_string(), 10), ("z".to_string(), 20)]);
+        sort_chats(&mut chats, &last);
+        let names: Vec<&str> = chats.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["Zed", "Bob", "anna", "cleo"]);
     }
 
     #[test]

@@ -36,8 +36,9 @@ pub(crate) fn state_word(s: &Svc) -> &'static str {
     }
 }
 
-/// Counts incoming messages per chat while the app runs; opening a chat
-/// sets its count back to zero.
+/// Counts incoming messages per chat while the app runs (in memory only);
+/// opening a chat sets its count back to zero. Also loads the saved
+/// settings each time the profile opens.
 pub(crate) fn count_unread(st: AppState) {
     let Ok(rt) = tokio::runtime::Handle::try_current() else {
         return;
@@ -56,6 +57,12 @@ pub(crate) fn count_unread(st: AppState) {
                 }
                 Ok(Event::State(Svc::Erased)) => {
                     st.unread.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    *st.settings.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
+                }
+                // The profile's saved settings (closed again meanwhile:
+                // the next unlock loads them).
+                Ok(Event::State(Svc::Unlocked)) => {
+                    let _ = super::settings::load(&st).await;
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return,

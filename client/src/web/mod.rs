@@ -45,10 +45,13 @@ mod chats;
 mod contacts;
 mod entry;
 mod events;
+mod evidence;
+mod groups;
 pub(crate) mod ids;
 pub(crate) mod layout;
 mod security;
 mod settings;
+mod warnings;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -139,6 +142,9 @@ impl WebApp {
             .merge(chats::routes())
             .merge(contacts::routes())
             .merge(settings::routes())
+            .merge(groups::routes())
+            .merge(warnings::routes())
+            .merge(evidence::routes())
             .route_layer(from_fn_with_state(state.clone(), entry::gate));
         let open = Router::new()
             .merge(entry::routes())
@@ -404,6 +410,44 @@ pub(crate) mod tests {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert!(headers.get(header::SET_COOKIE).is_none());
         assert!(body.contains("used already"), "{body}");
+    }
+
+    /// A used launch address is dead, and the next one (which only
+    /// `HOME/app-url` holds, 0600) lets a second browser in once.
+    #[tokio::test]
+    async fn after_a_launch_the_next_address_is_in_app_url_and_works_once() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let f = fixture();
+        let file = f.app.state.handle.home().join("app-url");
+        let first = f.app.launch_url();
+        std::fs::write(&file, format!("{first}\n")).expect("app-url as sotto app writes it");
+        launch(&f).await;
+        let next = std::fs::read_to_string(&file)
+            .expect("app-url")
+            .trim()
+            .to_string();
+        assert_ne!(next, first, "the used address was left in app-url");
+        assert_eq!(next, f.app.launch_url());
+        let mode = std::fs::metadata(&file)
+            .expect("app-url")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "app-url is {mode:o}");
+        let path = |url: &str| {
+            url.strip_prefix("http://127.0.0.1:4321")
+                .expect("ours")
+                .to_string()
+        };
+        let old = get(&path(&first)).body(Body::empty()).expect("test setup");
+        assert_eq!(send(&f.router, old).await.0, StatusCode::UNAUTHORIZED);
+        let new = get(&path(&next)).body(Body::empty()).expect("test setup");
+        assert_eq!(send(&f.router, new).await.0, StatusCode::SEE_OTHER);
+        let again = get(&path(&next)).body(Body::empty()).expect("test setup");
+        assert_eq!(send(&f.router, again).await.0, StatusCode::UNAUTHORIZED);
+        // Without an app-url (not started by `sotto app`), none is written.
+        let g = fixture();
+        launch(&g).await;
+        assert!(!g.app.state.handle.home().join("app-url").exists());
     }
 
     /// Opened from the file `sotto app` gives xdg-open (or from another

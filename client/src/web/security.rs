@@ -38,13 +38,11 @@ const MULTIPART_LIMIT: usize = crate::engine::MAX_NOTE_FILE_BYTES + 256 * 1024;
 /// The random values that make a browser the user's: none of them is ever
 /// logged or put in a URL other than the one printed launch address.
 pub(crate) struct Secrets {
-    /// The one-time launch token (32 random bytes, hex); `None` once used.
-    launch: Mutex<Option<String>>,
-    /// What the launch token hands out once, taken at the same time.
+    /// The current one-time launch token (32 random bytes, hex). Using it
+    /// replaces it with a new one, which only `HOME/app-url` (0600) holds.
+    launch: Mutex<String>,
+    /// Whether a launch token was ever used (before that, no cookie works).
     launched: Mutex<bool>,
-    /// The launch token as printed, kept so `launch_url` can be asked again
-    /// before it is used.
-    printed: String,
     /// The session cookie's value (32 random bytes, hex).
     session: String,
     /// The CSRF token of the session (32 random bytes, hex).
@@ -58,19 +56,20 @@ fn random_hex() -> String {
 
 impl Secrets {
     pub(crate) fn new() -> Secrets {
-        let launch = random_hex();
         Secrets {
-            launch: Mutex::new(Some(launch.clone())),
+            launch: Mutex::new(random_hex()),
             launched: Mutex::new(false),
-            printed: launch,
             session: random_hex(),
             csrf: random_hex(),
         }
     }
 
-    /// The launch token, as printed by `sotto app`.
-    pub(crate) fn launch_token(&self) -> &str {
-        &self.printed
+    /// The launch token that works now.
+    pub(crate) fn launch_token(&self) -> String {
+        self.launch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The session's CSRF token, for forms and `hx-headers`.
@@ -78,17 +77,16 @@ impl Secrets {
         &self.csrf
     }
 
-    /// Takes the launch token if `token` is it: true once, never again.
-    fn take_launch(&self, token: &str) -> bool {
+    /// Takes the launch token if `token` is it (it then never works again)
+    /// and returns the next one.
+    fn take_launch(&self, token: &str) -> Option<String> {
         let mut launch = self.launch.lock().unwrap_or_else(|e| e.into_inner());
-        let ok = launch
-            .as_deref()
-            .is_some_and(|t| same(t.as_bytes(), token.as_bytes()));
-        if ok {
-            *launch = None;
-            *self.launched.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        if !same(launch.as_bytes(), token.as_bytes()) {
+            return None;
         }
-        ok
+        *launch = random_hex();
+        *self.launched.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        Some(launch.clone())
     }
 
     /// Whether the request carries this session's cookie.
@@ -234,7 +232,8 @@ pub(crate) async fn authenticate(State(st): State<AppState>, req: Request, next:
         html! {
             p { "Open the address `sotto app` printed." }
             p { "Each address works once. If you have used it already in another window, go back \
-                 to that window, or stop Sotto and run " code { "sotto app" } " again for a new one." }
+                 to that window, or run " code { "sotto app" } " again: while Sotto runs, it \
+                 prints a fresh address." }
         },
     )
 }
@@ -250,7 +249,12 @@ fn launch(st: &AppState, req: &Request) -> Response {
         .split('&')
         .find_map(|kv| kv.strip_prefix("token="))
         .unwrap_or("");
-    if req.method() != Method::GET || !st.security.take_launch(token) {
+    let next = if req.method() == Method::GET {
+        st.security.take_launch(token)
+    } else {
+        None
+    };
+    let Some(next) = next else {
         return layout::message_page(
             st,
             StatusCode::UNAUTHORIZED,
@@ -258,11 +262,12 @@ fn launch(st: &AppState, req: &Request) -> Response {
             html! {
                 p { "This address has been used already or is not the one Sotto printed. \
                      Open the address `sotto app` printed." }
-                p { "Each address works once: stop Sotto and run " code { "sotto app" }
-                    " again for a new one." }
+                p { "Each address works once. For a new one, run " code { "sotto app" }
+                    " again: while Sotto runs, it prints a fresh address." }
             },
         );
-    }
+    };
+    replace_app_url(st, &next);
     // Opened from another site or a local file (the page `sotto app` hands
     // to xdg-open so the token stays out of the browser's command line),
     // browsers withhold a SameSite=Strict cookie from the whole redirect
@@ -287,6 +292,36 @@ fn launch(st: &AppState, req: &Request) -> Response {
         resp.headers_mut().insert(header::SET_COOKIE, v);
     }
     resp
+}
+
+/// Puts the next launch address in `HOME/app-url`, where `sotto app` keeps
+/// it (0600) and where a second `sotto app` for the running profile reads
+/// what to print: a person who closed the browser can get in again, while
+/// every used address stays dead. Only a file `sotto app` wrote is replaced
+/// (written beside it and renamed, so it is never half there).
+fn replace_app_url(st: &AppState, token: &str) {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = st.handle.home().join("app-url");
+    if !path.exists() {
+        return;
+    }
+    let fresh = st.handle.home().join(".app-url.new");
+    let _ = std::fs::remove_file(&fresh);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&fresh)
+        .and_then(|mut f| {
+            f.write_all(format!("http://{}/launch?token={token}\n", st.addr).as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&fresh, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&fresh);
+        tracing::warn!("could not write the next launch address to app-url");
+    }
 }
 
 /// A 303 to `to` (after a POST, the browser GETs the page: reloading it
