@@ -133,11 +133,7 @@ fn list_page(st: &AppState, v: &ContactsView, typed: &AddForm, error: Option<&st
     };
     let mut page = Page::new("Contacts", Nav::Contacts, main);
     page.list = Some(contact_list(&v.chats, None));
-    let mut resp = layout::page(st, page);
-    if error.is_some() {
-        *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    resp
+    layout::page_refusing(st, page, error)
 }
 
 async fn list(State(st): State<AppState>) -> Response {

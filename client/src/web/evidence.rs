@@ -9,7 +9,7 @@
 
 use axum::body::to_bytes;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
@@ -146,18 +146,15 @@ fn locker_page(
     notice: Option<&str>,
     error: Option<&str>,
 ) -> Response {
-    let mut resp = layout::page(
+    layout::page_refusing(
         st,
         Page::new(
             "Evidence",
             Nav::Evidence,
             locker_view(st, notes, typed, notice, error),
         ),
-    );
-    if error.is_some() {
-        *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    resp
+        error,
+    )
 }
 
 async fn locker(State(st): State<AppState>, Query(q): Query<DoneQuery>) -> Response {
@@ -430,6 +427,7 @@ mod tests {
     use super::*;
     use crate::web::groups::tests::{HOSTILE, assert_escaped, assert_inert, body_of, title_of};
     use crate::web::tests::fixture;
+    use axum::http::StatusCode;
 
     const CT: &str = "multipart/form-data; boundary=----WebKitFormBoundaryAbC123";
 

@@ -106,6 +106,16 @@ fn body_attrs_json(st: &AppState) -> String {
     format!(r#"{{"X-CSRF-Token":"{}"}}"#, st.security.csrf())
 }
 
+/// [`page`] for a form shown again with `error`: answered 422 when there is
+/// one, so a refused submission is not mistaken for success.
+pub(crate) fn page_refusing(st: &AppState, p: Page, error: Option<&str>) -> Response {
+    let mut resp = page(st, p);
+    if error.is_some() {
+        *resp.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    resp
+}
+
 /// A whole page of the unlocked app.
 pub(crate) fn page(st: &AppState, p: Page) -> Response {
     let markup = html! {

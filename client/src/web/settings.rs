@@ -113,11 +113,7 @@ fn settings_page(st: &AppState, typed_lock: Option<&str>, error: Option<&str>) -
              start it again." }
         (post_button(st, "/quit", "Quit", "secondary"))
     };
-    let mut resp = layout::page(st, Page::new("Settings", Nav::Settings, main));
-    if error.is_some() {
-        *resp.status_mut() = axum::http::StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    resp
+    layout::page_refusing(st, Page::new("Settings", Nav::Settings, main), error)
 }
 
 #[derive(Deserialize)]

@@ -347,11 +347,7 @@ fn subject_page(
     page.heading = Some(person(
         s.names.first().map_or(s.key.as_str(), String::as_str),
     ));
-    let mut resp = layout::page(st, page);
-    if error.is_some() {
-        *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    resp
+    layout::page_refusing(st, page, error)
 }
 
 fn no_subject(st: &AppState) -> Response {
@@ -698,18 +694,15 @@ fn form_page(
     preview: Option<Markup>,
     error: Option<&str>,
 ) -> Response {
-    let mut resp = layout::page(
+    layout::page_refusing(
         st,
         Page::new(
             "Post a warning",
             Nav::Warnings,
             form_view(st, targets, f, preview, error),
         ),
-    );
-    if error.is_some() {
-        *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
-    }
-    resp
+        error,
+    )
 }
 
 async fn new_page(State(st): State<AppState>) -> Response {
